@@ -1,0 +1,80 @@
+"""The ``medseg`` command line: a thin layer over the Python API.
+
+Each sub-command lives in its own module under :mod:`medseg.commands` with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``, and is imported only when used, so ``medseg evaluate`` does
+not pay for importing torch. A :class:`~medseg.errors.MedsegError` becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+#: sub-command -> (module under medseg.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "write a synthetic Synapse-like phantom cohort (BTCV layout)"),
+    "prepare": ("prepare", "preprocess a cohort into a 2D slice cache"),
+    "models": ("models", "list the model zoo"),
+    "train": ("train", "train a model on a prepared slice cache"),
+    "predict": ("predict", "segment NIfTI volumes with a checkpoint"),
+    "evaluate": ("evaluate", "per-organ Dice / HD95 / ASSD / NSD of predictions against references"),
+    "run": ("run", "run a YAML pipeline"),
+}
+
+
+def build_parser(load_commands: "list[str] | None" = None) -> argparse.ArgumentParser:
+    """The argument parser; ``load_commands`` limits which sub-command modules are imported."""
+    parser = argparse.ArgumentParser(prog="medseg", description="Multi-organ segmentation of abdominal CT.")
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if load_commands is None or name in load_commands:
+            module = _command_module(module_name)
+            if module is not None:
+                module.add_arguments(sub)
+                sub.set_defaults(_run=module.run)
+    return parser
+
+
+def _command_module(module_name: str):
+    try:
+        return importlib.import_module(f"medseg.commands.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"medseg.commands.{module_name}":
+            return None
+        raise
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    """Entry point of the ``medseg`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = [a for a in argv if a in COMMANDS][:1]
+    parser = build_parser(load_commands=chosen or [])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+    )
+    if not getattr(args, "_run", None):
+        if args.command:
+            parser.error(f"command {args.command!r} is not available in this version")
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except MedsegError as exc:
+        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"medseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

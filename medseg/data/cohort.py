@@ -1,0 +1,179 @@
+"""Cohort discovery and train/test splits.
+
+Three folder layouts are recognised (labels are optional: images alone are an inference cohort):
+
+* raw BTCV / Synapse: ``img/img0001.nii.gz`` with ``label/label0001.nii.gz`` (also below ``RawData/Training/``);
+* nnU-Net: ``imagesTr/NAME_0000.nii.gz`` with ``labelsTr/NAME.nii.gz`` (and ``imagesTs/``);
+* plain: ``images/`` with ``labels/`` holding files of the same case, or one flat folder of NIfTI files where a
+  label file is named like its image with a ``_label``/``_seg``/``_gt`` suffix.
+
+Every case gets an id in the ``case0001`` style: the last run of digits in the file name, zero-padded to four.
+A name without digits keeps its stem as the id.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import ConfigError, InputError
+from medseg.io import is_nifti, strip_nifti_suffix
+
+#: The TransUNet paper's Synapse split (by case id).
+SYNAPSE_TEST_IDS: tuple[str, ...] = tuple(
+    f"case{n:04d}" for n in (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
+)
+SYNAPSE_TRAIN_IDS: tuple[str, ...] = tuple(
+    f"case{n:04d}" for n in (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
+)
+
+_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_gt", "_mask")
+_NNUNET_CHANNEL = re.compile(r"_(\d{4})$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of a cohort.
+
+    Attributes:
+        case_id: ``case0001`` style identifier.
+        image: path of the CT volume (NIfTI).
+        label: path of the reference label volume, or None for an inference-only case.
+    """
+
+    case_id: str
+    image: Path
+    label: "Path | None" = None
+
+
+def case_id_from_path(path: "str | Path") -> str:
+    """Case id of a NIfTI file name: ``img0001.nii.gz`` -> ``case0001``, ``BTCV_12_0000.nii.gz`` -> ``case0012``.
+
+    The nnU-Net channel suffix ``_0000`` and label suffixes such as ``_seg`` are ignored.
+    """
+    stem = strip_nifti_suffix(Path(path).name)
+    stem = _NNUNET_CHANNEL.sub("", stem) if _NNUNET_CHANNEL.search(stem) and re.search(r"\d", stem[:-5]) else stem
+    for suffix in _LABEL_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    digits = re.findall(r"\d+", stem)
+    return f"case{int(digits[-1]):04d}" if digits else stem
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+
+
+def _index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
+    indexed: dict[str, Path] = {}
+    for path in files:
+        case_id = case_id_from_path(path)
+        if case_id in indexed:
+            raise InputError(f"{folder}: {indexed[case_id].name} and {path.name} both map to case id {case_id}")
+        indexed[case_id] = path
+    return indexed
+
+
+def _pair(image_dir: Path, label_dir: "Path | None") -> list[Case]:
+    images = _index_by_case(_nifti_files(image_dir), image_dir)
+    if not images:
+        raise InputError(f"{image_dir}: no NIfTI images (.nii or .nii.gz) found")
+    labels = _index_by_case(_nifti_files(label_dir), label_dir) if label_dir is not None else {}
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise InputError(f"{label_dir / labels[orphans[0]].name}: label has no matching image in {image_dir}")
+    return [Case(case_id, images[case_id], labels.get(case_id)) for case_id in sorted(images)]
+
+
+def _first_existing(root: Path, names: tuple[str, ...]) -> "Path | None":
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def discover_cases(root: "str | Path") -> list[Case]:
+    """Find the cases of a cohort folder in any of the supported layouts.
+
+    Args:
+        root: cohort folder (raw BTCV, nnU-Net, or plain layout; see the module docstring).
+
+    Returns:
+        Cases sorted by id; ``label`` is None for cases without a reference.
+
+    Raises:
+        InputError: the folder is missing or empty, file names collide on a case id, or a label has no image.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: cohort folder not found")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    nested = root / "RawData" / "Training"
+    if nested.is_dir():
+        root = nested
+
+    image_dir = _first_existing(root, ("img", "imagesTr", "images", "image"))
+    if image_dir is not None:
+        label_dir = _first_existing(root, ("label", "labelsTr", "labels"))
+        cases = _pair(image_dir, label_dir)
+        test_dir = root / "imagesTs" if image_dir.name == "imagesTr" else None
+        if test_dir is not None and test_dir.is_dir():
+            known = {c.case_id for c in cases}
+            cases += [c for c in _pair(test_dir, None) if c.case_id not in known]
+        return sorted(cases, key=lambda c: c.case_id)
+
+    files = _nifti_files(root)
+    if not files:
+        raise InputError(f"{root}: no NIfTI files and no img/, imagesTr/ or images/ folder found")
+    labels = [p for p in files if strip_nifti_suffix(p.name).lower().endswith(_LABEL_SUFFIXES)]
+    images = [p for p in files if p not in labels]
+    if not images:
+        raise InputError(f"{root}: only label files found, no images")
+    image_index = _index_by_case(images, root)
+    label_index = _index_by_case(labels, root)
+    orphans = sorted(set(label_index) - set(image_index))
+    if orphans:
+        raise InputError(f"{label_index[orphans[0]]}: label has no matching image")
+    return [Case(cid, image_index[cid], label_index.get(cid)) for cid in sorted(image_index)]
+
+
+def make_split(case_ids, mode: str = "auto", test_fraction: float = 0.4, seed: int = 1234) -> dict[str, str]:
+    """Assign each case to ``train`` or ``test``.
+
+    Args:
+        case_ids: the cohort's case ids.
+        mode: ``paper`` (the TransUNet Synapse split: 18 train / 12 test by id; cases outside it are an error),
+            ``seeded`` (a shuffled split with ``seed``), ``all-train``/``all-test``, or ``auto``: the paper split
+            when the cohort holds all 30 Synapse training ids, else seeded.
+        test_fraction: share of cases in the test set for a seeded split (at least one case each side when there
+            are two or more cases).
+        seed: random seed of the seeded split; the same ids and seed always give the same split.
+
+    Returns:
+        ``{case_id: "train" | "test"}``.
+    """
+    ids = sorted(set(case_ids))
+    paper_ids = set(SYNAPSE_TEST_IDS) | set(SYNAPSE_TRAIN_IDS)
+    if mode == "auto":
+        mode = "paper" if paper_ids <= set(ids) else "seeded"
+    if mode == "paper":
+        unknown = [i for i in ids if i not in paper_ids]
+        if unknown:
+            raise ConfigError(f"split: case {unknown[0]} is not in the Synapse paper split (use split: seeded)")
+        return {i: ("test" if i in SYNAPSE_TEST_IDS else "train") for i in ids}
+    if mode in ("all-train", "all-test"):
+        return {i: mode.split("-")[1] for i in ids}
+    if mode != "seeded":
+        raise ConfigError(f"split: unknown mode {mode!r} (auto, paper, seeded, all-train, all-test)")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"test_fraction: must be in [0, 1), got {test_fraction}")
+    shuffled = list(ids)
+    random.Random(seed).shuffle(shuffled)
+    n_test = round(len(ids) * test_fraction)
+    if len(ids) >= 2 and test_fraction > 0:
+        n_test = min(max(n_test, 1), len(ids) - 1)
+    test = set(shuffled[:n_test])
+    return {i: ("test" if i in test else "train") for i in ids}

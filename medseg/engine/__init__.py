@@ -1,0 +1,1 @@
+"""Training and inference: losses, the training loop, distributed helpers, volume inference."""

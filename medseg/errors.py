@@ -1,0 +1,24 @@
+"""Errors that users read.
+
+Library code raises a :class:`MedsegError` subclass whose message names the file or config key and the problem
+in one line. The command line prints that line and exits with code 2; no traceback is shown.
+"""
+from __future__ import annotations
+
+
+class MedsegError(Exception):
+    """Base class for every error medseg reports to a user."""
+
+    exit_code = 2
+
+
+class InputError(MedsegError):
+    """A data file is missing, truncated, corrupt, or inconsistent with its partner (shape, geometry, labels)."""
+
+
+class ConfigError(MedsegError):
+    """A configuration key, value, option or pipeline file is wrong."""
+
+
+class CheckpointError(MedsegError):
+    """A checkpoint cannot be loaded: wrong architecture, missing or unexpected keys, or unsafe content."""

@@ -1,0 +1,1 @@
+"""Evaluation: per-organ surface metrics, cohort evaluation, reports and plots."""

@@ -1,0 +1,111 @@
+"""The model zoo's registry: every architecture is built by name through :func:`create`.
+
+An architecture module (one per file in :mod:`medseg.models`) registers its variants with
+:func:`register_model`. Each builder takes ``(num_classes, img_size, in_channels, **overrides)`` and returns a
+``torch.nn.Module`` whose forward maps ``(B, in_channels, H, W)`` float images to ``(B, num_classes, H, W)``
+logits in eval mode. Models with auxiliary (deep-supervision) heads return a tuple ``(main, aux1, ...)`` in
+training mode, every element at the input resolution, and say how to weight them in ``aux_loss_weights``.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+from medseg.errors import ConfigError
+
+# Modules of this package that hold no architecture.
+_NOT_ARCHITECTURES = {"registry", "checkpoint", "layers", "pretrained"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the zoo knows about one registered variant.
+
+    Attributes:
+        name: the registry name (``R50-ViT-B_16``).
+        family: architecture family (``transunet``, ``ds_transunet``, ...).
+        builder: callable ``(num_classes, img_size, in_channels, **overrides) -> nn.Module``.
+        description: one line on what the variant is for.
+        default_img_size: the input size the variant was published at.
+        published: True for the sizes of the paper; False for small variants (tests, CPU demo).
+        img_size_multiple: input height and width must be multiples of this.
+    """
+
+    name: str
+    family: str
+    builder: Callable = field(repr=False)
+    description: str = ""
+    default_img_size: int = 224
+    published: bool = False
+    img_size_multiple: int = 16
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_LOADED = False
+
+
+def register_model(name: str, *, family: str, description: str = "", default_img_size: int = 224,
+                   published: bool = False, img_size_multiple: int = 16):
+    """Decorator that registers a builder under ``name``."""
+
+    def decorator(builder: Callable) -> Callable:
+        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
+            raise ValueError(f"model name {name!r} registered twice")
+        _REGISTRY[name] = ModelSpec(name, family, builder, description, default_img_size, published,
+                                    img_size_multiple)
+        return builder
+
+    return decorator
+
+
+def _load_architectures() -> None:
+    """Import every architecture module of :mod:`medseg.models` once, so that their variants register."""
+    global _LOADED
+    if _LOADED:
+        return
+    import medseg.models as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name.startswith("_") or module.name in _NOT_ARCHITECTURES:
+            continue
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    _LOADED = True
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` registered as ``name``; an unknown name is a :class:`ConfigError`."""
+    _load_architectures()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(f"model: unknown model {name!r} (known: {known})") from None
+
+
+def list_models() -> list[ModelSpec]:
+    """Every registered variant, sorted by family then name."""
+    _load_architectures()
+    return sorted(_REGISTRY.values(), key=lambda spec: (spec.family, spec.name))
+
+
+def create(name: str, num_classes: int, img_size: int = 224, in_channels: int = 1, **overrides):
+    """Build the model registered as ``name``.
+
+    Args:
+        name: registry name, see ``medseg models``.
+        num_classes: output classes including background (9 for Synapse 8-organ).
+        img_size: input height and width in pixels (square inputs).
+        in_channels: image channels (1 for CT).
+        **overrides: architecture-specific config values (e.g. ``hidden_size``); unknown keys are an error.
+    """
+    spec = get_spec(name)
+    if img_size % spec.img_size_multiple:
+        raise ConfigError(f"img_size: {name} needs a multiple of {spec.img_size_multiple}, got {img_size}")
+    try:
+        return spec.builder(num_classes=num_classes, img_size=img_size, in_channels=in_channels, **overrides)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise ConfigError(f"model {name}: {exc}") from None
+        raise
