@@ -93,8 +93,8 @@ def read_volume(path: "str | Path", *, dtype=None) -> Volume:
         affine = np.asarray(image.affine, dtype=np.float64)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(f"{path}: truncated or corrupt compressed NIfTI ({type(exc).__name__})") from None
-    except nib.filebasedimages.ImageFileError as exc:
-        raise InputError(f"{path}: not a readable NIfTI file ({_first_line(exc)})") from None
+    except nib.filebasedimages.ImageFileError:
+        raise InputError(f"{path}: not a NIfTI file, or its header is truncated or corrupt") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read NIfTI data ({_first_line(exc)})") from None
     array = np.asarray(array)

@@ -1,0 +1,325 @@
+"""Preprocessing as a chain of small, named MONAI dictionary transforms.
+
+Volume chain (one case, used by ``medseg prepare`` and by inference)::
+
+    LoadVolumed        read + validate NIfTI (medseg.io), channel-first MetaTensor with the file's affine
+    CheckPaird         image and label agree in shape and affine
+    Orientationd       (MONAI) explicit orientation to ("P", "L", "S"): axis 2 is the axial slice axis
+    ScaleIntensityRanged (MONAI) HU clipped to [-125, 275] and scaled to [0, 1]
+    RemapLabelsd       raw BTCV values -> classes of the label set (unknown values are an error)
+    ToSliceStackd      (1, H, W, D) -> slice-first stack (D, H, W), plus which slices hold an organ
+
+Slice chain (one 2D slice, used by the training dataset)::
+
+    PaperAugmentd      TransUNet's augmentation distribution, fused with the resize to the model size
+    ResizeSliced       resize only (evaluation / no augmentation): image bicubic or bilinear, label nearest
+
+Axis order: volumes ``(i, j, k)`` with ``k`` the slice axis after orientation, rows ``i`` anterior -> posterior,
+columns ``j`` patient right -> left. Slices are ``(H, W) = (rows, columns)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import Compose, MapTransform, Orientationd, ScaleIntensityRanged
+
+from medseg.data.orientation import SLICE_AXCODES
+from medseg.errors import InputError, MedsegError
+from medseg.io import read_volume
+from medseg.labels import LabelSet, remap_labels
+
+IMAGE, LABEL = "image", "label"
+
+
+@dataclass(frozen=True)
+class PreprocessingParams:
+    """Everything that defines how a CT volume becomes model input; stored in manifests and checkpoints.
+
+    Attributes:
+        hu_min, hu_max: HU window; values are clipped to it and scaled linearly to [0, 1].
+        axcodes: orientation the volume is brought into before slicing (slice axis last).
+        img_size: model input height and width in pixels.
+        image_interpolation: ``bicubic`` (the paper's cubic zoom) or ``bilinear`` for image resizing; labels are
+            always resized with nearest neighbour.
+    """
+
+    hu_min: float = -125.0
+    hu_max: float = 275.0
+    axcodes: str = "".join(SLICE_AXCODES)
+    img_size: int = 224
+    image_interpolation: str = "bicubic"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: "dict | None") -> "PreprocessingParams":
+        data = dict(data or {})
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+class LoadVolumed(MapTransform):
+    """Read NIfTI files named by ``data[key]`` (paths) into channel-first MetaTensors ``(1, i, j, k)``.
+
+    Uses :func:`medseg.io.read_volume`, so a missing, truncated or non-3D file raises an :class:`InputError` that
+    names it. The source path, shape and affine are kept under ``<key>_source``, ``<key>_source_shape`` and
+    ``<key>_source_affine`` so a prediction can be put back onto the file's grid.
+    """
+
+    def __init__(self, keys, allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            dtype = np.float32 if key == IMAGE else None
+            volume = read_volume(path, dtype=dtype)
+            d[f"{key}_source"] = str(path)
+            d[f"{key}_source_shape"] = tuple(int(s) for s in volume.shape)
+            d[f"{key}_source_affine"] = volume.affine
+            d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None],
+                                affine=torch.from_numpy(volume.affine))
+        return d
+
+
+class CheckPaird(MapTransform):
+    """Raise :class:`InputError` when image and label differ in shape or affine (tolerance ``atol_mm``)."""
+
+    def __init__(self, atol_mm: float = 1e-3):
+        super().__init__([IMAGE, LABEL], allow_missing_keys=True)
+        self.atol_mm = atol_mm
+
+    def __call__(self, data):
+        if LABEL not in data:
+            return data
+        label_file = data.get(f"{LABEL}_source", "label")
+        image_shape, label_shape = data[f"{IMAGE}_source_shape"], data[f"{LABEL}_source_shape"]
+        if image_shape != label_shape:
+            raise InputError(f"{label_file}: label shape {label_shape} does not match image shape {image_shape}")
+        difference = np.abs(data[f"{IMAGE}_source_affine"] - data[f"{LABEL}_source_affine"]).max()
+        if difference > self.atol_mm:
+            raise InputError(f"{label_file}: label affine differs from the image's by {difference:.3g} mm")
+        return data
+
+
+class RemapLabelsd(MapTransform):
+    """Map raw BTCV label values to the classes of ``label_set`` (uint8); values outside 0..13 are an error."""
+
+    def __init__(self, label_set: LabelSet, keys=(LABEL,)):
+        super().__init__(keys, allow_missing_keys=True)
+        self.label_set = label_set
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            source = d.get(f"{key}_source", key)
+            raw = np.asarray(d[key].detach().cpu().numpy() if torch.is_tensor(d[key]) else d[key])
+            d[key] = remap_labels(raw, self.label_set, source=str(source))
+        return d
+
+
+class ToSliceStackd(MapTransform):
+    """Channel-first ``(1, H, W, D)`` volumes -> slice-first numpy stacks ``(D, H, W)``.
+
+    Adds ``organ_slices``: indices of slices whose label holds any foreground (empty list without a label), so a
+    consumer can drop organ-free slices. Records the oriented shape ``(H, W, D)`` and affine.
+    """
+
+    def __init__(self, keys=(IMAGE, LABEL)):
+        super().__init__(keys, allow_missing_keys=True)
+
+    def __call__(self, data):
+        d = dict(data)
+        image = d[IMAGE]
+        d["oriented_affine"] = np.asarray(image.affine, dtype=np.float64) if isinstance(image, MetaTensor) else None
+        d["oriented_shape"] = tuple(int(s) for s in image.shape[1:])
+        for key in self.key_iterator(d):
+            array = d[key]
+            array = array.detach().cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
+            if array.ndim == 4:
+                array = array[0]
+            dtype = np.float32 if key == IMAGE else np.uint8
+            d[key] = np.ascontiguousarray(np.moveaxis(array, -1, 0), dtype=dtype)
+        d["organ_slices"] = organ_slice_indices(d[LABEL]) if LABEL in d else []
+        return d
+
+
+def organ_slice_indices(label_stack: np.ndarray) -> list[int]:
+    """Indices ``k`` of the slices ``label_stack[k]`` (slice-first ``(D, H, W)``) that hold any foreground."""
+    return [int(k) for k in np.flatnonzero(label_stack.reshape(label_stack.shape[0], -1).any(axis=1))]
+
+
+def volume_preprocessing(label_set: "LabelSet | None", params: PreprocessingParams = PreprocessingParams()):
+    """The volume chain: ``{"image": path, "label": path?}`` -> slice stacks and geometry.
+
+    Output keys: ``image`` float32 ``(D, H, W)`` in [0, 1]; ``label`` uint8 ``(D, H, W)`` (when given);
+    ``organ_slices``; ``image_source_shape`` / ``image_source_affine`` (the file's grid); ``oriented_shape``
+    ``(H, W, D)`` and ``oriented_affine``.
+    """
+    steps = [
+        LoadVolumed([IMAGE, LABEL]),
+        CheckPaird(),
+        # nibabel's axis-code convention (RAS+ world, as medseg.io reads affines)
+        Orientationd([IMAGE, LABEL], axcodes=params.axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")),
+                     allow_missing_keys=True),
+        ScaleIntensityRanged(IMAGE, a_min=params.hu_min, a_max=params.hu_max, b_min=0.0, b_max=1.0, clip=True),
+    ]
+    if label_set is not None:
+        steps.append(RemapLabelsd(label_set))
+    steps.append(ToSliceStackd())
+    return _UnwrapErrors(Compose(steps))
+
+
+class _UnwrapErrors:
+    """Call a MONAI Compose, re-raising a MedsegError that MONAI wrapped in a RuntimeError as it is."""
+
+    def __init__(self, compose: Compose):
+        self.compose = compose
+
+    def __call__(self, data):
+        try:
+            return self.compose(data)
+        except RuntimeError as exc:
+            cause = exc
+            while cause is not None and not isinstance(cause, MedsegError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2D slice steps: augmentation and resizing, both as one resampling of the slice with torch.grid_sample.
+
+
+@dataclass(frozen=True)
+class SliceAugmentation:
+    """One draw of the TransUNet augmentation.
+
+    ``kind`` is ``rot_flip`` (rotate by ``k`` x 90 degrees, then flip along ``flip_axis``), ``rotate`` (by
+    ``angle_deg``) or ``none``.
+    """
+
+    kind: str = "none"
+    k: int = 0
+    flip_axis: int = 0
+    angle_deg: float = 0.0
+
+
+def draw_paper_augmentation(generator: torch.Generator) -> SliceAugmentation:
+    """Draw an augmentation with the TransUNet paper's distribution.
+
+    With probability 0.5 a random rot90 (k in 0..3) and a flip on a random axis; otherwise with probability 0.5 a
+    rotation by an angle uniform in [-20, 20) degrees; otherwise nothing.
+    """
+    u = torch.rand(3, generator=generator)
+    if u[0] > 0.5:
+        k = int(torch.randint(0, 4, (1,), generator=generator))
+        axis = int(torch.randint(0, 2, (1,), generator=generator))
+        return SliceAugmentation("rot_flip", k=k, flip_axis=axis)
+    if u[1] > 0.5:
+        return SliceAugmentation("rotate", angle_deg=float(u[2]) * 40.0 - 20.0)
+    return SliceAugmentation()
+
+
+def _sampling_matrix(augmentation: SliceAugmentation) -> torch.Tensor:
+    """2x3 matrix mapping output coordinates to input coordinates, in grid_sample's normalised [-1, 1] units.
+
+    Normalised coordinates are ``(x, y) = (column, row)``. A rotation by ``+angle`` (counter-clockwise as shown) is
+    sampled with the inverse rotation.
+    """
+    eye = torch.eye(3, dtype=torch.float64)
+    if augmentation.kind == "rot_flip":
+        # np.rot90(a, k) followed by np.flip(a, axis). Output coordinate c samples the input at R^-k F c.
+        inverse = eye.clone()
+        for _ in range(augmentation.k % 4):
+            # one np.rot90 (counter-clockwise): out[r, c] = in[c, W-1-r] -> input x = -y_out, input y = x_out
+            inverse = inverse @ torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        flip = eye.clone()
+        if augmentation.flip_axis == 0:  # rows flipped: y -> -y
+            flip[1, 1] = -1.0
+        else:  # columns flipped: x -> -x
+            flip[0, 0] = -1.0
+        matrix = inverse @ flip
+    elif augmentation.kind == "rotate":
+        a = math.radians(augmentation.angle_deg)
+        matrix = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0, 0, 1.0]],
+                              dtype=torch.float64)
+    else:
+        matrix = eye
+    return matrix[:2].to(torch.float32)
+
+
+def resample_slice(image: torch.Tensor, label: "torch.Tensor | None", out_size: int,
+                   augmentation: SliceAugmentation = SliceAugmentation(),
+                   image_interpolation: str = "bicubic") -> tuple[torch.Tensor, "torch.Tensor | None"]:
+    """Augment and resize one slice in a single resampling.
+
+    Args:
+        image: float tensor ``(C, H, W)`` (values in [0, 1]).
+        label: integer tensor ``(H, W)`` or None.
+        out_size: output height and width in pixels.
+        augmentation: the geometric augmentation to apply (default: none, a pure resize).
+        image_interpolation: ``bicubic`` or ``bilinear`` for the image; the label uses nearest neighbour.
+
+    Returns:
+        ``(image (C, out, out) float32, label (out, out) int64 or None)``. Pixels rotated in from outside the slice
+        are 0 in both, as in the reference code. With ``align_corners=True`` a 90-degree rotation or a flip without
+        resizing reproduces ``np.rot90`` / ``np.flip`` exactly.
+    """
+    theta = _sampling_matrix(augmentation)[None]
+    grid = F.affine_grid(theta, (1, 1, out_size, out_size), align_corners=True)
+    image_out = F.grid_sample(image[None].float(), grid, mode=image_interpolation, padding_mode="zeros",
+                              align_corners=True)[0]
+    if image_interpolation == "bicubic":
+        image_out = image_out.clamp_(0.0, 1.0)  # cubic overshoot outside the HU window's [0, 1] range
+    label_out = None
+    if label is not None:
+        label_out = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                                  align_corners=True)[0, 0].round().long()
+    return image_out, label_out
+
+
+class PaperAugmentd(MapTransform):
+    """TransUNet's training augmentation fused with the resize to the model size (one resampling per slice).
+
+    Randomness comes from ``data["seed"]`` (an int per sample and epoch), so a run is reproducible whatever the
+    number of data-loader workers, and a resumed run draws the same augmentations as an uninterrupted one.
+    """
+
+    def __init__(self, out_size: int, image_interpolation: str = "bicubic"):
+        super().__init__([IMAGE, LABEL])
+        self.out_size = out_size
+        self.image_interpolation = image_interpolation
+
+    def __call__(self, data):
+        d = dict(data)
+        generator = torch.Generator().manual_seed(int(d["seed"]))
+        augmentation = draw_paper_augmentation(generator)
+        d[IMAGE], d[LABEL] = resample_slice(d[IMAGE], d.get(LABEL), self.out_size, augmentation,
+                                            self.image_interpolation)
+        return d
+
+
+class ResizeSliced(MapTransform):
+    """Resize a slice to the model size (image bicubic/bilinear, label nearest), no augmentation."""
+
+    def __init__(self, out_size: int, image_interpolation: str = "bicubic"):
+        super().__init__([IMAGE, LABEL], allow_missing_keys=True)
+        self.out_size = out_size
+        self.image_interpolation = image_interpolation
+
+    def __call__(self, data):
+        d = dict(data)
+        d[IMAGE], d[LABEL] = resample_slice(d[IMAGE], d.get(LABEL), self.out_size,
+                                            image_interpolation=self.image_interpolation)
+        if d[LABEL] is None:
+            del d[LABEL]
+        return d

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from medseg.data.cohort import Case
+from medseg.data.orientation import reorient, restore_orientation
+from medseg.data.slice_cache import preprocess_case
+from medseg.data.transforms import (PreprocessingParams, SliceAugmentation, draw_paper_augmentation,
+                                    resample_slice)
+from medseg.errors import InputError
+from medseg.io import Volume, write_volume
+from medseg.labels import SYNAPSE8
+from tests.conftest import tiny_case
+
+
+def _permuted_flipped(volume: Volume) -> Volume:
+    """The same physical volume stored with voxel axes (k, i, j) and the new first axis flipped."""
+    array = np.transpose(volume.array, (2, 0, 1))[::-1]
+    depth = array.shape[0]
+    voxel_map = np.zeros((4, 4))  # new voxel index (a, b, c) -> old (i, j, k) = (b, c, depth - 1 - a)
+    voxel_map[0, 1] = voxel_map[1, 2] = voxel_map[3, 3] = 1
+    voxel_map[2, 0], voxel_map[2, 3] = -1, depth - 1
+    return Volume(np.ascontiguousarray(array), volume.affine @ voxel_map)
+
+
+def test_orientation_makes_slices_independent_of_storage_order(tmp_path):
+    image, label = tiny_case(3)
+    write_volume(tmp_path / "a_img.nii.gz", image)
+    write_volume(tmp_path / "a_lab.nii.gz", label)
+    image2, label2 = _permuted_flipped(image), _permuted_flipped(label)
+    assert image2.shape != image.shape
+    write_volume(tmp_path / "b_img.nii.gz", image2)
+    write_volume(tmp_path / "b_lab.nii.gz", label2)
+    a = preprocess_case(Case("case0001", tmp_path / "a_img.nii.gz", tmp_path / "a_lab.nii.gz"), SYNAPSE8,
+                        PreprocessingParams())
+    b = preprocess_case(Case("case0001", tmp_path / "b_img.nii.gz", tmp_path / "b_lab.nii.gz"), SYNAPSE8,
+                        PreprocessingParams())
+    assert np.array_equal(a["image"], b["image"])
+    assert np.array_equal(a["label"], b["label"])
+    assert np.allclose(a["oriented_affine"], b["oriented_affine"])
+    # slice axis first, rows anterior->posterior (P), columns right->left (L), slices inferior->superior
+    assert a["image"].shape == (10, 20, 24)
+    import nibabel as nib
+
+    assert nib.aff2axcodes(a["oriented_affine"]) == ("P", "L", "S")
+
+
+def test_monai_chain_matches_nibabel_reorientation(tmp_path):
+    image, label = tiny_case(5)
+    affine = np.array([[-0.7, 0, 0, 90], [0, -0.7, 0, 80], [0, 0, 2.5, -30], [0, 0, 0, 1]])
+    image.affine = label.affine = affine
+    write_volume(tmp_path / "img.nii.gz", image)
+    write_volume(tmp_path / "lab.nii.gz", label)
+    out = preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"), SYNAPSE8,
+                          PreprocessingParams())
+    expected, expected_affine = reorient(image.array.astype(np.float32), affine)
+    expected = np.clip((expected + 125) / 400, 0, 1)
+    assert np.allclose(np.moveaxis(out["image"], 0, -1), expected, atol=1e-6)
+    assert np.allclose(out["oriented_affine"], expected_affine)
+    # and the prediction-side inverse gets back to the file's voxel order
+    back = restore_orientation(np.moveaxis(out["label"], 0, -1), affine)
+    assert back.shape == image.shape
+    assert np.array_equal(back > 0, np.isin(label.array, list(SYNAPSE8.raw_to_class)))
+
+
+def test_hu_window_and_label_remap(tmp_path):
+    image, label = tiny_case(1)
+    image.array[0, 0, 0], image.array[0, 0, 1] = -1000, 3000
+    write_volume(tmp_path / "img.nii.gz", image)
+    write_volume(tmp_path / "lab.nii.gz", label)
+    out = preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"), SYNAPSE8,
+                          PreprocessingParams())
+    assert out["image"].dtype == np.float32 and out["image"].min() == 0.0 and out["image"].max() == 1.0
+    assert set(np.unique(out["label"])) <= {0, 1, 5, 7}  # aorta, liver, spleen in synapse8 classes
+    assert out["organ_slices"] == [k for k in range(out["label"].shape[0]) if out["label"][k].any()]
+
+
+def test_mismatched_pair_is_an_input_error(tmp_path):
+    image, label = tiny_case(1)
+    write_volume(tmp_path / "img.nii.gz", image)
+    write_volume(tmp_path / "short.nii.gz", Volume(label.array[:, :, :5], label.affine))
+    shifted = label.affine.copy()
+    shifted[0, 3] += 5
+    write_volume(tmp_path / "shifted.nii.gz", Volume(label.array, shifted))
+    with pytest.raises(InputError, match=r"short.nii.gz: label shape .* does not match"):
+        preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "short.nii.gz"), SYNAPSE8,
+                        PreprocessingParams())
+    with pytest.raises(InputError, match=r"shifted.nii.gz: label affine differs"):
+        preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "shifted.nii.gz"), SYNAPSE8,
+                        PreprocessingParams())
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("axis", [0, 1])
+def test_rot90_flip_is_exact(k, axis):
+    image = torch.rand(1, 9, 9)
+    label = torch.randint(0, 9, (9, 9))
+    out_image, out_label = resample_slice(image, label, 9, SliceAugmentation("rot_flip", k, axis), "bilinear")
+    assert torch.allclose(out_image[0], torch.from_numpy(np.flip(np.rot90(image[0].numpy(), k), axis).copy()),
+                          atol=1e-5)
+    assert torch.equal(out_label, torch.from_numpy(np.flip(np.rot90(label.numpy(), k), axis).copy()))
+
+
+def test_augmentation_distribution_matches_the_paper():
+    generator = torch.Generator().manual_seed(0)
+    draws = [draw_paper_augmentation(generator) for _ in range(4000)]
+    kinds = [d.kind for d in draws]
+    assert abs(kinds.count("rot_flip") / 4000 - 0.5) < 0.03
+    assert abs(kinds.count("rotate") / 4000 - 0.25) < 0.03
+    angles = [d.angle_deg for d in draws if d.kind == "rotate"]
+    assert min(angles) >= -20 and max(angles) < 20
+    assert {d.k for d in draws if d.kind == "rot_flip"} == {0, 1, 2, 3}
+
+
+def test_resize_keeps_label_values_and_image_range():
+    image = torch.rand(1, 40, 40)
+    label = torch.randint(0, 9, (40, 40))
+    out_image, out_label = resample_slice(image, label, 24, SliceAugmentation("rotate", angle_deg=13.0))
+    assert out_image.shape == (1, 24, 24) and out_label.shape == (24, 24)
+    assert out_image.min() >= 0 and out_image.max() <= 1
+    assert set(out_label.unique().tolist()) <= set(label.unique().tolist()) | {0}
