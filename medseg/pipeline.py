@@ -1,0 +1,513 @@
+"""YAML pipelines: synth (or a data folder) -> prepare -> train -> predict -> evaluate -> report.
+
+A pipeline file names its stages and their parameters::
+
+    name: demo
+    run_dir: runs/demo          # relative paths are relative to the working directory
+    data: null                  # a cohort folder (real Synapse/BTCV); null -> the synth stage makes a phantom one
+    stages:
+      synth:    {cases: 20, seed: 0, size: small}
+      prepare:  {labels: synapse8, split: seeded, test_fraction: 0.3}
+      train:    {model: TransUNet-Tiny, img_size: 128, epochs: 8, batch_size: 16}
+      predict:  {batch_size: 32}
+      evaluate: {protocol: both, tolerance_mm: 2.0}
+      report:   {}
+
+Each stage writes into ``run_dir/<stage>/`` and records a key (a hash of its parameters and of the keys of the
+stages it reads) in ``run_dir/<stage>/stage.json`` when it finishes. A stage whose key is unchanged is skipped; a
+changed key re-runs it and everything after it. A stage interrupted with the same key resumes where it can
+(prepare skips finished cases, train continues from its last checkpoint).
+
+Every stage calls the same Python API a notebook would (:mod:`medseg.data`, :mod:`medseg.engine`,
+:mod:`medseg.evaluation`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from medseg import __version__
+from medseg.errors import ConfigError
+from medseg.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+STAGE_ORDER = ("synth", "prepare", "train", "predict", "evaluate", "report")
+TOP_LEVEL_KEYS = {"name": str, "description": str, "run_dir": str, "data": (str, type(None)), "stages": dict}
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline.
+
+    Attributes:
+        name: pipeline name (shown in the summary).
+        run_dir: folder that holds every stage's output.
+        data: cohort folder for real data, or None when the synth stage makes the cohort.
+        stages: stage name -> parameters (validated, defaults filled in), in execution order.
+        source: the YAML file it came from (for messages).
+    """
+
+    name: str
+    run_dir: Path
+    data: "Path | None"
+    stages: dict[str, dict]
+    source: str = "<pipeline>"
+    description: str = ""
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "ran", "cached" or "dry-run"
+    seconds: float
+    outputs: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameter schemas: key -> (type, default). A default of REQUIRED must be given.
+
+REQUIRED = object()
+
+
+def _stage_schemas() -> dict[str, dict[str, tuple[Any, Any]]]:
+    return {
+        "synth": {"cases": (int, 20), "seed": (int, 0), "size": (str, "small"), "workers": (int, 1)},
+        "prepare": {"labels": (str, "synapse8"), "split": (str, "auto"), "test_fraction": (float, 0.4),
+                    "seed": (int, 1234), "workers": (int, 1)},
+        "train": _train_schema(),
+        "predict": {"batch_size": (int, 16), "tta": (bool, False), "device": (str, "auto"),
+                    "checkpoint": (str, "best")},
+        "evaluate": {"protocol": (str, "both"), "tolerance_mm": (float, 2.0), "workers": (int, 1)},
+        "report": {"title": (str, "")},
+    }
+
+
+def _train_schema() -> dict[str, tuple[Any, Any]]:
+    """The train stage takes the fields of :class:`medseg.engine.config.TrainConfig` (data and out are set by
+    the pipeline)."""
+    from medseg.engine.config import TrainConfig
+
+    schema = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "out", "resume", "progress"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
+        schema[f.name] = (_python_type(f.type, default), default)
+    return schema
+
+
+def _python_type(annotation, default):
+    if default is not REQUIRED and default is not None and not isinstance(default, (list, tuple, dict)):
+        return type(default)
+    text = str(annotation)
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if text.startswith(name):
+            return kind
+    return object
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_pipeline(path, overrides: "list[str] | None" = None) -> Pipeline:
+    """Read and validate a pipeline file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key=value`` strings applied before validation, e.g. ``data=/data/Synapse``,
+            ``train.epochs=3`` or ``stages.train.epochs=3``; values are parsed as YAML scalars.
+
+    Raises:
+        ConfigError: a one-line message naming the file and key (unknown key, wrong type, missing path,
+            unknown model, malformed YAML or override).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: pipeline file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a pipeline is a mapping with name, run_dir, data and stages")
+    for override in overrides or []:
+        _apply_override(raw, override, str(path))
+    return validate_pipeline(raw, source=str(path))
+
+
+def _apply_override(raw: dict, override: str, source: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set {override}: expected key=value")
+    key, text = override.split("=", 1)
+    parts = key.strip().split(".")
+    if parts[0] in STAGE_ORDER:
+        parts = ["stages"] + parts
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
+    """Check keys and types, fill in defaults, and return a :class:`Pipeline` (see :func:`load_pipeline`)."""
+    for key, value in raw.items():
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{source}: {key}: unknown key{_suggest(key, TOP_LEVEL_KEYS)}")
+        if not isinstance(value, TOP_LEVEL_KEYS[key]):
+            raise ConfigError(f"{source}: {key}: expected {_type_name(TOP_LEVEL_KEYS[key])}, "
+                              f"got {type(value).__name__}")
+    stages_raw = raw.get("stages") or {}
+    if not stages_raw:
+        raise ConfigError(f"{source}: stages: no stages given")
+    schemas = _stage_schemas()
+    stages: dict[str, dict] = {}
+    for name in stages_raw:
+        if name not in schemas:
+            raise ConfigError(f"{source}: stages.{name}: unknown stage{_suggest(name, schemas)}")
+    for name in STAGE_ORDER:
+        if name not in stages_raw:
+            continue
+        params = stages_raw[name] or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"{source}: stages.{name}: expected a mapping of parameters")
+        stages[name] = _validate_params(params, schemas[name], f"{source}: stages.{name}")
+
+    data = raw.get("data")
+    if data is not None:
+        data_path = Path(data).expanduser()
+        if not data_path.is_dir():
+            raise ConfigError(f"{source}: data: {data}: folder not found")
+        if "synth" in stages:
+            raise ConfigError(f"{source}: data: give either a data folder or a synth stage, not both")
+    elif "prepare" in stages and "synth" not in stages:
+        raise ConfigError(f"{source}: data: required (a cohort folder) when there is no synth stage")
+    if "train" in stages:
+        from medseg.models import get_spec
+
+        try:
+            get_spec(stages["train"]["model"])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: stages.train.model: {str(exc).split(': ', 1)[-1]}") from None
+    _check_chain(stages, source)
+    return Pipeline(
+        name=str(raw.get("name") or Path(source).stem),
+        run_dir=Path(raw.get("run_dir") or f"runs/{raw.get('name') or Path(source).stem}"),
+        data=Path(data).expanduser() if data is not None else None,
+        stages=stages,
+        source=source,
+        description=str(raw.get("description") or ""),
+    )
+
+
+def _check_chain(stages: dict, source: str) -> None:
+    """Every stage needs the one before it (report needs evaluate, ...), except that synth/data start a chain."""
+    needs = {"train": "prepare", "predict": "train", "evaluate": "predict", "report": "evaluate"}
+    for stage, required in needs.items():
+        if stage in stages and required not in stages:
+            raise ConfigError(f"{source}: stages.{stage}: needs the {required} stage")
+
+
+def _validate_params(params: dict, schema: dict, where: str) -> dict:
+    result = {}
+    for key, value in params.items():
+        if key not in schema:
+            raise ConfigError(f"{where}.{key}: unknown key{_suggest(key, schema)}")
+        kind = schema[key][0]
+        result[key] = _coerce(value, kind, f"{where}.{key}")
+    for key, (kind, default) in schema.items():
+        if key not in result:
+            if default is REQUIRED:
+                raise ConfigError(f"{where}.{key}: required")
+            result[key] = default
+    return result
+
+
+def _coerce(value, kind, where: str):
+    if kind is object or value is None:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}: expected {_type_name(kind)}, got {value!r}")
+    return value
+
+
+def _type_name(kind) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, "null") for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def stage_keys(pipeline: Pipeline) -> dict[str, str]:
+    """The cache key of every stage: a hash of its parameters, the data folder and the keys of earlier stages."""
+    keys: dict[str, str] = {}
+    upstream = {"medseg": __version__, "data": _data_fingerprint(pipeline.data)}
+    for name, params in pipeline.stages.items():
+        payload = json.dumps({"stage": name, "params": params, "upstream": upstream}, sort_keys=True, default=str)
+        keys[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        upstream = {"previous": keys[name]}
+    return keys
+
+
+def _data_fingerprint(data: "Path | None") -> "list | None":
+    """Names, sizes and modification times of a data folder's NIfTI files (a changed cohort re-runs prepare)."""
+    if data is None:
+        return None
+    files = sorted(p for p in data.rglob("*") if p.is_file() and p.name.endswith((".nii", ".nii.gz", ".h5", ".npz")))
+    return [[str(p.relative_to(data)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
+
+
+def run_pipeline(pipeline: Pipeline, dry_run: bool = False, force: "tuple[str, ...] | list[str]" = (),
+                 progress: bool = True) -> list[StageResult]:
+    """Run the stages in order, skipping those whose key is unchanged.
+
+    Args:
+        pipeline: a validated pipeline (:func:`load_pipeline`).
+        dry_run: only validate and report which stages would run.
+        force: stage names to re-run even when cached (later stages then re-run too).
+        progress: show progress bars inside stages.
+
+    Returns:
+        One :class:`StageResult` per stage.
+    """
+    keys = stage_keys(pipeline)
+    results: list[StageResult] = []
+    outputs: dict[str, dict] = {}
+    rerun = False
+    for name, params in pipeline.stages.items():
+        stage_dir = pipeline.run_dir / name
+        record_path = stage_dir / STAGE_FILE
+        record = read_json(record_path) if record_path.exists() else None
+        cached = (record is not None and record.get("key") == keys[name] and not rerun and name not in force)
+        if cached:
+            outputs[name] = record["outputs"]
+            results.append(StageResult(name, "cached", 0.0, record["outputs"]))
+            log.info("[%s] unchanged, skipped", name)
+            continue
+        rerun = True
+        if dry_run:
+            results.append(StageResult(name, "dry-run", 0.0))
+            continue
+        started_path = stage_dir / "stage.started.json"
+        resumable = started_path.exists() and read_json(started_path).get("key") == keys[name] and name not in force
+        if stage_dir.exists() and not resumable:
+            shutil.rmtree(stage_dir)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_json(started_path, {"key": keys[name], "params": params})
+        record_path.unlink(missing_ok=True)
+        log.info("[%s] running", name)
+        started = time.perf_counter()
+        stage_outputs = STAGES[name](pipeline, params, stage_dir, outputs, progress)
+        seconds = time.perf_counter() - started
+        outputs[name] = stage_outputs
+        write_json(record_path, {"key": keys[name], "params": params, "outputs": stage_outputs,
+                                 "seconds": round(seconds, 2), "medseg_version": __version__})
+        started_path.unlink(missing_ok=True)
+        results.append(StageResult(name, "ran", seconds, stage_outputs))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stages: each takes (pipeline, params, stage_dir, outputs of earlier stages, progress) and returns plain data.
+
+
+def _stage_synth(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+    from medseg.data.phantom import write_cohort
+
+    cohort = stage_dir / "cohort"
+    write_cohort(cohort, cases=params["cases"], seed=params["seed"], size=params["size"],
+                 workers=params["workers"], progress=progress)
+    return {"cohort": str(cohort)}
+
+
+def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+    from medseg.data.slice_cache import prepare_cohort
+
+    cohort = pipeline.data if pipeline.data is not None else Path(outputs["synth"]["cohort"])
+    prepared = stage_dir / "slices"
+    summary = prepare_cohort(cohort, prepared, labels=params["labels"], split=params["split"],
+                             test_fraction=params["test_fraction"], seed=params["seed"],
+                             workers=params["workers"], progress=progress)
+    if not (summary.written or summary.already_done):
+        raise ConfigError(f"prepare: no usable case in {cohort}")
+    return {"cohort": str(cohort), "prepared": str(prepared), "cases": len(summary.written + summary.already_done),
+            "skipped": summary.failed}
+
+
+def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+    from medseg.engine.config import load_config
+    from medseg.engine.train import LAST, train
+
+    run_dir = stage_dir / "run"
+    overrides = dict(params, data=outputs["prepare"]["prepared"], out=str(run_dir), progress=progress,
+                     resume=(run_dir / LAST).exists())
+    result = train(load_config(overrides=overrides))
+    if not result.finished:
+        raise KeyboardInterrupt(f"training stopped ({result.stop_reason}); run the pipeline again to resume")
+    return {"run_dir": str(run_dir), "last": str(result.last_checkpoint),
+            "best": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "epochs": result.epochs_completed, "final_loss": result.final_loss,
+            "best_val_dice": result.best_val_dice, "train_seconds": round(result.wall_time_s, 1)}
+
+
+def _test_cases(outputs) -> list[dict]:
+    """Manifest entries of the held-out (test split) cases of the prepared cohort."""
+    from medseg.data.slice_cache import load_manifest
+
+    entries = [e for e in load_manifest(outputs["prepare"]["prepared"])["cases"] if e["split"] == "test"]
+    if not entries:
+        raise ConfigError("prepare: the split has no test cases to predict and evaluate (raise test_fraction)")
+    return entries
+
+
+def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+    from tqdm.auto import tqdm
+
+    from medseg.engine.inference import load_predictor, predict_volume
+    from medseg.io import write_volume
+
+    checkpoint = outputs["train"].get(params["checkpoint"]) or outputs["train"]["last"]
+    predictor = load_predictor(checkpoint, params["device"])
+    labels_dir = stage_dir / "labels"
+    entries = _test_cases(outputs)
+    for entry in tqdm(entries, desc="predict", unit="case", disable=not progress):
+        target = labels_dir / f"{entry['case_id']}.nii.gz"
+        if target.exists():  # resumed stage: this case was finished before the interruption
+            continue
+        labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"])
+        write_volume(target, labels, dtype="uint8")
+    return {"predictions": str(labels_dir), "checkpoint": str(checkpoint), "cases": len(entries)}
+
+
+def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+    from medseg.data.slice_cache import load_manifest
+    from medseg.evaluation.cohort import evaluate_folders
+
+    # The references are the held-out cases' label files, linked (not copied) into one folder.
+    references = stage_dir / "references"
+    references.mkdir(parents=True, exist_ok=True)
+    for entry in _test_cases(outputs):
+        if entry.get("source_label"):
+            link = references / f"{entry['case_id']}.nii.gz"
+            link.unlink(missing_ok=True)
+            link.symlink_to(Path(entry["source_label"]).resolve())
+    label_set = load_manifest(outputs["prepare"]["prepared"])["label_set"]
+    summary = evaluate_folders(references, outputs["predict"]["predictions"], labels=label_set,
+                               protocol=params["protocol"], tolerance_mm=params["tolerance_mm"],
+                               workers=params["workers"], reference_format="raw", progress=progress)
+    write_json(stage_dir / "summary.json", summary)
+    return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary)}
+
+
+def headline(summary: dict) -> list[str]:
+    """One line per protocol with the foreground mean Dice and HD95 of an evaluation summary."""
+    lines = []
+    if "standard" in summary:
+        means = summary["standard"]["foreground_mean"]
+        lines.append(f"mean Dice {means['dice']:.4f}, HD95 {means['hd95_mm']:.2f} mm (standard protocol, "
+                     f"{summary['counts']['evaluated']} held-out cases)")
+    if "transunet" in summary:
+        means = summary["transunet"]["foreground_mean"]
+        lines.append(f"mean Dice {means['dice']:.4f}, HD95 {means['hd95_voxels']:.2f} voxels "
+                     "(TransUNet paper protocol)")
+    return lines
+
+
+def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+    from medseg.evaluation.report import write_reports
+
+    summary = read_json(outputs["evaluate"]["summary"])
+    if params["title"]:
+        summary["title"] = params["title"]
+    paths = write_reports(summary, stage_dir)
+    curve = _training_curve(outputs, stage_dir / "training_curve.png")
+    stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
+    write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
+                                             "stages": stage_info, "outputs": outputs})
+    result = {"report": str(paths["html"]), "markdown": str(paths["markdown"]),
+              "headline": outputs["evaluate"]["headline"]}
+    if curve is not None:
+        result["training_curve"] = str(curve)
+    return result
+
+
+def _training_curve(outputs, path: Path) -> "Path | None":
+    """Plot the training loss (and validation Dice, when recorded) from the run's metrics.csv."""
+    from medseg.engine.train import METRICS_FILE, read_metrics
+
+    metrics_path = Path(outputs["train"]["run_dir"]) / METRICS_FILE
+    if not metrics_path.exists():
+        return None
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medseg.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([float(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows], color="tab:blue")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training loss", color="tab:blue")
+    validated = [r for r in rows if r.get("val_dice") not in (None, "")]
+    if validated:
+        twin = ax.twinx()
+        twin.plot([float(r["iteration"]) for r in validated], [float(r["val_dice"]) for r in validated], "o-",
+                  color="tab:red")
+        twin.set_ylabel("validation Dice", color="tab:red")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+STAGES: dict[str, Callable] = {
+    "synth": _stage_synth,
+    "prepare": _stage_prepare,
+    "train": _stage_train,
+    "predict": _stage_predict,
+    "evaluate": _stage_evaluate,
+    "report": _stage_report,
+}
