@@ -1,0 +1,241 @@
+"""The synthetic phantom cohort: determinism, geometry, organ statistics, anatomical sides, the synth command."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.cli import main
+from medseg.data import phantom
+from medseg.data.orientation import reorient
+from medseg.errors import ConfigError
+from medseg.io import read_volume
+from medseg.labels import BTCV_ORGANS
+
+SEED = 1
+N_CASES = 5
+RAW = {key: value for value, (key, _) in BTCV_ORGANS.items()}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """Cases 1..5 of SEED (small), each generated on its own: {index: (image, label)}."""
+    return {k: phantom.generate_case(k, SEED, "small") for k in range(1, N_CASES + 1)}
+
+
+@pytest.fixture(scope="module")
+def oriented(cases):
+    """The same cases in medseg's slice orientation (P, L, S): {index: (hu, label, spacing)}."""
+    out = {}
+    for k, (image, label) in cases.items():
+        hu, affine = reorient(image.array, image.affine)
+        lab, _ = reorient(label.array, label.affine)
+        out[k] = (hu, lab, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    return out
+
+
+def _volume_ml(label: np.ndarray, spacing, key: str) -> float:
+    return float((label == RAW[key]).sum() * np.prod(spacing) / 1000.0)
+
+
+# ---------------------------------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_and_case_give_identical_volumes(cases):
+    image, label = phantom.generate_case(3, SEED, "small")
+    assert np.array_equal(image.array, cases[3][0].array)
+    assert np.array_equal(label.array, cases[3][1].array)
+    assert np.array_equal(image.affine, cases[3][0].affine)
+
+
+def test_different_seed_or_case_differs(cases):
+    other_seed, _ = phantom.generate_case(1, SEED + 1, "small")
+    assert other_seed.shape != cases[1][0].shape or not np.array_equal(other_seed.array, cases[1][0].array)
+    assert not np.array_equal(cases[1][1].array, cases[2][1].array)
+
+
+def test_cohort_cases_do_not_depend_on_cohort_size_or_workers(cases, tmp_path):
+    out = tmp_path / "cohort"
+    phantom.write_cohort(out, cases=3, seed=SEED, workers=1, progress=False, preview=False)
+    assert (out / "img" / "img0003.nii.gz").exists()
+    summary = phantom.write_cohort(out, cases=2, seed=SEED, workers=2, progress=False, preview=False)
+    assert summary["cases"] == 2 and summary["preview"] is None
+    # The earlier third case is removed, the first two equal the stand-alone cases.
+    assert not (out / "img" / "img0003.nii.gz").exists() and not (out / "label" / "label0003.nii.gz").exists()
+    for k in (1, 2):
+        image = read_volume(out / "img" / f"img{k:04d}.nii.gz")
+        label = read_volume(out / "label" / f"label{k:04d}.nii.gz")
+        assert image.array.dtype == np.int16 and label.array.dtype == np.uint8
+        assert np.array_equal(image.array, cases[k][0].array)
+        assert np.array_equal(label.array, cases[k][1].array)
+        np.testing.assert_allclose(image.affine, cases[k][0].affine, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+
+
+def test_types_values_shapes_and_spacing(cases):
+    for image, label in cases.values():
+        assert image.array.dtype == np.int16 and label.array.dtype == np.uint8
+        assert image.shape == label.shape
+        assert np.array_equal(image.affine, label.affine)
+        assert set(np.unique(label.array)) <= set(range(0, 14))
+        assert image.array.min() >= -1024 and image.array.max() <= 3071
+        spacing = np.array(image.spacing)
+        slice_axis = int(np.argmax(spacing))
+        inplane = [a for a in range(3) if a != slice_axis]
+        assert [image.shape[a] for a in inplane] == [128, 128]
+        assert 44 <= image.shape[slice_axis] <= 56
+        assert 2.5 <= spacing[slice_axis] <= 5.0
+        assert all(2.5 <= spacing[a] <= 3.05 for a in inplane)
+
+
+def test_affines_are_not_identity_and_vary(cases):
+    codes = set()
+    for image, _ in cases.values():
+        assert not np.allclose(image.affine, np.eye(4))
+        codes.add(nib.aff2axcodes(image.affine))
+    assert len(codes) >= 3
+    assert any(nib.aff2axcodes(image.affine)[2] not in ("S", "I") for image, _ in cases.values())
+
+
+def test_full_size_geometry_is_synapse_like():
+    for k in range(1, 5):
+        geometry = phantom.case_geometry(SEED, k, "full")
+        assert geometry.shape[:2] == (512, 512)
+        assert 85 <= geometry.shape[2] <= 198
+        assert 0.6 <= geometry.spacing[0] <= 0.9 and geometry.spacing[0] == geometry.spacing[1]
+        assert geometry.spacing[2] in (2.5, 3.0, 5.0)
+
+
+def test_bad_arguments_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError):
+        phantom.generate_case(1, SEED, "huge")
+    with pytest.raises(ConfigError):
+        phantom.generate_case(0, SEED)
+    with pytest.raises(ConfigError):
+        phantom.generate_case(1, -3)
+    with pytest.raises(ConfigError):
+        phantom.write_cohort(tmp_path / "x", cases=0, seed=SEED)
+    foreign = tmp_path / "foreign"
+    (foreign / "img").mkdir(parents=True)
+    (foreign / "img" / "img0001.nii.gz").write_bytes(b"not ours")
+    with pytest.raises(ConfigError, match="did not write"):
+        phantom.write_cohort(foreign, cases=1, seed=SEED)
+    assert (foreign / "img" / "img0001.nii.gz").read_bytes() == b"not ours"
+
+
+# ---------------------------------------------------------------------------------------------------- anatomy
+
+
+def test_some_cases_miss_an_organ_and_those_organs_are_empty(cases):
+    omitted = {k: phantom.omitted_organs(SEED, k) for k in cases}
+    assert any(omitted.values())
+    for k, (_, label) in cases.items():
+        present = set(np.unique(label.array))
+        for key in ("gallbladder", "kidney_left", "kidney_right"):
+            assert (RAW[key] in present) == (key not in omitted[k]), (k, key)
+        # Every other organ is always there.
+        for key in ("liver", "spleen", "stomach", "aorta", "inferior_vena_cava", "portal_splenic_vein",
+                    "pancreas", "esophagus", "adrenal_right", "adrenal_left"):
+            assert RAW[key] in present, (k, key)
+
+
+def test_any_five_consecutive_block_has_an_empty_organ():
+    for seed in range(6):
+        assert any(phantom.omitted_organs(seed, k) for k in range(1, 6))
+        assert any(phantom.omitted_organs(seed, k) for k in range(6, 11))
+
+
+def test_organ_volumes_are_plausible(oriented):
+    ranges = {"liver": (1000, 2500), "spleen": (100, 400), "kidney_right": (80, 260), "kidney_left": (80, 260),
+              "pancreas": (25, 130), "gallbladder": (10, 90), "stomach": (100, 900), "adrenal_right": (1, 12),
+              "adrenal_left": (1, 12)}
+    for k, (_, label, spacing) in oriented.items():
+        for key, (low, high) in ranges.items():
+            if key in phantom.omitted_organs(SEED, k):
+                continue
+            assert low <= _volume_ml(label, spacing, key) <= high, (k, key, _volume_ml(label, spacing, key))
+
+
+def test_aorta_and_ivc_run_through_every_slice(oriented):
+    for k, (_, label, _) in oriented.items():
+        assert np.all((label == RAW["aorta"]).any(axis=(0, 1))), k
+        assert np.all((label == RAW["inferior_vena_cava"]).any(axis=(0, 1))), k
+
+
+def test_organ_ct_numbers_are_plausible(oriented):
+    ranges = {"liver": (85, 145), "spleen": (80, 150), "kidney_right": (120, 210), "kidney_left": (120, 210),
+              "aorta": (150, 320), "inferior_vena_cava": (100, 190), "pancreas": (60, 120),
+              "gallbladder": (-10, 45), "portal_splenic_vein": (90, 200), "stomach": (-700, 80)}
+    for k, (hu, label, _) in oriented.items():
+        for key, (low, high) in ranges.items():
+            mask = label == RAW[key]
+            if mask.any():
+                assert low <= hu[mask].mean() <= high, (k, key, hu[mask].mean())
+        # Air outside the body, fat under the skin: the image is mostly darker than water.
+        assert np.median(hu) < -300
+        # Noise: a flat patch of liver has a standard deviation of a few to 25 HU.
+        core = (label == RAW["liver"])
+        assert 3 < hu[core].std() < 60
+
+
+def test_anatomy_is_on_the_right_side_after_orientation(oriented):
+    """After reorienting to (P, L, S): columns run patient right -> left, rows anterior -> posterior."""
+    for k, (_, label, _) in oriented.items():
+        width = label.shape[1]
+
+        def centroid(key):
+            return np.argwhere(label == RAW[key]).mean(axis=0)  # (row, column, slice)
+
+        liver, spleen, aorta, ivc = centroid("liver"), centroid("spleen"), centroid("aorta"), centroid(
+            "inferior_vena_cava")
+        assert liver[1] < width / 2 < spleen[1], k  # liver on the patient's right, spleen on the left
+        assert centroid("stomach")[1] > width / 2, k
+        assert ivc[1] < aorta[1], k  # IVC to the right of the aorta
+        assert liver[2] > centroid("pancreas")[2], k  # liver above the pancreas
+        for key in ("kidney_right", "kidney_left"):
+            if key not in phantom.omitted_organs(SEED, k):
+                kidney = centroid(key)
+                assert kidney[0] > aorta[0], (k, key)  # kidneys behind the aorta
+                assert (kidney[1] < width / 2) == (key == "kidney_right"), (k, key)
+        assert centroid("adrenal_right")[1] < centroid("adrenal_left")[1], k
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+
+def test_synth_command_writes_the_btcv_layout_and_preview(cases, tmp_path, capsys):
+    out = tmp_path / "phantom"
+    assert main(["synth", str(out), "--cases", "2", "--seed", str(SEED)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "preview.png" in printed
+    assert sorted(p.name for p in (out / "img").iterdir()) == ["img0001.nii.gz", "img0002.nii.gz"]
+    assert sorted(p.name for p in (out / "label").iterdir()) == ["label0001.nii.gz", "label0002.nii.gz"]
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "phantom.json").read_text())
+    assert manifest["seed"] == SEED and manifest["size"] == "small" and manifest["complete"] is True
+    assert manifest["generator_version"] == phantom.GENERATOR_VERSION
+    assert [c["case_id"] for c in manifest["cases"]] == ["case0001", "case0002"]
+    for entry in manifest["cases"]:
+        assert {"shape", "spacing", "axcodes", "omitted_organs"} <= set(entry)
+    label = read_volume(out / "label" / "label0002.nii.gz")
+    assert np.array_equal(label.array, cases[2][1].array)
+    # medseg's own cohort discovery finds the cases with their labels.
+    from medseg.data.cohort import discover_cases
+
+    found = discover_cases(out)
+    assert [c.case_id for c in found] == ["case0001", "case0002"] and all(c.label for c in found)
+
+
+def test_synth_command_bad_options_exit_2(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "a"), "--cases", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cases" in err and len(err.strip().splitlines()) == 1
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["synth", str(a_file), "--cases", "1"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "b"), "--cases", "1", "--workers", "0"]) == 2
