@@ -54,7 +54,8 @@ import numpy as np
 
 from medseg.errors import ConfigError
 from medseg.io import Volume, read_json, write_json, write_volume
-from medseg.labels import BTCV_ORGANS, ORGAN_COLOURS
+from medseg.labels import BTCV13, BTCV_ORGANS, ORGAN_COLOURS
+from medseg.visualize import label_overlay
 
 log = logging.getLogger(__name__)
 
@@ -1327,23 +1328,6 @@ def _remove_stale_cases(out_dir: Path, old: dict, cases: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Preview montage.
 
-#: Display window (HU) of the preview: a soft-tissue window, level 40, width 400.
-PREVIEW_WINDOW = (-160.0, 240.0)
-
-
-def _overlay_rgb(image: np.ndarray, label: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB float image (rows, cols, 3) in [0, 1]: windowed grey CT with the organs tinted in ORGAN_COLOURS."""
-    low, high = PREVIEW_WINDOW
-    grey = np.clip((image.astype(np.float32) - low) / (high - low), 0, 1)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    for value, (key, _) in BTCV_ORGANS.items():
-        mask = label == value
-        if mask.any():
-            colour = np.array(ORGAN_COLOURS[key], dtype=np.float32) / 255.0
-            rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
-    return rgb
-
-
 def _best_slice(label: np.ndarray, keys: tuple[str, ...]) -> int:
     """Axial slice index (last axis) with the most voxels of the given organs; the middle slice if none."""
     mask = np.isin(label, [LABEL[k] for k in keys])
@@ -1403,7 +1387,7 @@ def render_preview(source, path: "str | Path", max_cases: int = 4) -> Path:
     for row, (case_id, image, label) in enumerate(cases):
         for col, (title, img2d, lab2d, aspect) in enumerate(_preview_views(image, label)):
             ax = axes[row, col]
-            ax.imshow(_overlay_rgb(img2d, lab2d), aspect=aspect, interpolation="nearest")
+            ax.imshow(label_overlay(img2d, lab2d, BTCV13), aspect=aspect, interpolation="nearest")
             ax.set_title(f"{case_id}: {title}", fontsize=8)
             ax.set_axis_off()
     handles = [Patch(color=np.array(ORGAN_COLOURS[key]) / 255.0, label=name) for key, name in BTCV_ORGANS.values()]
