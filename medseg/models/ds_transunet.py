@@ -39,11 +39,13 @@ model has no position embeddings, so the ``img_size`` it was built for is inform
 Parameters
 ----------
 ``DS-TransUNet-B`` (Swin-B fine branch, Swin-T coarse branch, decoder width 128, TIF sizes as in the reference)
-has 168,881,869 parameters for 9 classes: 86,714,112 + 27,518,418 in the two encoders, 2,165,888 in TIF,
-34,559,488 in the conv fusion and 17,923,963 in the decoder and heads (:func:`parameter_breakdown`). The
-paper's "about 171M" is an approximate figure; the layers here follow the reference design, so the difference
-(about 1.2%) comes from details this module does not reproduce. Small variants (``-S``, ``-Tiny``) keep the
-design with narrow widths and depths 2/2/2/2, for tests and CPU demos.
+has 171,450,825 parameters for 9 classes (:func:`parameter_breakdown`): fine encoder 86,745,016 (the Swin-B
+backbone without its classifier, 86,743,224, plus three per-stage output norms), coarse encoder 27,534,522 (Swin-T
+without classifier, 27,519,354, plus per-stage norms, plus 13,824 for the 8x8 instead of 4x4 patch kernel), TIF
+4,516,896, conv fusion 34,479,360, decoder, stem and heads 18,175,031 (1,187 of them per class). That is the
+paper's "about 171M". The layers follow the reference design one for one, but the reference code only builds on
+a GPU, so an exact match with its own count is not checked. Small variants (``-S``, ``-Tiny``) keep the design
+with narrow widths and depths 2/2/2/2, for tests and CPU demos.
 
 Departures from the reference code, on purpose: the deep-supervision heads have no ReLU on their logits and are
 upsampled bilinearly (the reference clamps them at zero and upsamples nearest); the TIF attention uses
@@ -100,8 +102,9 @@ class DSTransUNetConfig:
         mlp_ratio: Swin MLP width / channels.
         decoder_dim: width D of the fused map S0; S1..S3 have 2D, 4D, 8D channels; the stems have D/4 and D/2.
         decoder_heads: heads of the three decoder Swin stages (at 4D, 2D, D channels).
-        decoder_depth: Swin blocks per decoder stage (the second one is shifted).
-        tif_fine_heads, tif_fine_head_dim, tif_fine_mlp_dim: the global transformer layer run on the fine tokens.
+        decoder_depth: Swin blocks per decoder stage (every second one is shifted).
+        tif_fine_heads, tif_fine_head_dim, tif_fine_mlp_dim: the global transformer layer run on the fine tokens
+            (the same at all four scales, as in the reference).
         tif_coarse_heads, tif_coarse_head_dim, tif_coarse_mlp_dim: the same for the coarse tokens.
         fine_drop_path, coarse_drop_path, decoder_drop_path: stochastic-depth rate of the last block of each
             Swin stack (rising linearly from 0, as in Swin).
@@ -212,9 +215,13 @@ def _linear_drop_path_rates(last_rate: float, count: int) -> list[float]:
 
 
 def _init_transformer_weights(module: nn.Module) -> None:
-    """Swin's initialisation: linear weights truncated normal (std 0.02), biases 0, LayerNorm 1 and 0."""
+    """Swin's initialisation: linear weights normal (std 0.02), biases 0, LayerNorm 1 and 0.
+
+    Swin draws a normal truncated at +-2 in absolute value, 100 standard deviations out: a plain normal in practice,
+    and ``normal_`` is much faster to draw on CPU than ``trunc_normal_``.
+    """
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
@@ -399,7 +406,10 @@ class SwinDecoderStage(nn.Module):
 
 
 class ConvDecoderStage(nn.Module):
-    """Upsample + conv, then merge with a CNN stem skip: x (B, Cin, h, w), skip (B, Cskip, 2h, 2w) -> (B, Cout, 2h, 2w)."""
+    """Upsample + conv, then merge with a CNN stem skip.
+
+    x (B, Cin, h, w) and skip (B, Cskip, 2h, 2w) -> (B, Cout, 2h, 2w).
+    """
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -545,7 +555,7 @@ def _build(base: DSTransUNetConfig, num_classes: int, img_size: int, in_channels
 
 @register_model("DS-TransUNet-B", family="ds_transunet", default_img_size=224, published=True,
                 img_size_multiple=IMG_SIZE_MULTIPLE,
-                description="DS-TransUNet as published: Swin-B fine + Swin-T coarse encoders, TIF, ~169M parameters")
+                description="DS-TransUNet as published: Swin-B fine + Swin-T coarse encoders, TIF, ~171M parameters")
 def ds_transunet_b(num_classes: int, img_size: int = 224, in_channels: int = 1, **overrides) -> DSTransUNet:
     """The published size (Swin-B patch 4 + Swin-T patch 8 encoders, decoder width 128)."""
     return _build(CONFIG_B, num_classes, img_size, in_channels, overrides)
@@ -673,6 +683,8 @@ def load_swin_imagenet(model: DSTransUNet, source, branch: str, resize_patch_emb
         ConfigError: ``branch`` is not fine/coarse.
         CheckpointError: the file is missing, not a plain tensor checkpoint, or holds nothing Swin-shaped.
     """
+    if not isinstance(model, DSTransUNet):
+        raise TypeError(f"load_swin_imagenet needs a DSTransUNet (unwrapped from DDP), got {type(model).__name__}")
     if branch not in ("fine", "coarse"):
         raise ConfigError(f"branch: expected 'fine' or 'coarse', got {branch!r}")
     encoder: SwinEncoder = getattr(model, f"{branch}_encoder")
