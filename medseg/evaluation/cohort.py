@@ -17,9 +17,9 @@ the label set's highest class, classes otherwise. The format used is recorded pe
 Per case: the spacing is the reference NIfTI's (from its affine, mm, array axis order); prediction and reference
 must have the same shape and affines equal within 1e-4 (mm), and a prediction may only hold the label set's
 classes. A case that breaks a rule is listed in ``errors`` and the other cases complete. A reference case without a
-prediction is scored as an empty prediction: status ``missing_prediction`` for every organ the reference holds
-(Dice 0, HD95 = ASSD = image diagonal, NSD 0) in the standard protocol, the paper's (0, 0) in the TransUNet
-protocol; it is listed in ``missing_predictions``.
+prediction is scored as an empty prediction: status ``missing_prediction`` for every organ the reference holds,
+with Dice 0, HD95 = ASSD = image diagonal, NSD 0 in the standard protocol and the paper's (0, 0) in the TransUNet
+protocol; the case is listed in ``missing_predictions``.
 
 The summary (a plain dict, written as ``summary.json`` by :func:`medseg.evaluation.report.write_reports`)::
 
@@ -34,7 +34,7 @@ The summary (a plain dict, written as ``summary.json`` by :func:`medseg.evaluati
       "counts": {"cases": n reference cases, "evaluated": n cases compared with a prediction,
                  "missing_predictions": n, "errors": n,
                  "organ_status": {"scored": n, "both_empty": n, "pred_empty": n, "ref_empty": n,
-                                  "missing_prediction": n}},          # standard protocol, over case x organ
+                                  "missing_prediction": n}},   # over case x organ, standard protocol if run
       "missing_predictions": [case ids], "unmatched_predictions": [file names without a reference],
       "errors": [{"case_id": ..., "message": ...}],
       "case_info": {case_id: {"reference", "prediction", "status": "evaluated|missing_prediction|error",
@@ -59,6 +59,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,7 @@ from medseg.evaluation.metrics import (
     STANDARD_METRICS,
     STATUSES,
     TRANSUNET_METRICS,
+    check_tolerance,
     evaluate_case,
     protocols_of,
     to_class_map,
@@ -203,9 +205,10 @@ def evaluate_pair(pair: CasePair, label_set: "LabelSet | str", protocol: str = "
         if pair.prediction is None:
             empty = np.zeros(reference.shape, dtype=np.uint8)
             results = evaluate_case(empty, reference, ref_volume.spacing, label_set, protocol, tolerance_mm)
-            for record in results.get("standard", {}).values():
-                if record["status"] == PRED_EMPTY:
-                    record["status"] = MISSING_PREDICTION
+            for protocol_results in results.values():
+                for record in protocol_results.values():
+                    if record["status"] == PRED_EMPTY:
+                        record["status"] = MISSING_PREDICTION
             status = MISSING_PREDICTION
         else:
             pred_volume = read_volume(pair.prediction)
@@ -248,12 +251,15 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
 
     label_set = get_label_set(labels)
     protocols_of(protocol)
-    if not (isinstance(tolerance_mm, (int, float)) and np.isfinite(tolerance_mm) and tolerance_mm >= 0):
-        raise ConfigError(f"tolerance: must be a finite number of mm >= 0, got {tolerance_mm!r}")
+    tolerance_mm = check_tolerance(tolerance_mm)
     workers = default_workers() if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be a whole number >= 1, got {workers!r}")
     pairs, unmatched = pair_cases(ref_dir, pred_dir, reference_format)
+    if reference_format == "auto" and pairs[0].reference_format == "raw":
+        logger.info("%s: a label/ or labelsTr/ cohort; references read as raw BTCV values and mapped to %s "
+                    "(use --reference-format classes if they already hold %s classes)", ref_dir, label_set.name,
+                    label_set.name)
     for name in unmatched:
         logger.warning("%s: prediction has no reference case; ignored", Path(pred_dir) / name)
     for pair in pairs:
@@ -271,9 +277,18 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
         # "spawn" starts clean interpreters: safe when the caller has threads (torch, a notebook kernel).
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(evaluate_pair, pair, label_set, protocol, tolerance_mm) for pair in pairs]
+            futures = {pool.submit(evaluate_pair, pair, label_set, protocol, tolerance_mm): pair for pair in pairs}
             for future in as_completed(futures):
-                records.append(future.result())
+                try:
+                    records.append(future.result())
+                except BrokenProcessPool:  # a worker died: the case is an error, not a crash of the whole run
+                    pair = futures[future]
+                    logger.debug("worker for %s died", pair.case_id, exc_info=True)
+                    records.append({"case_id": pair.case_id, "status": "error", "results": None,
+                                    "info": {"reference": str(pair.reference), "prediction": str(pair.prediction)},
+                                    "error": f"{pair.prediction or pair.reference}: worker process ended abruptly "
+                                             "(killed for memory? try fewer workers, or workers=1 when calling "
+                                             "from a script read from stdin)"})
                 bar.update(1)
     bar.close()
     for record in records:

@@ -41,10 +41,10 @@ TransUNet protocol (the paper's evaluation, kept for comparison with published t
 * prediction empty (whatever the reference): Dice 0, HD95 0 (status ``pred_empty`` or ``both_empty``).
   Every organ of every case enters the paper's means.
 
-Speed: the bounding boxes of all organs are found in one pass over each label map
-(``scipy.ndimage.find_objects``); each organ is then handled inside the union of its two boxes only, which does not
-change any number (outside the box both masks are background, so erosion and distances are the same as on the whole
-volume).
+Speed: both label maps are first cropped to the box holding all their foreground; the bounding boxes of all organs
+are then found in one pass over each cropped map (``scipy.ndimage.find_objects``), and each organ is handled inside
+the union of its two boxes only. Cropping does not change any number: outside the box both masks are background, so
+erosion (which treats outside-the-array as background) and distances are the same as on the whole volume.
 """
 from __future__ import annotations
 
@@ -98,6 +98,17 @@ def check_spacing(spacing, ndim: int) -> np.ndarray:
     if values.size != ndim or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ConfigError(f"spacing: expected {ndim} positive finite numbers in mm, got {spacing!r}")
     return values
+
+
+def check_tolerance(tolerance_mm) -> float:
+    """Validate an NSD tolerance: a finite number of mm >= 0 (ConfigError otherwise). Returns it as float."""
+    try:
+        value = float(tolerance_mm)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"tolerance: must be a finite number of mm >= 0, got {tolerance_mm!r}")
+    return value
 
 
 def image_diagonal_mm(shape, spacing) -> float:
@@ -168,9 +179,17 @@ def boundary(mask: np.ndarray) -> np.ndarray:
 
 def nearest_distances(from_points: np.ndarray, to_points: np.ndarray) -> np.ndarray:
     """For each point of ``from_points`` (n, ndim), the Euclidean distance to the nearest point of ``to_points``."""
-    tree = cKDTree(to_points, leafsize=32)
+    if len(from_points) == 0:
+        return np.zeros(0, dtype=np.float64)
+    tree = cKDTree(to_points, leafsize=32, balanced_tree=False, compact_nodes=False)
     distances, _ = tree.query(from_points, k=1)
     return np.asarray(distances, dtype=np.float64)
+
+
+def _directed_distances(own_only: np.ndarray, n_shared: int, other_all: np.ndarray) -> np.ndarray:
+    """Distances of one boundary's voxels to the other boundary: 0 for the ``n_shared`` voxels on both boundaries,
+    a nearest-neighbour query for the others (``own_only``). Order is irrelevant to every metric."""
+    return np.concatenate([np.zeros(n_shared), nearest_distances(own_only, other_all)])
 
 
 def surface_distances(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
@@ -185,12 +204,10 @@ def surface_distances(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing=None)
         reference boundary voxel, and the other way round (float64, mm or voxels).
 
     Raises:
+        InputError: the masks differ in shape.
         ValueError: a mask is empty (distances are undefined; the protocols handle that case).
     """
-    pred_mask = np.asarray(pred_mask, dtype=bool)
-    ref_mask = np.asarray(ref_mask, dtype=bool)
-    if pred_mask.shape != ref_mask.shape:
-        raise ValueError(f"masks differ in shape: {pred_mask.shape} vs {ref_mask.shape}")
+    pred_mask, ref_mask = _mask_pair(pred_mask, ref_mask)
     if not pred_mask.any() or not ref_mask.any():
         raise ValueError("surface distances need two non-empty masks")
     scale = np.ones(pred_mask.ndim) if spacing is None else check_spacing(spacing, pred_mask.ndim)
@@ -213,9 +230,9 @@ def standard_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing, toler
     Returns:
         ``{"status", "dice", "hd95_mm", "assd_mm", "nsd", "pred_volume_ml", "ref_volume_ml"}``.
     """
-    pred_mask = np.asarray(pred_mask, dtype=bool)
-    ref_mask = np.asarray(ref_mask, dtype=bool)
+    pred_mask, ref_mask = _mask_pair(pred_mask, ref_mask)
     spacing = check_spacing(spacing, pred_mask.ndim)
+    tolerance_mm = check_tolerance(tolerance_mm)
     if worst_case_mm is None:
         worst_case_mm = image_diagonal_mm(pred_mask.shape, spacing)
     return _score_pair(pred_mask, ref_mask, spacing, ("standard",), tolerance_mm, worst_case_mm)["standard"]
@@ -223,8 +240,7 @@ def standard_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing, toler
 
 def transunet_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray) -> dict:
     """TransUNet-protocol metrics of one binary mask pair: ``{"status", "dice", "hd95_voxels"}`` (voxel units)."""
-    pred_mask = np.asarray(pred_mask, dtype=bool)
-    ref_mask = np.asarray(ref_mask, dtype=bool)
+    pred_mask, ref_mask = _mask_pair(pred_mask, ref_mask)
     spacing = np.ones(pred_mask.ndim)
     return _score_pair(pred_mask, ref_mask, spacing, ("transunet",), DEFAULT_TOLERANCE_MM, 0.0)["transunet"]
 
@@ -252,8 +268,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing, label_set: "LabelS
     """
     label_set = get_label_set(label_set)
     protocols = protocols_of(protocol)
-    if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm >= 0):
-        raise ConfigError(f"tolerance: must be a finite number of mm >= 0, got {tolerance_mm!r}")
+    tolerance_mm = check_tolerance(tolerance_mm)
     pred = to_class_map(pred, label_set, "prediction")
     ref = to_class_map(ref, label_set, "reference")
     if pred.shape != ref.shape:
@@ -261,8 +276,13 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing, label_set: "LabelS
     spacing = check_spacing(spacing, ref.ndim)
     worst_case_mm = image_diagonal_mm(ref.shape, spacing)
 
-    # One pass over each label map finds the bounding box of every class (None for an absent class).
+    # 1. Crop both maps to the box holding all their foreground (cheap axis projections).
+    # 2. One pass over each cropped map finds the bounding box of every class (None for an absent class).
     num_organs = len(label_set.organs)
+    pred_box, ref_box = _bounding_box(pred), _bounding_box(ref)
+    if pred_box is not None or ref_box is not None:
+        case_box = _union_box(pred_box, ref_box, ref.shape)
+        pred, ref = pred[case_box], ref[case_box]
     pred_boxes = ndimage.find_objects(pred, max_label=num_organs)
     ref_boxes = ndimage.find_objects(ref, max_label=num_organs)
 
@@ -282,9 +302,24 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing, label_set: "LabelS
     return results
 
 
-def _bounding_box(mask: np.ndarray) -> "tuple[slice, ...] | None":
-    boxes = ndimage.find_objects(mask.astype(np.uint8), max_label=1)
-    return boxes[0]
+def _mask_pair(pred_mask, ref_mask) -> tuple[np.ndarray, np.ndarray]:
+    pred_mask = np.asarray(pred_mask, dtype=bool)
+    ref_mask = np.asarray(ref_mask, dtype=bool)
+    if pred_mask.shape != ref_mask.shape:
+        raise InputError(f"prediction shape {pred_mask.shape} differs from reference shape {ref_mask.shape}")
+    return pred_mask, ref_mask
+
+
+def _bounding_box(array: np.ndarray) -> "tuple[slice, ...] | None":
+    """Smallest box holding every non-zero voxel of ``array`` (None when there is none), from axis projections."""
+    box = []
+    for axis in range(array.ndim):
+        other_axes = tuple(a for a in range(array.ndim) if a != axis)
+        present = np.flatnonzero(np.any(array, axis=other_axes))
+        if present.size == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
 
 
 def _union_box(box_a, box_b, shape) -> tuple[slice, ...]:
@@ -306,18 +341,24 @@ def _score_pair(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, protocol
     voxel_ml = float(np.prod(spacing)) / 1000.0
     records = {}
 
-    pred_points = ref_points = None
-    if n_pred > 0 and n_ref > 0:
+    both_present = n_pred > 0 and n_ref > 0
+    if both_present:
         intersection = int(np.count_nonzero(pred & ref))
         dice = 2.0 * intersection / float(n_pred + n_ref)
-        pred_points = np.argwhere(boundary(pred)).astype(np.float64)
-        ref_points = np.argwhere(boundary(ref)).astype(np.float64)
+        # Boundary voxels as coordinates (voxel indices); a voxel on both boundaries is at distance 0 both ways,
+        # so only the others need a nearest-neighbour query.
+        pred_edge, ref_edge = boundary(pred), boundary(ref)
+        n_shared = int(np.count_nonzero(pred_edge & ref_edge))
+        pred_all = np.argwhere(pred_edge).astype(np.float64)
+        ref_all = np.argwhere(ref_edge).astype(np.float64)
+        pred_only = np.argwhere(pred_edge & ~ref_edge).astype(np.float64)
+        ref_only = np.argwhere(ref_edge & ~pred_edge).astype(np.float64)
 
     if "standard" in protocols:
         record = {"status": _status(n_pred, n_ref)}
-        if pred_points is not None:
-            d_pred_ref = nearest_distances(pred_points * spacing, ref_points * spacing)
-            d_ref_pred = nearest_distances(ref_points * spacing, pred_points * spacing)
+        if both_present:
+            d_pred_ref = _directed_distances(pred_only * spacing, n_shared, ref_all * spacing)
+            d_ref_pred = _directed_distances(ref_only * spacing, n_shared, pred_all * spacing)
             n_boundary = d_pred_ref.size + d_ref_pred.size
             record.update(
                 dice=dice,
@@ -335,9 +376,9 @@ def _score_pair(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, protocol
 
     if "transunet" in protocols:
         record = {"status": _status(n_pred, n_ref)}
-        if pred_points is not None:
-            d_pred_ref = nearest_distances(pred_points, ref_points)
-            d_ref_pred = nearest_distances(ref_points, pred_points)
+        if both_present:
+            d_pred_ref = _directed_distances(pred_only, n_shared, ref_all)
+            d_ref_pred = _directed_distances(ref_only, n_shared, pred_all)
             pooled = np.concatenate([d_pred_ref, d_ref_pred])
             record.update(dice=dice, hd95_voxels=float(np.percentile(pooled, 95)))
         elif n_pred > 0:

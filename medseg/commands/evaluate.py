@@ -1,0 +1,96 @@
+"""``medseg evaluate REF_DIR PRED_DIR -o REPORT_DIR``: per-organ metrics of predictions against references.
+
+Writes summary.json, per_case.csv, report.md, report.html and box plots into REPORT_DIR (see
+:mod:`medseg.evaluation`). Exit code 0 when at least one prediction was scored (per-case errors and missing
+predictions are listed in the reports), 2 when the inputs are unusable (missing folders, no matching cases, bad
+options, or no prediction could be scored; the reports are still written in that last case).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from medseg.labels import LABEL_SETS
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``medseg evaluate``."""
+    from medseg.evaluation.cohort import REFERENCE_FORMATS, default_workers
+    from medseg.evaluation.metrics import DEFAULT_TOLERANCE_MM, PROTOCOLS
+
+    parser.add_argument("ref_dir", metavar="REF_DIR",
+                        help="reference labels: a cohort folder (img/ + label/, imagesTr/ + labelsTr/, ...) or a "
+                             "flat folder of label files")
+    parser.add_argument("pred_dir", metavar="PRED_DIR",
+                        help="flat folder of predicted label maps (NIfTI), one per case")
+    parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder for the reports")
+    parser.add_argument("--labels", default="synapse8", choices=sorted(LABEL_SETS),
+                        help="label set of the predictions (default: synapse8)")
+    parser.add_argument("--protocol", default="both", choices=PROTOCOLS,
+                        help="standard (mm, explicit empty-mask policy), transunet (the paper's), or both "
+                             "(default: both)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM, metavar="MM",
+                        help=f"NSD tolerance in mm (default: {DEFAULT_TOLERANCE_MM:g})")
+    parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                        help="cases evaluated in parallel processes (default: CPU count, at most 8)")
+    parser.add_argument("--reference-format", default="auto", choices=REFERENCE_FORMATS,
+                        help="raw: references hold raw BTCV values 0..13 (remapped to the label set); classes: "
+                             "they hold the label set's classes; auto (default): raw for a label/ or labelsTr/ "
+                             "cohort, else decided per file from its values")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, write the reports, log the per-organ means; returns the exit code."""
+    from medseg.errors import InputError
+    from medseg.evaluation.cohort import evaluate_folders
+    from medseg.evaluation.report import write_reports
+
+    summary = evaluate_folders(
+        args.ref_dir,
+        args.pred_dir,
+        labels=args.labels,
+        protocol=args.protocol,
+        tolerance_mm=args.tolerance,
+        workers=args.workers,
+        reference_format=args.reference_format,
+        progress=not args.no_progress,
+    )
+    paths = write_reports(summary, args.output)
+    _log_summary(summary)
+    logger.info("reports written to %s (%s)", args.output, ", ".join(p.name for p in paths.values()))
+    counts = summary["counts"]
+    if counts["evaluated"] == 0:
+        first = summary["errors"][0]
+        raise InputError(f"no case could be scored ({counts['errors']} errors, listed in {paths['summary']}); "
+                         f"first: {first['case_id']}: {first['message']}")
+    return 0
+
+
+def _log_summary(summary: dict) -> None:
+    names = summary["display_names"]
+    for protocol, dice_key, hd_key, unit in (("standard", "dice", "hd95_mm", "mm"),
+                                             ("transunet", "dice", "hd95_voxels", "voxels")):
+        if protocol not in summary:
+            continue
+        block = summary[protocol]
+        logger.info("%s protocol: mean DSC %s %%, mean HD95 %s %s", protocol,
+                    _pct(block["foreground_mean"][dice_key]), _num(block["foreground_mean"][hd_key]), unit)
+        for organ in summary["organs"]:
+            stats = block["organs"][organ]
+            logger.info("  %-12s DSC %6s %%  HD95 %7s %s  (n=%d)", names.get(organ, organ),
+                        _pct(stats[dice_key]["mean"]), _num(stats[hd_key]["mean"]), unit, stats[dice_key]["n"])
+    counts = summary["counts"]
+    logger.info("%d cases: %d evaluated, %d missing predictions (scored as failures), %d errors (listed above and "
+                "in the reports)", counts["cases"], counts["evaluated"], counts["missing_predictions"],
+                counts["errors"])
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
