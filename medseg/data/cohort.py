@@ -28,7 +28,11 @@ SYNAPSE_TRAIN_IDS: tuple[str, ...] = tuple(
     f"case{n:04d}" for n in (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
 )
 
-_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_gt", "_mask")
+#: File-name endings that mark a label file in a flat folder.
+LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_gt", "_mask")
+#: Folder names that hold images and labels, in order of preference.
+IMAGE_DIR_NAMES = ("img", "imagesTr", "images", "image")
+LABEL_DIR_NAMES = ("label", "labelsTr", "labels")
 _NNUNET_CHANNEL = re.compile(r"_(\d{4})$")
 
 
@@ -54,7 +58,7 @@ def case_id_from_path(path: "str | Path") -> str:
     """
     stem = strip_nifti_suffix(Path(path).name)
     stem = _NNUNET_CHANNEL.sub("", stem) if _NNUNET_CHANNEL.search(stem) and re.search(r"\d", stem[:-5]) else stem
-    for suffix in _LABEL_SUFFIXES:
+    for suffix in LABEL_SUFFIXES:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
@@ -62,11 +66,13 @@ def case_id_from_path(path: "str | Path") -> str:
     return f"case{int(digits[-1]):04d}" if digits else stem
 
 
-def _nifti_files(folder: Path) -> list[Path]:
+def nifti_files(folder: Path) -> list[Path]:
+    """The NIfTI files directly in ``folder`` (hidden files skipped), sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
 
 
-def _index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
+def index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
+    """``{case_id: path}``; two files with the same case id are an :class:`InputError` naming both."""
     indexed: dict[str, Path] = {}
     for path in files:
         case_id = case_id_from_path(path)
@@ -77,10 +83,10 @@ def _index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
 
 
 def _pair(image_dir: Path, label_dir: "Path | None") -> list[Case]:
-    images = _index_by_case(_nifti_files(image_dir), image_dir)
+    images = index_by_case(nifti_files(image_dir), image_dir)
     if not images:
         raise InputError(f"{image_dir}: no NIfTI images (.nii or .nii.gz) found")
-    labels = _index_by_case(_nifti_files(label_dir), label_dir) if label_dir is not None else {}
+    labels = index_by_case(nifti_files(label_dir), label_dir) if label_dir is not None else {}
     orphans = sorted(set(labels) - set(images))
     if orphans:
         raise InputError(f"{label_dir / labels[orphans[0]].name}: label has no matching image in {image_dir}")
@@ -115,9 +121,9 @@ def discover_cases(root: "str | Path") -> list[Case]:
     if nested.is_dir():
         root = nested
 
-    image_dir = _first_existing(root, ("img", "imagesTr", "images", "image"))
+    image_dir = _first_existing(root, IMAGE_DIR_NAMES)
     if image_dir is not None:
-        label_dir = _first_existing(root, ("label", "labelsTr", "labels"))
+        label_dir = _first_existing(root, LABEL_DIR_NAMES)
         cases = _pair(image_dir, label_dir)
         test_dir = root / "imagesTs" if image_dir.name == "imagesTr" else None
         if test_dir is not None and test_dir.is_dir():
@@ -125,15 +131,15 @@ def discover_cases(root: "str | Path") -> list[Case]:
             cases += [c for c in _pair(test_dir, None) if c.case_id not in known]
         return sorted(cases, key=lambda c: c.case_id)
 
-    files = _nifti_files(root)
+    files = nifti_files(root)
     if not files:
         raise InputError(f"{root}: no NIfTI files and no img/, imagesTr/ or images/ folder found")
-    labels = [p for p in files if strip_nifti_suffix(p.name).lower().endswith(_LABEL_SUFFIXES)]
+    labels = [p for p in files if strip_nifti_suffix(p.name).lower().endswith(LABEL_SUFFIXES)]
     images = [p for p in files if p not in labels]
     if not images:
         raise InputError(f"{root}: only label files found, no images")
-    image_index = _index_by_case(images, root)
-    label_index = _index_by_case(labels, root)
+    image_index = index_by_case(images, root)
+    label_index = index_by_case(labels, root)
     orphans = sorted(set(label_index) - set(image_index))
     if orphans:
         raise InputError(f"{label_index[orphans[0]]}: label has no matching image")

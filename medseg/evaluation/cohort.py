@@ -65,9 +65,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.cohort import case_id_from_path, discover_cases
+from medseg.data.cohort import (IMAGE_DIR_NAMES, LABEL_DIR_NAMES, LABEL_SUFFIXES,
+                                discover_cases, index_by_case, nifti_files)
 from medseg.errors import ConfigError, InputError, MedsegError
-from medseg.io import is_nifti, read_volume, strip_nifti_suffix
+from medseg.io import read_volume, strip_nifti_suffix
 from medseg.labels import LabelSet, get_label_set, remap_labels
 from medseg.evaluation.metrics import (
     BOTH_EMPTY,
@@ -92,10 +93,7 @@ REFERENCE_FORMATS = ("auto", "raw", "classes")
 SPACING_SOURCE = "reference NIfTI affine"
 WORST_CASE_DISTANCE = "image diagonal in mm, sqrt(sum((shape * spacing)^2)), for HD95 and ASSD when one mask is empty"
 
-_RAW_LABEL_DIRS = ("label", "labelsTr")
-_LABEL_DIRS = ("label", "labelsTr", "labels")
-_IMAGE_DIRS = ("img", "imagesTr", "images", "image")
-_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_gt", "_mask")
+_RAWLABEL_DIR_NAMES = ("label", "labelsTr")
 
 
 @dataclass(frozen=True)
@@ -134,19 +132,19 @@ def find_references(ref_dir: "str | Path") -> tuple[dict[str, Path], bool]:
     if not root.is_dir():
         raise InputError(f"{root}: reference folder not found" if not root.exists() else f"{root}: not a folder")
     search_root = root / "RawData" / "Training" if (root / "RawData" / "Training").is_dir() else root
-    label_dir = next((search_root / n for n in _LABEL_DIRS if (search_root / n).is_dir()), None)
-    image_dir = next((search_root / n for n in _IMAGE_DIRS if (search_root / n).is_dir()), None)
+    label_dir = next((search_root / n for n in LABEL_DIR_NAMES if (search_root / n).is_dir()), None)
+    image_dir = next((search_root / n for n in IMAGE_DIR_NAMES if (search_root / n).is_dir()), None)
     if label_dir is not None:
         if image_dir is not None:
             references = {c.case_id: c.label for c in discover_cases(root) if c.label is not None}
         else:
-            references = _index_by_case(_nifti_files(label_dir), label_dir)
+            references = index_by_case(nifti_files(label_dir), label_dir)
         if not references:
             raise InputError(f"{label_dir}: no reference label files (.nii or .nii.gz) found")
-        return references, label_dir.name in _RAW_LABEL_DIRS
-    files = _nifti_files(root)
-    labelled = [p for p in files if strip_nifti_suffix(p.name).lower().endswith(_LABEL_SUFFIXES)]
-    references = _index_by_case(labelled or files, root)
+        return references, label_dir.name in _RAWLABEL_DIR_NAMES
+    files = nifti_files(root)
+    labelled = [p for p in files if strip_nifti_suffix(p.name).lower().endswith(LABEL_SUFFIXES)]
+    references = index_by_case(labelled or files, root)
     if not references:
         raise InputError(f"{root}: no reference label files (.nii or .nii.gz) and no label/ folder found")
     return references, False
@@ -157,7 +155,7 @@ def find_predictions(pred_dir: "str | Path") -> dict[str, Path]:
     root = Path(pred_dir)
     if not root.is_dir():
         raise InputError(f"{root}: prediction folder not found" if not root.exists() else f"{root}: not a folder")
-    return _index_by_case(_nifti_files(root), root)
+    return index_by_case(nifti_files(root), root)
 
 
 def pair_cases(ref_dir, pred_dir, reference_format: str = "auto") -> tuple[list[CasePair], list[str]]:
@@ -407,20 +405,6 @@ def _check_geometry(pred, ref, pair: CasePair) -> None:
     if difference > AFFINE_TOLERANCE_MM:
         raise InputError(f"{pair.prediction}: affine differs from the reference {pair.reference.name} "
                          f"(largest difference {difference:.4g} mm > {AFFINE_TOLERANCE_MM} mm)")
-
-
-def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
-
-
-def _index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
-    indexed: dict[str, Path] = {}
-    for path in files:
-        case_id = case_id_from_path(path)
-        if case_id in indexed:
-            raise InputError(f"{folder}: {indexed[case_id].name} and {path.name} both map to case id {case_id}")
-        indexed[case_id] = path
-    return indexed
 
 
 def _first_ids(index: dict, limit: int = 3) -> str:

@@ -16,8 +16,8 @@ In training mode the forward returns ``(main, aux_1/8, aux_1/16)``, all ``(B, N,
 Inputs must be multiples of 32.
 
 Variants (1 input channel, 9 classes):
-    ``BiSeNet-R18``        ResNet-18 context path (64-512 channels): 12.9M parameters.
-    ``BiSeNet-R18-Small``  every width halved: 3.2M parameters; not published, for tests and CPU demos.
+    ``BiSeNet-R18``        ResNet-18 context path (64-512 channels): 13.38M parameters.
+    ``BiSeNet-R18-Small``  every width halved: 3.35M parameters; not published, for tests and CPU demos.
 """
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ Variants (parameters with 1 input channel and 9 classes; the paper's counts are 
     ``SegFormer-B0``  dims 32/64/160/256, depths 2/2/2/2, decoder 256:  3.71M (paper 3.8M)
     ``SegFormer-B1``  dims 64/128/320/512, depths 2/2/2/2, decoder 256: 13.67M (paper 13.7M)
     ``SegFormer-B2``  dims 64/128/320/512, depths 3/4/6/3, decoder 768: 27.35M (paper 27.5M)
-    ``SegFormer-B3``  depths 3/4/18/3, decoder 768: 47.2M (paper 47.3M)
-    ``SegFormer-B4``  depths 3/8/27/3, decoder 768: 63.9M (paper 64.1M)
-    ``SegFormer-B5``  depths 3/6/40/3, decoder 768: 84.6M (paper 84.7M)
+    ``SegFormer-B3``  depths 3/4/18/3, decoder 768: 47.22M (paper 47.3M)
+    ``SegFormer-B4``  depths 3/8/27/3, decoder 768: 63.99M (paper 64.1M)
+    ``SegFormer-B5``  depths 3/6/40/3, decoder 768: 84.59M (paper 84.7M)
 Attention heads are 1/2/5/8 in every variant.
 
 Inputs must be multiples of 32 (the encoder's total stride), so that every stage has an exact size.

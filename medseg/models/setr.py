@@ -208,7 +208,8 @@ class MLAHead(nn.Module):
         self.classifier = nn.Conv2d(4 * head_channels, num_classes, 3, padding=1)
 
     def forward(self, taps: list[torch.Tensor], grid: tuple[int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        lateral = [conv(_tokens_to_map(norm(tokens), grid)) for norm, conv, tokens in zip(self.norms, self.lateral, taps)]
+        lateral = [conv(_tokens_to_map(norm(tokens), grid))
+                   for norm, conv, tokens in zip(self.norms, self.lateral, taps)]
         aggregated = [lateral[3]]  # top-down: deepest stream first, each adds the one above it
         for index in (2, 1, 0):
             aggregated.insert(0, lateral[index] + aggregated[0])
