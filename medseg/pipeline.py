@@ -5,6 +5,7 @@ A pipeline file names its stages and their parameters::
     name: demo
     run_dir: runs/demo          # relative paths are relative to the working directory
     data: null                  # a cohort folder (real Synapse/BTCV); null -> the synth stage makes a phantom one
+                                # (a data folder given with --set data=... replaces the synth stage)
     stages:
       synth:    {cases: 20, seed: 0, size: small}
       prepare:  {labels: synapse8, split: seeded, test_fraction: 0.3}
@@ -201,8 +202,8 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
         data_path = Path(data).expanduser()
         if not data_path.is_dir():
             raise ConfigError(f"{source}: data: {data}: folder not found")
-        if "synth" in stages:
-            raise ConfigError(f"{source}: data: give either a data folder or a synth stage, not both")
+        if "synth" in stages:  # a data folder replaces the phantom cohort: the pipeline runs unchanged on it
+            del stages["synth"]
     elif "prepare" in stages and "synth" not in stages:
         raise ConfigError(f"{source}: data: required (a cohort folder) when there is no synth stage")
     if "train" in stages:

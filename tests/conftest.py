@@ -47,3 +47,31 @@ def write_tiny_cohort(root: Path, n_cases: int = 4, shape=(24, 20, 10)) -> Path:
 def tiny_cohort(tmp_path_factory) -> Path:
     """A 4-case tiny cohort in the raw BTCV layout (read-only: copy it before modifying)."""
     return write_tiny_cohort(tmp_path_factory.mktemp("tiny_cohort"))
+
+
+TINY_RUN_SETTINGS = [
+    "synth.cases=6", "prepare.test_fraction=0.5", "train.img_size=64", "train.epochs=1", "train.batch_size=8",
+    "predict.batch_size=16", "evaluate.workers=1",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> dict:
+    """Two finished demo-pipeline runs on one small phantom cohort: TransUNet-Tiny (a) and DS-TransUNet-Tiny (b).
+
+    Trained for one short epoch at 64 px, so their scores are low; they exist to exercise every stage, the
+    notebooks and the run comparison.
+    """
+    from medseg.pipeline import load_pipeline, run_pipeline
+
+    root = tmp_path_factory.mktemp("runs")
+    demo = Path(__file__).parents[1] / "pipelines" / "demo.yaml"
+    run_a = root / "run_a"
+    run_pipeline(load_pipeline(demo, TINY_RUN_SETTINGS + [f"run_dir={run_a}"]), progress=False)
+    cohort = run_a / "synth" / "cohort"
+    run_b = root / "run_b"
+    settings_b = [s for s in TINY_RUN_SETTINGS if not s.startswith("synth.")]
+    pipeline_b = load_pipeline(demo, settings_b + [f"run_dir={run_b}", f"data={cohort}", "train.model=DS-TransUNet-Tiny"])
+    assert "synth" not in pipeline_b.stages  # a data folder replaces the phantom cohort
+    run_pipeline(pipeline_b, progress=False)
+    return {"a": run_a, "b": run_b, "cohort": cohort}

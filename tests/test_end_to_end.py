@@ -1,0 +1,93 @@
+"""The demo pipeline end to end on a small phantom cohort, and the research notebooks on its outputs."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.io import read_volume
+
+NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+
+
+def test_every_stage_leaves_its_outputs(tiny_runs):
+    run = tiny_runs["a"]
+    for stage in ("synth", "prepare", "train", "predict", "evaluate", "report"):
+        assert json.loads((run / stage / "stage.json").read_text())["key"]
+    manifest = json.loads((run / "prepare" / "slices" / "manifest.json").read_text())
+    held_out = [e for e in manifest["cases"] if e["split"] == "test"]
+    assert len(held_out) == 3
+    for entry in held_out:  # a prediction per held-out case, on its CT's own grid
+        prediction = read_volume(run / "predict" / "labels" / f"{entry['case_id']}.nii.gz")
+        image = read_volume(entry["source_image"])
+        assert prediction.shape == image.shape
+        assert np.allclose(prediction.affine, image.affine)
+        assert prediction.array.dtype == np.uint8 and prediction.array.max() <= 8
+    summary = json.loads((run / "evaluate" / "summary.json").read_text())
+    assert summary["counts"]["evaluated"] == 3 and summary["protocol"] == "both"
+    for name in ("report.html", "report.md", "per_case.csv", "dice_boxplot.png", "training_curve.png"):
+        assert (run / "report" / name).stat().st_size > 0
+    assert "Aorta" in (run / "report" / "report.md").read_text()
+
+
+def test_rerun_skips_everything(tiny_runs, capsys):
+    from medseg.cli import main
+    from tests.conftest import TINY_RUN_SETTINGS
+
+    demo = Path(__file__).parents[1] / "pipelines" / "demo.yaml"
+    sets = [arg for s in TINY_RUN_SETTINGS + [f"run_dir={tiny_runs['a']}"] for arg in ("--set", s)]
+    assert main(["run", str(demo), *sets, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cached") == 6 and "mean Dice" in out and "report:" in out
+
+
+def test_run_comparison_statistics(tiny_runs):
+    from medseg.evaluation.compare import bootstrap_ci, compare_runs, load_summary
+
+    a, b = load_summary(tiny_runs["a"]), load_summary(tiny_runs["b"])
+    table = compare_runs(a, b, "dice")
+    assert list(table.index)[:2] == ["Aorta", "Gallbladder"] and (table.n <= 3).all()
+    low, high = bootstrap_ci([0.5, 0.7, 0.9], resamples=500, seed=1)
+    assert 0.5 <= low <= 0.7 <= high <= 0.9
+    assert bootstrap_ci([0.5, 0.7, 0.9], resamples=500, seed=1) == (low, high)
+
+
+def _run_notebook(name: str, env: dict, tmp_path: Path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
+        f"{name}: committed notebooks carry no outputs"
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update({key: str(value) for key, value in env.items()})
+    try:
+        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return notebook
+
+
+@pytest.mark.slow
+def test_notebook_cohort_exploration(tiny_runs, tmp_path):
+    _run_notebook("01_cohort_exploration.ipynb", {"MEDSEG_DATA": tiny_runs["cohort"], "MEDSEG_MAX_CASES": 4},
+                  tmp_path)
+
+
+@pytest.mark.slow
+def test_notebook_volume_inference(tiny_runs, tmp_path):
+    _run_notebook("02_volume_inference.ipynb",
+                  {"MEDSEG_CHECKPOINT": tiny_runs["a"] / "train" / "run" / "last.pt"}, tmp_path)
+
+
+@pytest.mark.slow
+def test_notebook_model_comparison(tiny_runs, tmp_path):
+    _run_notebook("03_model_comparison.ipynb",
+                  {"MEDSEG_RUN_A": tiny_runs["a"], "MEDSEG_RUN_B": tiny_runs["b"], "MEDSEG_NAME_A": "TransUNet",
+                   "MEDSEG_NAME_B": "DS-TransUNet", "MEDSEG_FIGURE_DIR": tmp_path / "figures"}, tmp_path)
+    assert (tmp_path / "figures" / "dice_comparison.pdf").stat().st_size > 0
