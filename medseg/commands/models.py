@@ -1,0 +1,105 @@
+"""``medseg models``: list the model zoo (names, parameter counts, input size, what each variant is for).
+
+Parameter counts are those of ``create(name, num_classes=9, img_size=<default size>)``. The models are built on
+PyTorch's ``meta`` device, where tensors have shapes but no memory, so listing the 300M-parameter variants takes
+milliseconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+#: Classes used for the parameter counts (Synapse 8 organs + background, as in the TransUNet paper).
+TABLE_NUM_CLASSES = 9
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", help="only this architecture family (e.g. transunet, ds_transunet)")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def count_parameters(name: str, num_classes: int = TABLE_NUM_CLASSES, img_size: "int | None" = None) -> "int | None":
+    """Parameters of ``create(name, num_classes, img_size)`` (default size of the variant) without allocating them.
+
+    The model is built on the ``meta`` device; an architecture that cannot be built there is built on the CPU.
+    Returns ``None`` when the model cannot be built at all.
+    """
+    import torch
+
+    from medseg.models.registry import create, get_spec
+
+    size = img_size or get_spec(name).default_img_size
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device), torch.no_grad():
+                model = create(name, num_classes=num_classes, img_size=size)
+            return sum(parameter.numel() for parameter in model.parameters())
+        except Exception as exc:  # report "?" rather than fail the whole listing
+            logger.debug("counting parameters of %s on %s failed: %s", name, device, exc)
+    return None
+
+
+def model_rows(family: "str | None" = None) -> list[dict]:
+    """One dict per registered variant (optionally of one family), in the registry's order."""
+    from medseg.models.registry import list_models
+
+    rows = []
+    for spec in list_models():
+        if family is not None and spec.family != family:
+            continue
+        rows.append({
+            "name": spec.name,
+            "family": spec.family,
+            "parameters": count_parameters(spec.name),
+            "img_size": spec.default_img_size,
+            "img_size_multiple": spec.img_size_multiple,
+            "published": spec.published,
+            "description": spec.description,
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as an aligned text table."""
+    header = ["name", "family", "parameters", "input", "kind", "description"]
+    lines = [header]
+    for row in rows:
+        parameters = f"{row['parameters']:,}" if row["parameters"] is not None else "?"
+        lines.append([
+            row["name"],
+            row["family"],
+            parameters,
+            f"{row['img_size']}x{row['img_size']}",
+            "published" if row["published"] else "small",
+            row["description"],
+        ])
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
+    right_aligned = {2}
+    text = []
+    for line in lines:
+        cells = [cell.rjust(width) if column in right_aligned else cell.ljust(width)
+                 for column, (cell, width) in enumerate(zip(line, widths))]
+        text.append("  ".join(cells + [line[-1]]).rstrip())
+    return "\n".join(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.errors import ConfigError
+    from medseg.models.registry import list_models
+
+    family = args.family
+    if family is not None:
+        families = sorted({spec.family for spec in list_models()})
+        if family not in families:
+            raise ConfigError(f"--family: unknown family {family!r} (known: {', '.join(families)})")
+    rows = model_rows(family)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+        print(f"\nparameters at the listed input size with {TABLE_NUM_CLASSES} classes; "
+              "any multiple of the variant's size step works as input (img_size).")
+    return 0
