@@ -24,12 +24,16 @@ Inputs must be multiples of 32 (the encoder's total stride), so that every stage
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from medseg.models.registry import register_model
+
+if TYPE_CHECKING:  # transformers is imported when a SegFormer is built, not when the registry loads
+    from transformers import SegformerConfig
 
 # Config fields a caller may override; anything else is rejected (SegformerConfig silently keeps unknown keys).
 _OVERRIDABLE = {
@@ -61,6 +65,8 @@ class SegFormer(nn.Module):
     """
 
     def __init__(self, config: SegformerConfig):
+        from transformers import SegformerForSemanticSegmentation
+
         super().__init__()
         self.config = config
         self.model = SegformerForSemanticSegmentation(config)
@@ -80,6 +86,8 @@ def segformer_config(name: str, num_classes: int, in_channels: int, **overrides)
     if unknown:
         raise TypeError(f"{name} got an unexpected keyword argument {unknown[0]!r} "
                         f"(allowed: {', '.join(sorted(_OVERRIDABLE))})")
+    from transformers import SegformerConfig
+
     hidden_sizes, depths, decoder_hidden_size, _ = VARIANTS[name]
     values = {
         "num_channels": in_channels,

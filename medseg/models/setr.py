@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medseg.errors import ConfigError
 from medseg.models.registry import register_model
 
 AUX_WEIGHT = 0.4
@@ -65,7 +66,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attn_dropout: float = 0.0, dropout: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"hidden size {dim} is not a multiple of num_heads {num_heads}")
+            raise ConfigError(f"model: SETR hidden_size {dim} is not a multiple of num_heads {num_heads}")
         self.num_heads = num_heads
         self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -243,12 +244,14 @@ class SETR(nn.Module):
                  attn_dropout: float = 0.0):
         super().__init__()
         if decoder not in ("naive", "pup", "mla"):
-            raise ValueError(f"SETR decoder must be 'naive', 'pup' or 'mla', got {decoder!r}")
+            raise ConfigError(f"model: SETR decoder must be 'naive', 'pup' or 'mla', got {decoder!r}")
         self.decoder_name = decoder
         self.encoder = ViTEncoder(in_channels, img_size, 16, hidden_size, num_layers, num_heads, mlp_dim, dropout,
                                   attn_dropout)
         quarters = tuple(math.ceil(num_layers * q / 4) for q in (1, 2, 3, 4))
         self.mla_layers = tuple(mla_layers or quarters)
+        if len(self.mla_layers) != 4:
+            raise ConfigError(f"model: SETR-MLA taps exactly 4 layers, got mla_layers={list(self.mla_layers)}")
         if decoder == "naive":
             self.decode_head = NaiveHead(hidden_size, num_classes, decoder_channels)
         elif decoder == "pup":
@@ -261,7 +264,7 @@ class SETR(nn.Module):
         self.aux_layers = tuple(aux_layers) if aux_heads else ()
         for layer in self.mla_layers + self.aux_layers:
             if not 1 <= layer <= num_layers:
-                raise ValueError(f"SETR tap layer {layer} is outside 1..{num_layers}")
+                raise ConfigError(f"model: SETR tap layer {layer} (mla_layers/aux_layers) is outside 1..{num_layers}")
         if not aux_heads:
             self.aux_heads = nn.ModuleList()
         elif decoder == "mla":

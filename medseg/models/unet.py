@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from monai.networks.nets import UNet as MonaiUNet
 from torch import nn
 
+from medseg.errors import ConfigError
 from medseg.models.registry import register_model
 
 
@@ -40,9 +40,12 @@ class UNet2D(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 256, 512),
                  strides: Sequence[int] = (2, 2, 2, 2), num_res_units: int = 2, norm="instance", act="prelu",
                  dropout: float = 0.0):
+        from monai.networks.nets import UNet as MonaiUNet  # imported on use: monai.networks is slow to import
+
         super().__init__()
         if len(strides) != len(channels) - 1:
-            raise ValueError(f"UNet needs len(strides) == len(channels) - 1, got {len(strides)} and {len(channels)}")
+            raise ConfigError(f"model: UNet needs len(strides) == len(channels) - 1, "
+                              f"got {len(strides)} strides and {len(channels)} channels")
         self.net = MonaiUNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes,
                              channels=tuple(channels), strides=tuple(strides), num_res_units=num_res_units,
                              norm=norm, act=act, dropout=dropout)
