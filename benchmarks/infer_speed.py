@@ -1,0 +1,330 @@
+"""Inference speed: ``medseg predict``'s volume path against the TransUNet reference test loop, same weights.
+
+Usage::
+
+    python benchmarks/infer_speed.py                           # CPU, R50-ViT-B_16, 512 x 512 x 24 slices
+    python benchmarks/infer_speed.py --slices 100 --device cuda
+    python benchmarks/infer_speed.py --write benchmarks/RESULTS.md   # also (re)write this script's section there
+
+What runs (every path gets the same volume and the same weights; the model is R50-ViT-B_16 with *random* weights
+from seed 0, 9 classes, 224 input: speed and agreement do not depend on training):
+
+* **reference loop**: the TransUNet test procedure on the preprocessed slice stack (HU window [-125, 275] -> [0, 1],
+  slice-first, the content of a ``test_vol_h5`` file): for each slice ``scipy.ndimage.zoom(order=3)`` to 224,
+  batch 1, forward, ``argmax(softmax)``, ``zoom(order=0)`` back to 512. The model runs on ``--device``; the zooms run
+  on the CPU, as in the reference.
+* **medseg (torch resize)**: :func:`medseg.engine.inference.predict_volume` on the HU volume with its affine (the
+  ``medseg predict`` path: orientation, window, batches of ``--batch-size`` slices, bicubic resize on the device,
+  argmax, nearest label resize on the device, restore orientation). fp32.
+* **medseg (scipy resize)**: the same with ``resize="scipy"``: the reference's cubic zoom per slice, batched forward.
+  Its labels must be identical to the reference loop's.
+* **medseg bf16**: the torch-resize path under bf16 autocast (CPU: only where the processor has native bf16, i.e.
+  AVX512-BF16 or AMX; GPU: always).
+
+Agreement is the share of voxels whose label equals the reference loop's. Throughput is compared with the
+model's forward FLOPs (counted with ``torch.utils.flop_counter``; the issue's figure for the full R50-ViT-B_16 is
+about 58 GFLOP per 224 slice) and with the machine's measured matmul rate (``torch.matmul`` of 2048 x 2048 fp32, and
+bf16 where supported).
+
+Volume: a ``full``-size phantom case (512 x 512, Synapse-like) cut to ``--slices`` axial slices from its middle,
+keeping its stored voxel order and affine; without the phantom module a synthetic 512 x 512 volume is used.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SECTION_HEADING = "## Inference speed (benchmarks/infer_speed.py)"
+ISSUE_GFLOP_PER_SLICE = 58.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def benchmark_volume(slices: int, seed: int = 0):
+    """A 512 x 512 x ``slices`` CT (int16 HU) with its affine: the middle of a full-size phantom case."""
+    from medseg.data.orientation import orientation_transform
+    from medseg.io import Volume
+
+    try:
+        from medseg.data.phantom import generate_case
+    except ImportError:
+        generate_case = None
+    if generate_case is None:
+        rng = np.random.default_rng(seed)
+        array = rng.normal(40, 30, (512, 512, slices)).astype(np.int16)
+        affine = np.diag([-0.8, -0.8, 3.0, 1.0])
+        return Volume(array, affine), "synthetic 512 x 512 noise volume (phantom module not available)"
+    image, _ = generate_case(1, seed, "full")
+    transform = orientation_transform(image.affine)
+    slice_axis = int(np.flatnonzero(transform[:, 0] == 2)[0])  # the stored axis that becomes the axial one
+    depth = image.shape[slice_axis]
+    start = max(0, depth // 2 - slices // 2)
+    index = [slice(None)] * 3
+    index[slice_axis] = slice(start, start + slices)
+    shift = np.eye(4)
+    shift[slice_axis, 3] = start
+    cut = Volume(np.ascontiguousarray(image.array[tuple(index)]), image.affine @ shift)
+    spacing = " x ".join(f"{s:.2f}" for s in cut.spacing)
+    return cut, f"phantom case 1 (seed {seed}, size full), slices {start}..{start + slices - 1} of {depth}, " \
+                f"stored shape {cut.shape}, spacing {spacing} mm"
+
+
+def windowed_stack(volume, params) -> np.ndarray:
+    """The reference loop's input: oriented, HU-windowed, slice-first ``(D, H, W)`` float32 in [0, 1]."""
+    from medseg.engine.inference import orient_view
+
+    oriented = orient_view(volume.array, volume.affine, params.axcodes).astype(np.float32)
+    scaled = np.clip((oriented - np.float32(params.hu_min)) / np.float32(params.hu_max - params.hu_min), 0.0, 1.0)
+    return np.ascontiguousarray(np.moveaxis(scaled, -1, 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two procedures
+
+
+def reference_loop(model, stack: np.ndarray, size: int, device: torch.device) -> np.ndarray:
+    """TransUNet's test loop: per slice cubic zoom to ``size``, batch 1, argmax of softmax, nearest zoom back."""
+    from scipy.ndimage import zoom
+
+    prediction = np.zeros(stack.shape, dtype=np.uint8)
+    model.eval()
+    for k in range(stack.shape[0]):
+        image = stack[k]
+        x, y = image.shape
+        if (x, y) != (size, size):
+            image = zoom(image, (size / x, size / y), order=3)
+        inputs = torch.from_numpy(image).unsqueeze(0).unsqueeze(0).float().to(device)
+        with torch.no_grad():
+            outputs = model(inputs)
+            out = torch.argmax(torch.softmax(outputs, dim=1), dim=1).squeeze(0).cpu().numpy()
+        prediction[k] = zoom(out, (x / size, y / size), order=0) if (x, y) != (size, size) else out
+    return prediction
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(function, device: torch.device, repeats: int = 1):
+    """``(result, median seconds)`` of ``repeats`` calls."""
+    times, result = [], None
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        result = function()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return result, statistics.median(times)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Machine figures
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` rate of an ``n x n`` matmul in GFLOP/s (2 n^3 flops)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has AVX512-BF16 or AMX (otherwise bf16 on CPU is emulated and slower than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def forward_gflop(model, size: int, device: torch.device) -> float:
+    """Forward GFLOP of one ``size x size`` slice (torch's FLOP counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 1, size, size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def machine_line(threads: int, device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads)"
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def load_average() -> str:
+    try:
+        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def run(args) -> dict:
+    from medseg.data.transforms import PreprocessingParams
+    from medseg.engine.inference import make_predictor, orient_view, predict_volume
+    from medseg.labels import SYNAPSE8
+    from medseg.models import create
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    load_before = load_average()
+    volume, volume_text = benchmark_volume(args.slices)
+    params = PreprocessingParams(img_size=args.img_size)
+    torch.manual_seed(0)
+    model = create(args.model, num_classes=9, img_size=args.img_size).eval().to(device)
+    gflop = forward_gflop(model, args.img_size, device)
+    stack = windowed_stack(volume, params)
+    depth = stack.shape[0]
+    print(f"volume: {volume_text}; model {args.model} ({gflop:.1f} GFLOP per slice, random weights, seed 0)",
+          flush=True)
+
+    def to_slice_first(labels_volume) -> np.ndarray:
+        return np.moveaxis(orient_view(labels_volume.array, labels_volume.affine, params.axcodes), -1, 0)
+
+    rows = []
+    reference, ref_time = timed(lambda: reference_loop(model, stack, args.img_size, device), device)
+    rows.append({"path": "reference loop (scipy zoom, batch 1, fp32)", "seconds": ref_time, "agreement": 1.0})
+    print(f"reference loop: {ref_time:.2f} s", flush=True)
+
+    def medseg_path(amp: str, resize: str):
+        predictor = make_predictor(model, args.model, SYNAPSE8, params, device, amp=amp)
+        labels, seconds = timed(lambda: predict_volume(volume, predictor, batch_size=args.batch_size, resize=resize),
+                                device, repeats=args.repeats)
+        agreement = float((to_slice_first(labels) == reference).mean())
+        return seconds, agreement
+
+    variants = [("medseg predict (torch resize, batch {b}, fp32)", "off", "torch"),
+                ("medseg predict (scipy resize as the reference, batch {b}, fp32)", "off", "scipy")]
+    bf16_note = ""
+    if device.type == "cuda" or cpu_has_native_bf16():
+        variants.append(("medseg predict (torch resize, batch {b}, bf16 autocast)", "bf16", "torch"))
+    else:
+        bf16_note = "bf16 skipped: this CPU has no native bf16 (AVX512-BF16/AMX)."
+    for label, amp, resize in variants:
+        seconds, agreement = medseg_path(amp, resize)
+        rows.append({"path": label.format(b=args.batch_size), "seconds": seconds, "agreement": agreement})
+        print(f"{rows[-1]['path']}: {seconds:.2f} s, agreement {agreement:.6%}", flush=True)
+
+    fp32_rate = matmul_gflops(torch.float32, device)
+    bf16_rate = matmul_gflops(torch.bfloat16, device) if (device.type == "cuda" or cpu_has_native_bf16()) else None
+    for row in rows:
+        row["slices_per_s"] = depth / row["seconds"]
+        row["speedup"] = ref_time / row["seconds"]
+        row["gflops"] = gflop * depth / row["seconds"]
+        peak = bf16_rate if "bf16" in row["path"] and bf16_rate else fp32_rate
+        row["of_peak"] = row["gflops"] / peak
+    return {"rows": rows, "volume": volume_text, "gflop": gflop, "depth": depth, "fp32_rate": fp32_rate,
+            "bf16_rate": bf16_rate, "bf16_note": bf16_note, "device": device,
+            "machine": machine_line(torch.get_num_threads(), device), "load": (load_before, load_average()),
+            "args": args}
+
+
+def render(result: dict) -> str:
+    args = result["args"]
+    command = "python benchmarks/infer_speed.py " + " ".join(sys.argv[1:])
+    lines = [SECTION_HEADING, "",
+             f"Command: `{command.strip()}`. Device: {result['device']}. Machine: {result['machine']}; load average "
+             f"(1/5/15 min) {result['load'][0]} before, {result['load'][1]} after (shared machine: wall times include "
+             "the neighbours' load).",
+             f"Volume: {result['volume']}. Model: {args.model} with random weights (seed 0), 9 classes, "
+             f"{args.img_size} input: {result['gflop']:.1f} GFLOP per slice by torch's FLOP counter (the issue quotes "
+             f"about {ISSUE_GFLOP_PER_SLICE:.0f} for the full model). Measured matmul rate (2048 x 2048): "
+             f"{result['fp32_rate']:.0f} GFLOP/s fp32" +
+             (f", {result['bf16_rate']:.0f} GFLOP/s bf16" if result["bf16_rate"] else "") + ".",
+             "",
+             "| path | time (s) | slices/s | speed vs reference | voxels equal to reference | GFLOP/s | of matmul peak |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['path']} | {row['seconds']:.2f} | {row['slices_per_s']:.2f} | {row['speedup']:.2f}x | "
+                     f"{row['agreement']:.6%} | {row['gflops']:.0f} | {row['of_peak']:.0%} |")
+    lines.append("")
+    lines.append("- Times cover the whole volume: resizes, forward passes, argmax, label resize back (and for medseg "
+                 "orientation, HU window and restoring the input's voxel order). medseg times are the median of "
+                 f"{args.repeats} run(s); the reference loop runs once.")
+    lines.append("- \"of matmul peak\" compares the achieved model FLOP rate with the measured matmul rate of the "
+                 "same precision (bf16 rows against the bf16 rate).")
+    lines.append("- Why batching pays so much on a CPU: every forward call re-standardises and re-packs the weights of "
+                 "the ResNet's 52 weight-standardised convolutions (StdConv2d, about 12M weights), a fixed cost "
+                 "independent of the batch size that dominates a batch-1 forward on a CPU. The reference loop pays it "
+                 "once per slice, medseg once per batch. Both paths use the same model code.")
+    lines.append("- Identical output: the scipy-resize path gives exactly the reference loop's labels (fp32, batched "
+                 "forward). The default torch path resizes with the training dataset's bicubic resampling (Keys "
+                 "cubic, torch) instead of scipy's cubic B-spline, so a few boundary voxels differ; its speed is "
+                 "what `medseg predict` gives by default (`--resize scipy` selects the reference's resize).")
+    if result["device"].type != "cuda":
+        lines.append("- GPU: not measured here (no GPU on this machine); run with `--device cuda` where one is "
+                     "available (target: at least 20x the reference loop).")
+    if result["bf16_note"]:
+        lines.append(f"- {result['bf16_note']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) this script's section of a RESULTS.md, leaving the other sections as they are."""
+    from medseg.io import write_text
+
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = text.find(SECTION_HEADING)
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION_HEADING))
+        text = text[:start] + section + ("\n" + text[end + 1:] if end != -1 else "")
+    write_text(path, text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--model", default="R50-ViT-B_16", help="registry name (default R50-ViT-B_16)")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--slices", type=int, default=24, help="axial slices of the 512 x 512 volume (default 24)")
+    parser.add_argument("--batch-size", type=int, default=16, help="medseg slices per forward pass (default 16)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each medseg path (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--write", type=Path, help="(re)write this script's section of a RESULTS.md")
+    args = parser.parse_args(argv)
+    result = run(args)
+    section = render(result)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,708 @@
+"""The training loop: one process or torchrun DistributedDataParallel, resumable to the iteration.
+
+``train(config) -> RunResult`` trains a registered model on the ``train`` split of a slice cache with the TransUNet
+recipe (SGD, poly decay per iteration, 0.5 CE + 0.5 Dice; see :mod:`medseg.engine.config`) and writes into the run
+folder ``config.out``::
+
+    config.json     the full configuration of the run
+    metrics.csv     one row per iteration (epoch, iteration, loss, lr, elapsed_s, samples_per_s) and one row per
+                    validation (val_dice); rewritten atomically at every epoch end and when the run stops
+    last.pt         medseg checkpoint after every epoch and when the run is interrupted (with training_state)
+    best.pt         the weights with the best validation mean Dice (when validation is on; no optimiser state)
+    train.log       the log messages of the run
+    tensorboard/    scalars, when the ``tensorboard`` package is installed
+
+Reproducibility and resume
+--------------------------
+Everything random is a function of the seed and the position in the schedule:
+
+* the order of the slices in epoch ``e`` is ``randperm(n, seed, e)`` (:class:`EpochSampler`); under torchrun every
+  process takes an interleaved shard of that permutation;
+* a slice's augmentation is drawn from ``(seed, epoch, index)`` (:class:`medseg.data.dataset.SliceDataset`), in
+  whatever worker loads it;
+* dropout uses torch's global generator, whose state is saved in ``last.pt``.
+
+``last.pt`` stores the weights, SGD's momentum buffers, the generator states and the position (epoch, batch in
+the epoch, iteration); ``resume`` restarts at exactly that batch. With ``deterministic: true`` on the CPU the resumed
+run reproduces the loss curve of an uninterrupted run bit for bit.
+
+SIGINT and SIGTERM finish the current iteration, save ``last.pt`` (marked interrupted) and return a result whose
+``exit_code`` is 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as shells report a signalled job.
+
+Devices
+-------
+On CUDA: bf16 autocast (``amp: auto``), channels-last tensors, pinned memory and ``workers`` loader processes
+feeding the GPU. On the CPU the defaults are fp32 and the standard memory format.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medseg.data.dataset import SliceDataset
+from medseg.data.slice_cache import load_case_arrays, load_manifest
+from medseg.data.transforms import PreprocessingParams
+from medseg.engine import distributed as D
+from medseg.engine.config import TrainConfig, check_resume_compatible
+from medseg.engine.inference import make_predictor, resolve_amp, resolve_device, segment_oriented
+from medseg.engine.losses import combined_loss
+from medseg.errors import CheckpointError, ConfigError
+from medseg.io import write_json, write_text
+from medseg.labels import LabelSet
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+METRICS_FILE = "metrics.csv"
+METRICS_COLUMNS = ("epoch", "iteration", "loss", "lr", "elapsed_s", "samples_per_s", "val_dice")
+
+
+@dataclass
+class RunResult:
+    """What a call to :func:`train` did.
+
+    Attributes:
+        run_dir: the run folder.
+        last_checkpoint: ``last.pt`` (None on ranks other than 0).
+        best_checkpoint: ``best.pt`` when validation ran (None otherwise).
+        epochs_completed: whole epochs done so far (including those of earlier, resumed invocations).
+        iterations: optimiser steps done so far.
+        max_iterations: steps of the whole schedule (epochs x batches per epoch).
+        final_loss: loss of the last step of this invocation (mean over processes), or None.
+        best_val_dice: best validation mean Dice so far, or None.
+        val_history: one dict per validation: ``{"epoch", "iteration", "mean_dice", "organs": {organ: dice}}``.
+        finished: the schedule is complete.
+        stop_reason: ``finished``, ``SIGINT``, ``SIGTERM`` or ``stop_after``.
+        exit_code: 0, or 128 + signal number after a signal.
+        wall_time_s: seconds spent in this invocation.
+        rank, world_size: this process in the torchrun job.
+        epoch_indices: dataset indices this process trained on in its last epoch of this invocation.
+    """
+
+    run_dir: Path
+    last_checkpoint: "Path | None" = None
+    best_checkpoint: "Path | None" = None
+    epochs_completed: int = 0
+    iterations: int = 0
+    max_iterations: int = 0
+    final_loss: "float | None" = None
+    best_val_dice: "float | None" = None
+    val_history: list = field(default_factory=list)
+    finished: bool = False
+    stop_reason: str = "finished"
+    exit_code: int = 0
+    wall_time_s: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+    epoch_indices: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+class EpochSampler(Sampler):
+    """Reproducible shuffling by epoch, sharded over processes, able to start in the middle of an epoch.
+
+    Epoch ``e``'s order is ``torch.randperm(num_samples)`` drawn from a generator seeded with ``(seed, e)``. It is
+    padded (repeating its start) to a multiple of ``world_size`` and process ``rank`` takes every
+    ``world_size``-th element from position ``rank``, as torch's DistributedSampler does.
+
+    Iterating yields ``(epoch, index)`` pairs, which :class:`EpochIndexedDataset` turns into samples, so the
+    augmentation of the epoch is right even in persistent loader workers.
+    """
+
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def indices(self, epoch: int) -> list[int]:
+        """The dataset indices this process visits in ``epoch``, in order."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + int(epoch))
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        per_process = math.ceil(self.num_samples / self.world_size)
+        padding = per_process * self.world_size - len(order)
+        order += order[:padding]
+        return order[self.rank::self.world_size]
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate ``epoch`` from its ``start``-th index (0 = the whole epoch)."""
+        self.epoch = int(epoch)
+        self.start = int(start)
+
+    def __iter__(self):
+        for index in self.indices(self.epoch)[self.start:]:
+            yield (self.epoch, index)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.world_size) - self.start
+
+
+class EpochIndexedDataset(Dataset):
+    """Wrap a :class:`SliceDataset` so that a sample is addressed by ``(epoch, index)``.
+
+    The sample dict gets an ``index`` entry (the dataset index).
+    """
+
+    def __init__(self, dataset: SliceDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        sample = self.dataset[index]
+        sample["index"] = index
+        return sample
+
+
+def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
+    """The reference's poly decay: ``base_lr * (1 - iteration / max_iterations) ** power`` (iteration from 0)."""
+    return base_lr * (1.0 - iteration / max_iterations) ** power
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Signals
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after every iteration (a second Ctrl-C aborts at once)."""
+
+    def __init__(self):
+        self.signal_number: "int | None" = None
+        self._previous = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (e.g. not inside a notebook worker)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_number is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+        log.warning("%s received: finishing the current iteration, then saving %s", signal.Signals(signum).name,
+                    LAST)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics file
+
+
+class MetricsLog:
+    """Rows of ``metrics.csv`` kept in memory and rewritten atomically on :meth:`flush` (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+        self.rows: list[dict] = []
+
+    def load_until(self, iteration: int, epoch: int) -> None:
+        """Keep the rows of an earlier invocation up to ``iteration`` / ``epoch`` (resume)."""
+        if not self.enabled or not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("val_dice"):
+                    if int(row["epoch"]) <= epoch:
+                        self.rows.append(row)
+                elif int(row["iteration"]) <= iteration:
+                    self.rows.append(row)
+
+    def add(self, **values) -> None:
+        if self.enabled:
+            self.rows.append({key: values.get(key, "") for key in METRICS_COLUMNS})
+
+    def flush(self) -> None:
+        if not self.enabled:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, buffer.getvalue())
+
+
+def read_metrics(path: "str | Path") -> list[dict]:
+    """The rows of a run's ``metrics.csv`` as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def validation_entries(manifest: dict, max_cases: "int | None") -> list[dict]:
+    """Manifest entries of the labelled held-out (``test`` split) cases, at most ``max_cases``."""
+    entries = [e for e in manifest["cases"] if e["split"] == "test" and e.get("has_label", True)]
+    return entries[:max_cases] if max_cases else entries
+
+
+def validate(model: torch.nn.Module, prepared_dir, entries: list[dict], label_set: LabelSet,
+             preprocessing: PreprocessingParams, device: torch.device, *, batch_size: int = 16,
+             amp: str = "off") -> dict:
+    """3D validation on held-out cases of the slice cache: predict each cached stack, score Dice per organ.
+
+    Each case is predicted as inference does (slice batches resized to the model size, argmax, labels resized
+    back), in the cache's oriented grid, and scored with :func:`medseg.evaluation.metrics.evaluate_case`
+    (standard protocol; an organ absent from both maps is not scored).
+
+    Returns:
+        ``{"mean_dice": mean over organs of the per-organ mean over cases (None if nothing scored),
+        "organs": {organ: mean dice or None}, "cases": {case_id: mean dice over its scored organs}}``.
+    """
+    from medseg.evaluation.metrics import evaluate_case
+
+    was_training = model.training
+    predictor = make_predictor(model, "validation", label_set, preprocessing, device, amp=amp)
+    per_organ: dict[str, list[float]] = {organ: [] for organ in label_set.organs}
+    cases = {}
+    try:
+        for entry in entries:
+            image, label = load_case_arrays(prepared_dir, entry["case_id"], mmap=True)
+            oriented = np.moveaxis(image, 0, -1)  # (H, W, D) view of the slice-first stack
+            predicted, _ = segment_oriented(predictor, oriented, scaled=True, batch_size=batch_size)
+            reference = np.ascontiguousarray(np.moveaxis(label, 0, -1))
+            scores = evaluate_case(predicted, reference, entry["spacing"], label_set, protocol="standard")["standard"]
+            values = []
+            for organ, record in scores.items():
+                if record["dice"] is not None:
+                    per_organ[organ].append(float(record["dice"]))
+                    values.append(float(record["dice"]))
+            cases[entry["case_id"]] = float(np.mean(values)) if values else None
+    finally:
+        model.train(was_training)
+    organs = {organ: (float(np.mean(v)) if v else None) for organ, v in per_organ.items()}
+    scored = [v for v in organs.values() if v is not None]
+    return {"mean_dice": float(np.mean(scored)) if scored else None, "organs": organs, "cases": cases}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config: TrainConfig) -> RunResult:
+    """Train ``config.model`` on the slice cache ``config.data``; write checkpoints and metrics to ``config.out``.
+
+    Runs in a single process, or as one process of a torchrun job (``WORLD_SIZE`` > 1: DistributedDataParallel,
+    gloo on CPU / NCCL on GPU; only rank 0 logs and writes files).
+
+    Returns:
+        A :class:`RunResult` (also when the run was stopped by a signal or ``stop_after``: see ``stop_reason``).
+
+    Raises:
+        ConfigError: bad or missing settings, an existing run folder without ``resume``, a resumed run whose
+            schedule settings differ. InputError: unusable slice cache. CheckpointError: unreadable ``last.pt``.
+    """
+    config.check_ready()
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    if D.env_world_size() > 1 and config.device == "auto" and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    context = D.init_distributed(use_cuda=device.type == "cuda")
+    if context.distributed and device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+    log_files: list[logging.Handler] = []  # train.log, attached by _train once the run is set up
+    medseg_logger = logging.getLogger("medseg")
+    previous_level = medseg_logger.level
+    stop = _StopRequest()
+    try:
+        stop.install()
+        if config.progress and context.is_main:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
+                return _train(config, context, device, stop, started, log_files)
+        return _train(config, context, device, stop, started, log_files)
+    finally:
+        stop.restore()
+        for handler in log_files:
+            medseg_logger.removeHandler(handler)
+            handler.close()
+        medseg_logger.setLevel(previous_level)
+        D.cleanup_distributed(context)
+
+
+def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: _StopRequest,
+           started: float, log_files: list) -> RunResult:
+    from tqdm.auto import tqdm
+
+    from medseg.models import create, get_spec
+    from medseg.models.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir = Path(config.out)
+    last_path, best_path = run_dir / LAST, run_dir / BEST
+    if last_path.exists() and not config.resume:
+        raise ConfigError(f"{run_dir}: already holds a run ({LAST}); use --resume to continue it or choose a new "
+                          "--out folder")
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    amp = resolve_amp(config.amp, device)
+    channels_last = config.channels_last and device.type == "cuda"
+
+    # ---- data
+    manifest = load_manifest(config.data)
+    label_set = LabelSet.from_dict(manifest["label_set"])
+    preprocessing = PreprocessingParams.from_dict({**manifest.get("preprocessing", {}), "img_size": config.img_size})
+    dataset = SliceDataset(config.data, split="train", img_size=config.img_size, augment=config.augment,
+                           drop_empty=config.drop_empty, seed=config.seed,
+                           image_interpolation=preprocessing.image_interpolation)
+    if config.batch_size % context.world_size:
+        raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {context.world_size} processes")
+    local_batch = config.batch_size // context.world_size
+    sampler = EpochSampler(len(dataset), config.seed, context.rank, context.world_size)
+    samples_per_process = len(sampler)
+    batches_per_epoch = math.ceil(samples_per_process / local_batch)
+    max_iterations = config.epochs * batches_per_epoch
+    loader = DataLoader(
+        EpochIndexedDataset(dataset), batch_size=local_batch, sampler=sampler, num_workers=config.workers,
+        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0, drop_last=False,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    val_entries = validation_entries(manifest, config.val_max_cases) if config.val_every else []
+    if config.val_every and not val_entries and context.is_main:
+        log.warning("%s: no labelled test-split cases; validation and best.pt are skipped", config.data)
+
+    # ---- model and optimiser
+    spec = get_spec(config.model)
+    torch.manual_seed(config.seed)
+    model = create(config.model, num_classes=label_set.num_classes, img_size=config.img_size, in_channels=1,
+                   **config.model_options)
+    if config.pretrained:
+        _load_pretrained(model, spec.family, config.pretrained)
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    model_config = {"num_classes": label_set.num_classes, "img_size": config.img_size, "in_channels": 1,
+                    "overrides": dict(config.model_options)}
+
+    # ---- where to start
+    if context.is_main:
+        log_files.append(_attach_log_file(run_dir))
+    epoch, batch_in_epoch, iteration = 0, 0, 0
+    best_dice, val_history, elapsed_before = None, [], 0.0
+    resumed_state = None
+    if config.resume and last_path.exists():
+        loaded, info = load_checkpoint(last_path, map_location="cpu")
+        state = info.training_state or {}
+        if "optimizer" not in state:
+            raise CheckpointError(f"{last_path}: holds no training state to resume from")
+        check_resume_compatible(state.get("config", {}), config)
+        if state.get("batches_per_epoch") not in (None, batches_per_epoch):
+            raise ConfigError(f"resume: {last_path} was written with {state['batches_per_epoch']} batches per epoch, "
+                              f"now {batches_per_epoch} (different data or number of processes)")
+        model.load_state_dict(loaded.state_dict())
+        del loaded
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, batch_in_epoch, iteration = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["iteration"])
+        best_dice = state.get("best_val_dice")
+        val_history = list(state.get("val_history", []))
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        resumed_state = state
+        if context.is_main:
+            log.info("resuming %s at epoch %d, batch %d/%d (iteration %d of %d)", run_dir, epoch + 1,
+                     batch_in_epoch, batches_per_epoch, iteration, max_iterations)
+    elif config.resume and context.is_main:
+        log.info("%s: no %s yet; starting a new run", run_dir, LAST)
+
+    if context.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if resumed_state is not None:
+        _restore_rng(resumed_state.get("rng"), context, device)
+    elif context.rank:
+        torch.manual_seed(config.seed + context.rank)  # dropout differs between processes
+    unwrapped = model.module if context.distributed else model
+
+    metrics = MetricsLog(run_dir / METRICS_FILE, enabled=context.is_main)
+    metrics.load_until(iteration, epoch)
+    writer = _tensorboard_writer(run_dir, config.tensorboard and context.is_main)
+    if context.is_main:
+        write_json(run_dir / "config.json", config.to_dict())
+        log.info("training %s (%s parameters) on %d slices of %d cases: %d epochs x %d iterations, batch %d "
+                 "(%d process%s), device %s, amp %s", config.model, f"{_count_parameters(unwrapped):,}",
+                 len(dataset), len(dataset.case_ids), config.epochs, batches_per_epoch, config.batch_size,
+                 context.world_size, "es" if context.world_size > 1 else "", device, amp)
+
+    def save(path: Path, *, interrupted: bool, resumable: bool = True) -> None:
+        """Write a checkpoint; ``resumable`` adds the optimiser and generator states (last.pt, not best.pt)."""
+        rng = _rng_state(context, device) if resumable else None  # a collective under DDP: all processes call it
+        if not context.is_main:
+            return
+        training_state = {
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "iteration": iteration,
+            "max_iterations": max_iterations,
+            "batches_per_epoch": batches_per_epoch,
+            "best_val_dice": best_dice,
+            "val_history": val_history,
+            "elapsed_s": elapsed_before + time.perf_counter() - started,
+            "interrupted": interrupted,
+            "world_size": context.world_size,
+            "config": config.to_dict(),
+        }
+        if resumable:
+            training_state["optimizer"] = optimizer.state_dict()
+            training_state["rng"] = rng
+        extra = {"epoch": epoch, "iteration": iteration, "best_val_dice": best_dice,
+                 "val_dice": val_history[-1]["mean_dice"] if val_history else None}
+        save_checkpoint(path, unwrapped, model_name=config.model, model_config=model_config, label_set=label_set,
+                        preprocessing=preprocessing.to_dict(), extra=extra, training_state=training_state)
+
+    result = RunResult(run_dir=run_dir, rank=context.rank, world_size=context.world_size,
+                       max_iterations=max_iterations)
+    aux_weights = config.aux_weights or getattr(unwrapped, "aux_loss_weights", None)
+    stop_after = config.stop_after
+    steps_this_call = 0
+    stop_reason = None
+    epoch_indices: list[int] = []
+    bar = tqdm(total=max_iterations, initial=iteration, desc="train", unit="it", dynamic_ncols=True,
+               disable=not (config.progress and context.is_main))
+
+    model.train()
+    while epoch < config.epochs and stop_reason is None:
+        sampler.set_epoch(epoch, batch_in_epoch * local_batch)
+        epoch_indices = sampler.indices(epoch)[batch_in_epoch * local_batch:]
+        epoch_losses = []
+        step_started = time.perf_counter()
+        for batch in loader:
+            lr = poly_lr(config.lr, iteration, max_iterations, config.poly_power)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["label"].to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp):
+                outputs = model(images)
+            weights = aux_weights if isinstance(outputs, (tuple, list)) else None
+            try:
+                loss = combined_loss(outputs, labels, weights, config.ce_weight, config.dice_weight)
+            except ValueError as exc:  # aux_weights that do not fit the model's outputs
+                raise ConfigError(f"aux_weights: {exc}") from None
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            batch_in_epoch += 1
+            steps_this_call += 1
+
+            # One small all-reduce per step: the mean loss over processes and whether any process must stop.
+            wants_stop = stop.signal_number is not None or (stop_after is not None and steps_this_call >= stop_after)
+            reduced = D.all_reduce_sum(torch.tensor([loss.item(), float(wants_stop)], dtype=torch.float64),
+                                       context)
+            loss_value = float(reduced[0]) / context.world_size
+            if not math.isfinite(loss_value):
+                raise ConfigError(f"training diverged: loss is {loss_value} at iteration {iteration} "
+                                  "(lower lr or check the data)")
+            epoch_losses.append(loss_value)
+            now = time.perf_counter()
+            speed = images.shape[0] * context.world_size / max(now - step_started, 1e-9)
+            step_started = now
+            elapsed = elapsed_before + now - started
+            metrics.add(epoch=epoch + 1, iteration=iteration, loss=repr(loss_value), lr=repr(lr),
+                        elapsed_s=f"{elapsed:.3f}", samples_per_s=f"{speed:.2f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, iteration)
+                writer.add_scalar("train/lr", lr, iteration)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            if context.is_main:
+                log.debug("epoch %d iteration %d/%d loss %.5f lr %.3e", epoch + 1, iteration, max_iterations,
+                          loss_value, lr)
+            if reduced[1] > 0:
+                stop_reason = _stop_reason(stop)
+                break
+        result.final_loss = epoch_losses[-1] if epoch_losses else result.final_loss
+        if batch_in_epoch < batches_per_epoch:  # stopped inside the epoch
+            break
+        epoch += 1
+        batch_in_epoch = 0
+        message = f"epoch {epoch}/{config.epochs}: loss {np.mean(epoch_losses):.4f}, lr {lr:.2e}" \
+            if epoch_losses else f"epoch {epoch}/{config.epochs}"
+        if val_entries and (epoch % config.val_every == 0 or epoch == config.epochs):
+            scores = None
+            if context.is_main:
+                scores = validate(unwrapped, config.data, val_entries, label_set, preprocessing, device,
+                                  batch_size=config.val_batch_size, amp=amp)
+            scores = D.broadcast_object(scores, context)
+            record = {"epoch": epoch, "iteration": iteration, "mean_dice": scores["mean_dice"],
+                      "organs": scores["organs"]}
+            val_history.append(record)
+            metrics.add(epoch=epoch, iteration=iteration, val_dice=repr(scores["mean_dice"]))
+            if writer is not None and scores["mean_dice"] is not None:
+                writer.add_scalar("val/mean_dice", scores["mean_dice"], iteration)
+            message += f", validation mean Dice {_fmt(scores['mean_dice'])}"
+            improved = scores["mean_dice"] is not None and (best_dice is None or scores["mean_dice"] > best_dice)
+            if improved:
+                best_dice = scores["mean_dice"]
+                save(best_path, interrupted=False, resumable=False)
+                message += " (best)"
+        save(last_path, interrupted=False)
+        metrics.flush()
+        if context.is_main:
+            log.info(message)
+    bar.close()
+
+    finished = epoch >= config.epochs
+    if not finished:
+        save(last_path, interrupted=True)
+        metrics.flush()
+    if writer is not None:
+        writer.close()
+    result.epochs_completed = epoch
+    result.iterations = iteration
+    result.best_val_dice = best_dice
+    result.val_history = val_history
+    result.finished = finished
+    result.stop_reason = "finished" if finished else (stop_reason or "stop_after")
+    result.exit_code = 128 + stop.signal_number if stop.signal_number is not None else 0
+    result.wall_time_s = time.perf_counter() - started
+    result.epoch_indices = epoch_indices
+    if context.is_main:
+        result.last_checkpoint = last_path
+        result.best_checkpoint = best_path if best_path.exists() else None
+        if finished:
+            log.info("finished %d epochs (%d iterations) in %.1f s; best validation Dice %s; checkpoints in %s",
+                     epoch, iteration, result.wall_time_s, _fmt(best_dice), run_dir)
+        else:
+            log.info("stopped (%s) at epoch %d, batch %d/%d, iteration %d; saved %s; continue with --resume",
+                     result.stop_reason, epoch + 1, batch_in_epoch, batches_per_epoch, iteration, last_path)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _stop_reason(stop: _StopRequest) -> str:
+    if stop.signal_number is not None:
+        return signal.Signals(stop.signal_number).name
+    return "stop_after"
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _rng_state(context: D.DistContext, device: torch.device) -> dict:
+    """Generator states of this process (and, under DDP, of every process, gathered to all)."""
+    own = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
+    if device.type == "cuda":
+        own["cuda"] = torch.cuda.get_rng_state(device)
+    if not context.distributed:
+        return {"ranks": [own]}
+    import torch.distributed as dist
+
+    gathered = [None] * context.world_size
+    dist.all_gather_object(gathered, own)
+    return {"ranks": gathered}
+
+
+def _restore_rng(state: "dict | None", context: D.DistContext, device: torch.device) -> None:
+    if not state or len(state.get("ranks", [])) != context.world_size:
+        log.warning("no generator state for %d process(es) in the checkpoint; dropout will not repeat exactly",
+                    context.world_size)
+        return
+    own = state["ranks"][context.rank]
+    torch.set_rng_state(own["torch"].to("cpu", torch.uint8))
+    if "cuda" in own and device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda"].to("cpu", torch.uint8), device)
+    numpy_state = own.get("numpy")
+    if numpy_state:
+        np.random.set_state((numpy_state[0], np.asarray(numpy_state[1], dtype=np.uint32), *numpy_state[2:]))
+    python_state = own.get("python")
+    if python_state:
+        random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+
+
+def _numpy_state():
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)]
+
+
+def _python_state():
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _load_pretrained(model: torch.nn.Module, family: str, path: str) -> None:
+    if family != "transunet":
+        raise ConfigError(f"pretrained: ImageNet npz weights apply to TransUNet models, not the {family} family")
+    from medseg.models.pretrained import load_vit_npz
+
+    report = load_vit_npz(model, path)
+    log.info(report.summary())
+
+
+def _tensorboard_writer(run_dir: Path, wanted: bool):
+    if not wanted:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.debug("tensorboard is not installed; metrics go to %s only", METRICS_FILE)
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("medseg")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+def _count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
