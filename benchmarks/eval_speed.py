@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results_file import write_section  # benchmarks/results_file.py
+
 ORGAN_NAMES = ("aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach")
 
 # Organ shapes in mm relative to the volume centre, array axes (i, j, k): centre offset and semi-axes.
@@ -280,7 +282,7 @@ def main(argv=None) -> int:
     print()
     print(text)
     if args.write_results:
-        path = write_section(Path(__file__).with_name("RESULTS.md"), text)
+        path = write_section(Path(__file__).with_name("RESULTS.md"), SECTION_TITLE, text)
         print(f"written to {path}")
     return 0
 
@@ -408,19 +410,6 @@ def render_results(rows, args, load_before: str, load_after: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> Path:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the other sections untouched."""
-    from medseg.io import write_text
-
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_TITLE)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION_TITLE))
-        rest = text[end + 1:] if end >= 0 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    return write_text(path, text)
 
 
 if __name__ == "__main__":

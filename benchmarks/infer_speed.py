@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from results_file import write_section  # benchmarks/results_file.py
+
 SECTION_HEADING = "## Inference speed (benchmarks/infer_speed.py)"
 ISSUE_GFLOP_PER_SLICE = 58.0
 
@@ -293,20 +295,6 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this script's section of a RESULTS.md, leaving the other sections as they are."""
-    from medseg.io import write_text
-
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_HEADING)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION_HEADING))
-        text = text[:start] + section + ("\n" + text[end + 1:] if end != -1 else "")
-    write_text(path, text)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -322,7 +310,7 @@ def main(argv=None) -> int:
     section = render(result)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, SECTION_HEADING, section)
     return 0
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from results_file import write_section  # benchmarks/results_file.py
+
 DEFAULT_MODELS = ["R50-ViT-B_16", "ViT-B_16", "R50-ViT-L_16", "DS-TransUNet-B"]
 SECTION_HEADING = "## Model forward time on CPU (benchmarks/model_speed.py)"
 
@@ -90,19 +92,6 @@ def markdown_section(results: list[dict], skipped: list[str], command: str, mach
     return "\n".join(lines) + "\n"
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Put ``section`` into ``path`` in place of the previous one with the same heading (other sections kept)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_HEADING)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION_HEADING))
-        rest = text[end + 1:] if end != -1 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    path.write_text(text)
-
-
 def main(argv: "list[str] | None" = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=DEFAULT_MODELS, help="registry names (default: %(default)s)")
@@ -135,7 +124,7 @@ def main(argv: "list[str] | None" = None) -> int:
     print()
     print(section)
     if args.write:
-        replace_section(args.write, section)
+        write_section(args.write, SECTION_HEADING, section)
     return 0
 
 

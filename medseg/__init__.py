@@ -10,6 +10,43 @@ from medseg.errors import CheckpointError, ConfigError, InputError, MedsegError 
 from medseg.io import Volume, read_volume, write_volume  # noqa: E402
 from medseg.labels import BTCV13, SYNAPSE8, LabelSet, get_label_set  # noqa: E402
 
+# The rest of the public API is imported on first use, so that `import medseg` (and the command line) stays fast
+# and does not load torch for commands that do not need it.
+_LAZY = {
+    "discover_cases": "medseg.data.cohort",
+    "make_split": "medseg.data.cohort",
+    "prepare_cohort": "medseg.data.slice_cache",
+    "SliceDataset": "medseg.data.dataset",
+    "write_cohort": "medseg.data.phantom",
+    "generate_case": "medseg.data.phantom",
+    "create_model": ("medseg.models.registry", "create"),
+    "list_models": "medseg.models.registry",
+    "save_checkpoint": "medseg.models.checkpoint",
+    "load_checkpoint": "medseg.models.checkpoint",
+    "TrainConfig": "medseg.engine.config",
+    "load_config": "medseg.engine.config",
+    "train": "medseg.engine.train",
+    "predict_volume": "medseg.engine.inference",
+    "load_predictor": "medseg.engine.inference",
+    "evaluate_case": "medseg.evaluation",
+    "evaluate_folders": "medseg.evaluation",
+    "write_reports": "medseg.evaluation",
+    "load_pipeline": "medseg.pipeline",
+    "run_pipeline": "medseg.pipeline",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'medseg' has no attribute {name!r}")
+    import importlib
+
+    module_name, attribute = _LAZY[name] if isinstance(_LAZY[name], tuple) else (_LAZY[name], name)
+    value = getattr(importlib.import_module(module_name), attribute)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "__version__",
     "MedsegError",
@@ -23,4 +60,5 @@ __all__ = [
     "SYNAPSE8",
     "BTCV13",
     "get_label_set",
+    *_LAZY,
 ]

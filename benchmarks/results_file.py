@@ -1,0 +1,24 @@
+"""One section per benchmark in benchmarks/RESULTS.md: each script replaces its own section and keeps the others."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.io import write_text
+
+
+def write_section(path: "str | Path", heading: str, section: str) -> Path:
+    """Replace the Markdown section that starts with ``heading`` (a ``## ...`` line) by ``section``, or append it.
+
+    The section ends where the next ``## `` heading starts. The file is written atomically.
+    """
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = section.rstrip("\n") + "\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        rest = text[end + 1:] if end >= 0 else ""
+        text = text[:start] + section + ("\n" + rest if rest else "")
+    return write_text(path, text)
