@@ -456,22 +456,21 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     from medseg.evaluation.report import write_reports
 
     summary = read_json(outputs["evaluate"]["summary"])
-    if params["title"]:
-        summary["title"] = params["title"]
-    paths = write_reports(summary, stage_dir)
-    curve = _training_curve(outputs, stage_dir / "training_curve.png")
+    curve = _training_curve(outputs)
+    paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
+                          extra_figures={"training_curve": curve} if curve else None)
     stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
     write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
                                              "stages": stage_info, "outputs": outputs})
     result = {"report": str(paths["html"]), "markdown": str(paths["markdown"]),
               "headline": outputs["evaluate"]["headline"]}
     if curve is not None:
-        result["training_curve"] = str(curve)
+        result["training_curve"] = str(paths["training_curve"])
     return result
 
 
-def _training_curve(outputs, path: Path) -> "Path | None":
-    """Plot the training loss (and validation Dice, when recorded) from the run's metrics.csv."""
+def _training_curve(outputs) -> "bytes | None":
+    """PNG of the training loss (and validation Dice, when recorded) from the run's metrics.csv."""
     from medseg.engine.train import METRICS_FILE, read_metrics
 
     metrics_path = Path(outputs["train"]["run_dir"]) / METRICS_FILE
@@ -485,7 +484,7 @@ def _training_curve(outputs, path: Path) -> "Path | None":
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medseg.io import atomic_path
+    import io
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot([float(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows], color="tab:blue")
@@ -498,10 +497,10 @@ def _training_curve(outputs, path: Path) -> "Path | None":
                   color="tab:red")
         twin.set_ylabel("validation Dice", color="tab:red")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return buffer.getvalue()
 
 
 STAGES: dict[str, Callable] = {

@@ -50,13 +50,17 @@ _PROTOCOL_LINES = {
 }
 
 
-def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10) -> dict[str, Path]:
+def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, title: str = "",
+                  extra_figures: "dict[str, bytes] | None" = None) -> dict[str, Path]:
     """Write summary.json, per_case.csv, the box plots, report.md and report.html into ``out_dir``.
 
     Args:
         summary: the dict returned by :func:`medseg.evaluation.cohort.evaluate_folders`.
         out_dir: report folder (created if missing).
         worst: number of worst (case, organ) results listed.
+        title: report heading (default "medseg evaluation report").
+        extra_figures: more PNG figures ``{file stem: png bytes}`` (a training curve, say), saved beside the
+            report and shown after the box plots.
 
     Returns:
         ``{"summary": path, "per_case": path, "markdown": path, "html": path, "dice_boxplot": path, ...}``.
@@ -79,10 +83,16 @@ def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10) -> d
         with atomic_path(paths[name], suffix=".png") as tmp:
             tmp.write_bytes(png)
         figures[name] = png
+    for name, png in (extra_figures or {}).items():
+        paths[name] = out_dir / f"{name}.png"
+        with atomic_path(paths[name], suffix=".png") as tmp:
+            tmp.write_bytes(png)
+        figures[name] = png
 
     worst_rows = worst_cases(summary, worst)
-    paths["markdown"] = write_text(out_dir / "report.md", render_markdown(summary, worst_rows))
-    paths["html"] = write_text(out_dir / "report.html", render_html(summary, worst_rows, figures))
+    title = title or DEFAULT_TITLE
+    paths["markdown"] = write_text(out_dir / "report.md", render_markdown(summary, worst_rows, title, figures))
+    paths["html"] = write_text(out_dir / "report.html", render_html(summary, worst_rows, figures, title))
     return paths
 
 
@@ -203,9 +213,13 @@ def protocol_lines(summary: dict) -> list[str]:
     return [_PROTOCOL_LINES[n].format(tol=summary.get("tolerance_mm", 0.0)) for n in names]
 
 
-def render_markdown(summary: dict, worst_rows: list[dict]) -> str:
-    """report.md text (the box plots are linked as the PNG files beside it)."""
-    lines = ["# medseg evaluation report", ""]
+DEFAULT_TITLE = "medseg evaluation report"
+
+
+def render_markdown(summary: dict, worst_rows: list[dict], title: str = DEFAULT_TITLE,
+                    figures: "dict[str, bytes] | None" = None) -> str:
+    """report.md text (the figures are linked as the PNG files beside it)."""
+    lines = [f"# {title}", ""]
     lines += [_intro(summary), ""]
     for line in protocol_lines(summary):
         lines += [f"**Protocol.** {line}", ""]
@@ -215,24 +229,25 @@ def render_markdown(summary: dict, worst_rows: list[dict]) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", "## Box plots", ""]
-    for name, title in (("dice_boxplot", "DSC per organ"), ("hd95_boxplot", "HD95 per organ")):
-        lines += [f"![{title}]({name}.png)", ""]
+    lines += ["", "## Figures", ""]
+    captions = {"dice_boxplot": "DSC per organ", "hd95_boxplot": "HD95 per organ", "training_curve": "Training curve"}
+    for name in figures or ("dice_boxplot", "hd95_boxplot"):
+        lines += [f"![{captions.get(name, name.replace('_', ' '))}]({name}.png)", ""]
     lines += _worst_markdown(summary, worst_rows)
     lines += _problems_markdown(summary)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes]) -> str:
-    """report.html text: a self-contained page with the PNG box plots embedded as base64."""
+def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes], title: str = DEFAULT_TITLE) -> str:
+    """report.html text: a self-contained page with the PNG figures embedded as base64."""
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>medseg evaluation report</title>',
+        f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>',
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
         "th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
         "th{background:#eee}.note{color:#444}</style></head><body>",
-        "<h1>medseg evaluation report</h1>",
+        f"<h1>{esc(title)}</h1>",
         f"<p>{esc(_intro(summary))}</p>",
     ]
     parts += [f'<p class="note"><b>Protocol.</b> {esc(line)}</p>' for line in protocol_lines(summary)]
@@ -240,7 +255,7 @@ def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes]
     header, rows = organ_table(summary)
     parts.append("<h2>Per-organ results (mean over cases)</h2>")
     parts.append(_html_table(header, rows))
-    parts.append("<h2>Box plots</h2>")
+    parts.append("<h2>Figures</h2>")
     for name, png in figures.items():
         encoded = base64.b64encode(png).decode("ascii")
         parts.append(f'<p><img alt="{esc(name)}" src="data:image/png;base64,{encoded}"></p>')
