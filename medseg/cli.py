@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from medseg import __version__
@@ -53,6 +54,10 @@ def _command_module(module_name: str):
 
 def main(argv: "list[str] | None" = None) -> int:
     """Entry point of the ``medseg`` console script; returns the exit code."""
+    # OpenMP threads that spin while waiting make torch many times slower when the cores are shared with other work
+    # (a data-loader process, another job); passive waiting costs little on an idle machine. Set before torch loads;
+    # an explicit OMP_WAIT_POLICY in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = [a for a in argv if a in COMMANDS][:1]
     parser = build_parser(load_commands=chosen or [])

@@ -1,7 +1,12 @@
 """Shared fixtures: tiny synthetic cohorts written in the raw BTCV layout (fast, no phantom needed)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# As the command line does: OpenMP threads wait passively, so torch is not slowed down many times over when the
+# cores are shared (data-loader workers, notebook kernels, parallel evaluation). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest

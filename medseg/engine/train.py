@@ -335,6 +335,7 @@ def train(config: TrainConfig) -> RunResult:
     log_files: list[logging.Handler] = []  # train.log, attached by _train once the run is set up
     medseg_logger = logging.getLogger("medseg")
     previous_level = medseg_logger.level
+    previous_threads = torch.get_num_threads()  # config.threads applies to this run only
     stop = _StopRequest()
     try:
         stop.install()
@@ -350,6 +351,7 @@ def train(config: TrainConfig) -> RunResult:
             medseg_logger.removeHandler(handler)
             handler.close()
         medseg_logger.setLevel(previous_level)
+        torch.set_num_threads(previous_threads)
         D.cleanup_distributed(context)
 
 
