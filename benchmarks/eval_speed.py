@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from results_file import write_section  # benchmarks/results_file.py
+from results_file import cpu_name, write_section  # benchmarks/results_file.py
 
 ORGAN_NAMES = ("aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach")
 
@@ -324,14 +324,7 @@ def _load() -> str:
 
 
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_name()
     return f"{model}, {os.cpu_count()} logical CPUs"
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from results_file import write_section  # benchmarks/results_file.py
+from results_file import cpu_name, write_section  # benchmarks/results_file.py
 
 SECTION_HEADING = "## Inference speed (benchmarks/infer_speed.py)"
 ISSUE_GFLOP_PER_SLICE = 58.0
@@ -169,14 +168,7 @@ def forward_gflop(model, size: int, device: torch.device) -> float:
 
 
 def machine_line(threads: int, device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads)"
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"

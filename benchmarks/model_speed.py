@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from results_file import write_section  # benchmarks/results_file.py
+from results_file import cpu_name, write_section  # benchmarks/results_file.py
 
 DEFAULT_MODELS = ["R50-ViT-B_16", "ViT-B_16", "R50-ViT-L_16", "DS-TransUNet-B"]
 SECTION_HEADING = "## Model forward time on CPU (benchmarks/model_speed.py)"
@@ -51,14 +51,7 @@ def time_forward(name: str, img_size: int, batch: int, warmup: int, repeats: int
 
 
 def machine_description(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = ""
     if hasattr(os, "getloadavg"):
         load = ", load average %.1f at the start" % os.getloadavg()[0]

@@ -22,3 +22,16 @@ def write_section(path: "str | Path", heading: str, section: str) -> Path:
         rest = text[end + 1:] if end >= 0 else ""
         text = text[:start] + section + ("\n" + rest if rest else "")
     return write_text(path, text)
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one), for the machine line of a section."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

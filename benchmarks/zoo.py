@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from results_file import write_section  # benchmarks/results_file.py
+from results_file import cpu_name, write_section  # benchmarks/results_file.py
 
 SECTION_HEADING = "## Model zoo on the phantom cohort (benchmarks/zoo.py)"
 REPO = Path(__file__).resolve().parents[1]
@@ -77,16 +77,6 @@ log = logging.getLogger("zoo")
 
 def load_text() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line(threads: int) -> str:

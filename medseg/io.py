@@ -190,6 +190,32 @@ def read_json(path: "str | Path") -> dict:
         raise InputError(f"{path}: not valid JSON ({_first_line(exc)})") from None
 
 
+def read_yaml_mapping(path: "str | Path", what: str = "config file") -> dict:
+    """Read a YAML file whose top level is a mapping (an empty file gives ``{}``).
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML (the line is named), or is not a mapping.
+    """
+    import yaml
+
+    from medseg.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()

@@ -39,7 +39,7 @@ import yaml
 
 from medseg import __version__
 from medseg.errors import ConfigError
-from medseg.io import read_json, write_json
+from medseg.io import read_json, read_yaml_mapping, write_json
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +137,7 @@ def load_pipeline(path, overrides: "list[str] | None" = None) -> Pipeline:
             unknown model, malformed YAML or override).
     """
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: pipeline file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a pipeline is a mapping with name, run_dir, data and stages")
+    raw = read_yaml_mapping(path, "pipeline file")
     for override in overrides or []:
         _apply_override(raw, override, str(path))
     return validate_pipeline(raw, source=str(path))

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from medseg.errors import ConfigError
+from medseg.io import read_yaml_mapping
 
 #: How each key's value is checked: the accepted Python type and whether None is allowed.
 _KINDS: dict[str, tuple[type, bool]] = {
@@ -247,21 +248,7 @@ def check_value(key: str, value, source: str = "config"):
 
 def read_yaml_config(path: "str | Path") -> dict:
     """Read a YAML config file into a dict; a missing or malformed file is a :class:`ConfigError` naming it."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-    return data
+    return read_yaml_mapping(path, "config file")
 
 
 def parse_set_options(items) -> dict:
