@@ -48,6 +48,17 @@ def write_tiny_cohort(root: Path, n_cases: int = 4, shape=(24, 20, 10)) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a test module's small models on one torch thread (faster for tiny models, and steady on a busy machine)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """A 4-case tiny cohort in the raw BTCV layout (read-only: copy it before modifying)."""

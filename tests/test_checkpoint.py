@@ -24,13 +24,7 @@ DATA = Path(__file__).parent / "data"
 PREPROCESSING = {"hu_window": [-125.0, 275.0], "scale": [0.0, 1.0], "img_size": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run faster on one thread, and a shared CI machine makes two OpenMP threads wait on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Set if the payload of the "malicious" checkpoint ever runs.
 CODE_RAN = []

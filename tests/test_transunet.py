@@ -18,13 +18,7 @@ from medseg.models.pretrained import load_vit_npz
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run faster on one thread, and a shared CI machine makes two OpenMP threads wait on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def read_tsv(name: str) -> dict[str, tuple[int, ...]]:
