@@ -5,6 +5,7 @@ Usage::
     python benchmarks/sim2real.py                               # ~6-10 min on a shared 2-core CPU
     python benchmarks/sim2real.py --write benchmarks/RESULTS.md # also (re)write this script's section there
     python benchmarks/sim2real.py --set train.domain_randomisation=true --label "with domain randomisation"
+    python benchmarks/sim2real.py --figure docs/images/phantom_preview.png    # only the phantom-vs-real figure
 
 What it does
 ------------
@@ -112,6 +113,24 @@ def render(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_figure(path: Path, seed: int = 0, real_dir: Path = REAL_CT) -> Path:
+    """The README's phantom preview: the real CT beside phantom cases of each contrast phase (same views)."""
+    from medseg.data import phantom
+    from medseg.data.cohort import discover_cases
+    from medseg.io import read_volume
+
+    real = discover_cases(real_dir)[0]
+    rows = [("real CT", read_volume(real.image), read_volume(real.label))]
+    short = {"non_contrast": "unenhanced", "portal_venous": "portal venous", "arterial": "arterial"}
+    for phase in ("non_contrast", "portal_venous", "arterial"):
+        k = next(k for k in range(1, 11) if phantom.contrast_phase(seed, k) == phase)
+        image, label = phantom.generate_case(k, seed, "small")
+        rows.append((f"phantom {k} {short[phase]}", image, label))
+    return phantom.render_preview(rows, path, max_cases=len(rows), title=(
+        "Top: the real CT of tests/data/realct (TotalSegmentator example, unenhanced).\nBelow: phantom cases of "
+        "seed 0, one per contrast phase. Window L40 W400; patient's right on the image left."))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", type=Path, default=REPO / "pipelines" / "demo.yaml")
@@ -120,8 +139,12 @@ def main(argv=None) -> int:
                         help="pipeline override, as for `medseg run --set` (repeatable)")
     parser.add_argument("--label", default=None, help="name of this attempt in the results table")
     parser.add_argument("--write", type=Path, help="record this attempt in this RESULTS.md section")
+    parser.add_argument("--figure", type=Path, help="only render the real-vs-phantom preview PNG to this path")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.figure:
+        print(render_figure(args.figure))
+        return 0
 
     import torch
 
