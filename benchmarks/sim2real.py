@@ -16,11 +16,11 @@ What it does
    parameters (and the generator version) are unchanged.
 2. **Predict the real CT** (``tests/data/realct``, see its README: TotalSegmentator's small example CT of the upper
    abdomen, without intravenous contrast judging by its CT numbers, liver ~45 HU and aorta ~42 HU; labels are
-   TotalSegmentator output remapped to BTCV numbering) with the trained model's last checkpoint (:func:`medseg.engine.inference.
-   predict_volume`).
+   TotalSegmentator output remapped to BTCV numbering) with the trained model's last checkpoint
+   (:func:`medseg.engine.inference.predict_volume`).
 3. **Score it** with the standard protocol (:func:`medseg.evaluation.cohort.evaluate_folders`, label set
-   ``synapse8``; the raw BTCV labels are mapped to the 8 classes by the label set): per-organ Dice and HD95 (mm),
-   mean over the 8 organs.
+   ``synapse8``; the raw BTCV labels are mapped to the 8 classes by the label set): per-organ Dice and its mean
+   over the 8 organs (the whole summary, with HD95, ASSD and NSD, goes to ``RUN_DIR/realct/summary.json``).
 
 The real case is a test case only: it is never trained on, and its score is the only signal taken from it.
 """
@@ -77,8 +77,11 @@ def score_real_ct(checkpoint: str, out_dir: Path, real_dir: Path = REAL_CT) -> d
     for case in discover_cases(real_dir):
         labels = predict_volume(case.image, predictor, batch_size=32)
         write_volume(predictions / f"{case.case_id}.nii.gz", labels, dtype="uint8")
-    return evaluate_folders(real_dir, predictions, labels="synapse8", protocol="standard", workers=1,
-                            reference_format="raw", progress=False)
+    summary = evaluate_folders(real_dir, predictions, labels="synapse8", protocol="standard", workers=1,
+                               reference_format="raw", progress=False)
+    if summary["errors"] or summary["counts"]["evaluated"] != summary["counts"]["cases"]:
+        raise SystemExit(f"sim2real: the real CT could not be scored: {summary['errors']}")
+    return summary
 
 
 def organ_dice(summary: dict, protocol: str = "standard") -> tuple[dict, float]:

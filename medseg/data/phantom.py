@@ -16,11 +16,11 @@ How a case is made
    A shape is an ellipsoid with a random low-order radial deformation (:class:`Blob`), a tube along a polyline
    (:class:`Tube`), or a union of those (:class:`Union`). Each has a *level function*: below 1 inside, 1 on the
    surface, growing outwards. Sizes and positions vary per case (a patient scale of 0.9-1.15, per-organ factors of
-   about +-10 %); organ volumes match adult values (liver about 1.1-1.8 l, spleen 110-380 ml, kidneys 100-200 ml each, pancreas
-   40-85 ml, gallbladder 25-50 ml). Neighbours are anatomical: the liver's right lobe runs down lateral and
-   anterior to the right kidney and the IVC lies in its posterior surface; the kidneys sit at L1-L3 behind the
-   bowel; the pancreas runs along the splenic vein; the gallbladder lies under the liver; the spleen lies against
-   the ribs; the ribs are separate arcs. Contents: small-bowel loops (fluid, gas, positive oral contrast in one
+   about +-10 %); organ volumes match those of adults of different build (liver about 1.1-2.4 l, spleen 100-380 ml,
+   kidneys 100-250 ml each, pancreas 30-80 ml, gallbladder 25-50 ml). Neighbours are anatomical: the liver's
+   right lobe runs down lateral and anterior to the right kidney and the IVC lies in its posterior surface; the
+   kidneys sit at L1-L3 behind the bowel; the pancreas runs along the splenic vein; the gallbladder lies under
+   the liver; the spleen lies against the ribs; the ribs are separate arcs. Contents: small-bowel loops (fluid, gas, positive oral contrast in one
    case in four, collapsed loops), colon with stool and a varying amount of gas, stomach with fluid or food and an
    air-fluid level, mesenteric fat, the portal, splenic, mesenteric, renal and iliac vessels, fatty lobules in the
    pancreas of some patients, and a fine soft-tissue texture. Some cases miss the gallbladder or one kidney
