@@ -636,8 +636,9 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
         "arms_down": bool(contrast_rng.uniform() < 0.25),
         "stomach_food": bool(contrast_rng.uniform() < 0.4),
         "oral_contrast": bool(contrast_rng.uniform() < 0.25),
-        # Fatty replacement of the pancreas (common with age): fraction of lobules that are fat.
-        "pancreas_fat": float(contrast_rng.uniform(0.0, 0.75) ** 1.3),
+        # Fatty replacement of the pancreas (in about half of adults, more with age): fraction of lobules that are
+        # fat, mostly mild.
+        "pancreas_fat": float(contrast_rng.uniform(0.0, 0.7) ** 1.5) if contrast_rng.uniform() < 0.5 else 0.0,
         # Share of the colon lumen that is gas (the rest stool and fluid).
         "colon_gas": float(contrast_rng.uniform(0.05, 0.45)),
         # Amplitude (HU) of the parenchymal texture.
