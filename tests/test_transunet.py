@@ -195,7 +195,7 @@ def test_eval_is_deterministic_and_dropout_only_acts_in_training():
 def test_config_errors():
     with pytest.raises(ConfigError, match="multiple of 16"):
         create("R50-ViT-B_16", num_classes=9, img_size=200)
-    with pytest.raises(ConfigError, match="unknown TransUNet option"):
+    with pytest.raises(ConfigError, match="model TransUNet: unknown option"):
         create("TransUNet-Tiny", num_classes=9, img_size=64, hidden=3)
     with pytest.raises(ConfigError, match="multiple of 32"):
         create("TransUNet-Tiny", num_classes=9, img_size=64, resnet_width_factor=0.25)

@@ -63,9 +63,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import PatchEmbed
-from monai.networks.nets.swin_unetr import PatchMerging, SwinTransformerBlock, compute_mask, get_window_size
+from monai.networks.nets.swin_unetr import (PatchMerging, SwinTransformerBlock, compute_mask, window_partition,
+                                            window_reverse)
 
 from medseg.errors import CheckpointError, ConfigError
+from medseg.models.layers import TransformerLayer
+from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
+                                      register_official_converter, register_pretrained_loader, rename_keys)
+from medseg.models.options import check_options, dataclass_options
 from medseg.models.registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -109,6 +114,9 @@ class DSTransUNetConfig:
         fine_drop_path, coarse_drop_path, decoder_drop_path: stochastic-depth rate of the last block of each
             Swin stack (rising linearly from 0, as in Swin).
         gradient_checkpointing: recompute Swin blocks in the backward pass to save memory (GPU, 512 px).
+        aux_head_style: ``"official"`` (default): the deep-supervision logits pass a ReLU and are upsampled
+            nearest, as the reference's ``loss1``/``loss2``; ``"linear"``: no ReLU, bilinear upsampling (medseg's
+            earlier heads, which let the auxiliary logits go negative).
     """
 
     fine_embed_dim: int = 128
@@ -134,9 +142,12 @@ class DSTransUNetConfig:
     coarse_drop_path: float = 0.2
     decoder_drop_path: float = 0.2
     gradient_checkpointing: bool = False
+    aux_head_style: str = "official"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first inconsistent field."""
+        if self.aux_head_style not in ("official", "linear"):
+            raise ConfigError(f"aux_head_style: 'official' or 'linear', got {self.aux_head_style!r}")
         for branch in ("fine", "coarse"):
             embed = getattr(self, f"{branch}_embed_dim")
             depths = getattr(self, f"{branch}_depths")
@@ -232,6 +243,36 @@ def _init_transformer_weights(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Swin encoder (MONAI blocks, official Swin layout)
 # ----------------------------------------------------------------------------------------------------------------
+class OfficialSwinBlock(SwinTransformerBlock):
+    """MONAI's 2D Swin block with the official Swin behaviour on small grids.
+
+    MONAI shrinks the window to the grid and turns the shift off when a grid is not larger than the window. The
+    official Swin block (the segmentation backbone DS-TransUNet uses) never does: after its first LayerNorm it pads
+    the grid (bottom/right) to a multiple of the window, keeps the full window and, in odd blocks, the half-window
+    shift, with the attention mask of the padded grid. This block does the same, at every grid size; MONAI's
+    parameters and key names are unchanged. Input and output: channels-last tokens (B, H, W, C).
+    """
+
+    def forward_part1(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
+        _, height, width, channels = x.shape
+        window = tuple(self.window_size)
+        shift = tuple(self.shift_size)
+        x = self.norm1(x)
+        pad_b = (window[0] - height % window[0]) % window[0]
+        pad_r = (window[1] - width % window[1]) % window[1]
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # pad tokens come after the norm, as in the official block
+        _, padded_h, padded_w, _ = x.shape
+        shifted = any(size > 0 for size in shift)
+        if shifted:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        windows = window_partition(x, window)  # (B * nW, window_h * window_w, C)
+        attended = self.attn(windows, mask=mask_matrix if shifted else None)
+        x = window_reverse(attended.view(-1, *window, channels), window, [x.shape[0], padded_h, padded_w])
+        if shifted:
+            x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return x[:, :height, :width].contiguous()
+
+
 class SwinStage(nn.Module):
     """One Swin stage: ``depth`` MONAI Swin blocks, every second one shifted by half a window, and optionally the
     patch merging that feeds the next stage (kept here, as ``downsample``, to match the official key layout).
@@ -247,7 +288,7 @@ class SwinStage(nn.Module):
         window = (window_size, window_size)
         shift = (window_size // 2, window_size // 2)
         self.blocks = nn.ModuleList([
-            SwinTransformerBlock(dim=dim, num_heads=num_heads, window_size=window,
+            OfficialSwinBlock(dim=dim, num_heads=num_heads, window_size=window,
                                  shift_size=(0, 0) if j % 2 == 0 else shift, mlp_ratio=mlp_ratio, qkv_bias=True,
                                  drop_path=drop_path[j], use_checkpoint=use_checkpoint)
             for j in range(depth)
@@ -255,23 +296,18 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim=dim, norm_layer=nn.LayerNorm, spatial_dims=2) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) tokens -> (B, H, W, C) tokens after all blocks of the stage."""
-        height, width = x.shape[1], x.shape[2]
-        # A grid smaller than one window is zero-padded (bottom/right) to a full window, so every block attends
-        # over true 7x7 windows; larger grids are padded to a multiple of the window inside MONAI's block.
-        pad_h = max(self.window_size - height, 0)
-        pad_w = max(self.window_size - width, 0)
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        grid = (x.shape[1], x.shape[2])
-        window, shift = get_window_size(grid, (self.window_size,) * 2, (self.window_size // 2,) * 2)
-        mask = None
-        if any(s > 0 for s in shift):
-            padded = [math.ceil(size / w) * w for size, w in zip(grid, window)]
-            mask = compute_mask(padded, window, shift, x.device)
+        """(B, H, W, C) tokens -> (B, H, W, C) tokens after all blocks of the stage.
+
+        Each block pads the grid to a multiple of the window after its first norm (:class:`OfficialSwinBlock`);
+        the mask of the shifted blocks is computed for that padded grid, as the official ``BasicLayer`` does.
+        """
+        window = (self.window_size, self.window_size)
+        shift = (self.window_size // 2, self.window_size // 2)
+        padded = [math.ceil(size / self.window_size) * self.window_size for size in (x.shape[1], x.shape[2])]
+        mask = compute_mask(padded, window, shift, x.device) if self.window_size > 1 else None
         for block in self.blocks:
             x = block(x, mask)
-        return x[:, :height, :width].contiguous()
+        return x
 
 
 class SwinEncoder(nn.Module):
@@ -316,33 +352,6 @@ class SwinEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Transformer Interactive Fusion
 # ----------------------------------------------------------------------------------------------------------------
-class GlobalTransformerLayer(nn.Module):
-    """Pre-norm transformer layer with global multi-head self-attention over all tokens: (B, N, dim) -> (B, N, dim).
-
-    The attention width ``heads * head_dim`` may differ from ``dim`` (the reference keeps it small).
-    """
-
-    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.head_dim = head_dim
-        inner = heads * head_dim
-        self.attn_norm = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.attn_out = nn.Linear(inner, dim)
-        self.mlp_norm = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(self.attn_norm(x)).reshape(batch, tokens, 3, self.heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
-        attended = attended.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim)
-        x = x + self.attn_out(attended)
-        return x + self.mlp(self.mlp_norm(x))
-
-
 class TransformerInteractiveFusion(nn.Module):
     """TIF at one scale: each branch receives a one-token summary of the other branch.
 
@@ -357,10 +366,12 @@ class TransformerInteractiveFusion(nn.Module):
         self.coarse_summary_norm = nn.LayerNorm(coarse_dim)
         self.fine_to_coarse = nn.Linear(fine_dim, coarse_dim)
         self.coarse_to_fine = nn.Linear(coarse_dim, fine_dim)
-        self.fine_layer = GlobalTransformerLayer(fine_dim, config.tif_fine_heads, config.tif_fine_head_dim,
-                                                 config.tif_fine_mlp_dim)
-        self.coarse_layer = GlobalTransformerLayer(coarse_dim, config.tif_coarse_heads, config.tif_coarse_head_dim,
-                                                   config.tif_coarse_mlp_dim)
+        # One pre-norm global transformer layer per branch (the reference's Transformer(depth=1)): the attention
+        # width heads * head_dim differs from the branch width; no qkv bias; PyTorch's LayerNorm epsilon.
+        self.fine_layer = TransformerLayer(fine_dim, config.tif_fine_heads, config.tif_fine_mlp_dim,
+                                           head_dim=config.tif_fine_head_dim, qkv_bias=False, norm_eps=1e-5)
+        self.coarse_layer = TransformerLayer(coarse_dim, config.tif_coarse_heads, config.tif_coarse_mlp_dim,
+                                             head_dim=config.tif_coarse_head_dim, qkv_bias=False, norm_eps=1e-5)
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, fine_dim, fine_h, fine_w = fine.shape
@@ -516,10 +527,16 @@ class DSTransUNet(nn.Module):
         if not self.training:
             return logits
         size = (height, width)
-        aux_bottleneck = F.interpolate(self.aux_head_bottleneck(fused[3]), size=size, mode="bilinear",
-                                       align_corners=False)
-        aux_quarter = F.interpolate(self.aux_head_quarter(quarter), size=size, mode="bilinear", align_corners=False)
-        return logits, aux_bottleneck, aux_quarter
+        return logits, self._aux_logits(self.aux_head_bottleneck, fused[3], size), \
+            self._aux_logits(self.aux_head_quarter, quarter, size)
+
+    def _aux_logits(self, head: nn.Conv2d, feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A deep-supervision head: 1x1 conv, then (official) ReLU and nearest upsampling to ``size``, or (option
+        ``aux_head_style="linear"``) no ReLU and bilinear upsampling."""
+        logits = head(feature)
+        if self.config.aux_head_style == "official":
+            return F.interpolate(F.relu(logits), size=size, mode="nearest")
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def parameter_breakdown(model: DSTransUNet) -> dict[str, int]:
@@ -544,11 +561,7 @@ def parameter_breakdown(model: DSTransUNet) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------------------------
 def _build(base: DSTransUNetConfig, num_classes: int, img_size: int, in_channels: int, overrides: dict):
     """Apply ``overrides`` (lists become tuples, as YAML gives lists) to ``base`` and build the model."""
-    known = {f.name for f in fields(DSTransUNetConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"model DS-TransUNet: unknown override(s) {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(known))})")
+    check_options("DS-TransUNet", overrides, dataclass_options(DSTransUNetConfig))
     values = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
     return DSTransUNet(replace(base, **values), num_classes=num_classes, in_channels=in_channels, img_size=img_size)
 
@@ -575,6 +588,83 @@ def ds_transunet_s(num_classes: int, img_size: int = 224, in_channels: int = 1, 
 def ds_transunet_tiny(num_classes: int, img_size: int = 128, in_channels: int = 1, **overrides) -> DSTransUNet:
     """The smallest variant, for tests."""
     return _build(CONFIG_TINY, num_classes, img_size, in_channels, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official checkpoints (TianBaoGe/DS-TransUNet ``lib/DS_TransUNet.py``)
+# ----------------------------------------------------------------------------------------------------------------
+def _swin_rules(official: str, ours: str) -> list[tuple[str, str | None]]:
+    """Official Swin backbone keys under ``official`` -> a :class:`SwinEncoder` under ``ours``."""
+    return [
+        (rf"{official}\.(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(.*)", rf"{ours}.\1.mlp.linear1.\2"),
+        (rf"{official}\.(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(.*)", rf"{ours}.\1.mlp.linear2.\2"),
+        (rf"{official}\.(layers\.\d+\.blocks\.\d+\.attn\.relative_position_index)", None),  # rebuilt
+        (rf"{official}\.(layers\.\d+\.blocks\.\d+\.(?:norm1|norm2|attn)\..*)", rf"{ours}.\1"),
+        (rf"{official}\.(layers\.\d+\.downsample\..*)", rf"{ours}.\1"),
+        (rf"{official}\.(patch_embed\.(?:proj|norm)\..*)", rf"{ours}.\1"),
+        (rf"{official}\.norm([0-3])\.(.*)", rf"{ours}.out_norms.\1.\2"),
+    ]
+
+
+def _fusion_rules(official: str, ours: str) -> list[tuple[str, str | None]]:
+    """An official ``Cross_Att`` (``_l`` = the fine/large branch, ``_s`` = the coarse/small one) -> TIF."""
+    rules = [(rf"{official}\.norm_l\.(.*)", rf"{ours}.fine_summary_norm.\1"),
+             (rf"{official}\.norm_s\.(.*)", rf"{ours}.coarse_summary_norm.\1"),
+             (rf"{official}\.linear_l\.(.*)", rf"{ours}.fine_to_coarse.\1"),
+             (rf"{official}\.linear_s\.(.*)", rf"{ours}.coarse_to_fine.\1")]
+    for branch, layer in (("l", "fine_layer"), ("s", "coarse_layer")):
+        there = rf"{official}\.transformer_{branch}\.layers\.0"
+        rules += [(rf"{there}\.0\.norm\.(.*)", rf"{ours}.{layer}.norm1.\1"),
+                  (rf"{there}\.0\.fn\.to_qkv\.(.*)", rf"{ours}.{layer}.attn.qkv.\1"),
+                  (rf"{there}\.0\.fn\.to_out\.0\.(.*)", rf"{ours}.{layer}.attn.proj.\1"),
+                  (rf"{there}\.1\.norm\.(.*)", rf"{ours}.{layer}.norm2.\1"),
+                  (rf"{there}\.1\.fn\.net\.0\.(.*)", rf"{ours}.{layer}.mlp.fc1.\1"),
+                  (rf"{there}\.1\.fn\.net\.3\.(.*)", rf"{ours}.{layer}.mlp.fc2.\1")]
+    return rules
+
+
+def _official_rules() -> list[tuple[str, str | None]]:
+    """Key rules from the official ``UNet(128, n_class)`` state_dict to :class:`DSTransUNet`."""
+    rules = _swin_rules("encoder", "fine_encoder") + _swin_rules("encoder2", "coarse_encoder")
+    for scale in range(4):
+        rules += _fusion_rules(rf"cross_att_{scale + 1}", f"interactive_fusions.{scale}")
+        rules += [(rf"change{scale + 1}\.conv\.([0134])\.(.*)", rf"conv_fusions.{scale}.\1.\2")]
+    for stage in range(3):  # Swin decoder stages layer1..3
+        there, here = rf"layer{stage + 1}", f"swin_decoder.{stage}"
+        rules += [(rf"{there}\.up\.up\.up\.([12])\.(.*)", rf"{here}.up.\1.\2"),
+                  (rf"{there}\.up\.layer\.blocks\.(\d+)\.attn\.relative_position_index", None),
+                  (rf"{there}\.up\.layer\.blocks\.(\d+)\.mlp\.fc1\.(.*)", rf"{here}.swin.blocks.\1.mlp.linear1.\2"),
+                  (rf"{there}\.up\.layer\.blocks\.(\d+)\.mlp\.fc2\.(.*)", rf"{here}.swin.blocks.\1.mlp.linear2.\2"),
+                  (rf"{there}\.up\.layer\.blocks\.(\d+)\.(.*)", rf"{here}.swin.blocks.\1.\2"),
+                  (rf"{there}\.up\.conv_relu\.0\.(.*)", rf"{here}.reduce.0.\1"),
+                  (rf"{there}\.conv2\.0\.(.*)", rf"{here}.skip_reduce.0.\1"),
+                  (rf"{there}\.conv_relu\.0\.(.*)", rf"{here}.merge.0.\1")]
+    for stage in range(2):  # convolutional decoder stages layer4, layer5
+        there, here = rf"layer{stage + 4}", f"conv_decoder.{stage}"
+        rules += [(rf"{there}\.up\.up\.([12])\.(.*)", rf"{here}.up.\1.\2"),
+                  (rf"{there}\.conv_relu\.0\.(.*)", rf"{here}.merge.0.\1")]
+    rules += [(r"down1\.(.*)", r"stem_full.\1"),
+              (r"down2\.conv\.([1245])\.(.*)", r"stem_half.\1.\2"),
+              (r"final\.(.*)", r"head.\1"),
+              (r"loss1\.0\.(.*)", r"aux_head_bottleneck.\1"),
+              (r"loss2\.0\.(.*)", r"aux_head_quarter.\1")]
+    return rules
+
+
+def from_official(state_dict: dict[str, torch.Tensor], model: DSTransUNet) -> dict[str, torch.Tensor] | None:
+    """An official DS-TransUNet state_dict in ``model``'s keys, or None if it does not look official.
+
+    The integer ``relative_position_index`` buffers are not learned: the model's own are kept.
+    """
+    if not any(key.startswith("encoder2.") for key in state_dict):
+        return None
+    renamed, _ = rename_keys(state_dict, _official_rules())
+    own = model.state_dict()
+    renamed.update({key: value for key, value in own.items() if key.endswith("relative_position_index")})
+    return renamed
+
+
+register_official_converter("ds_transunet", from_official)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -103,9 +103,5 @@ def create(name: str, num_classes: int, img_size: int = 224, in_channels: int = 
     spec = get_spec(name)
     if img_size % spec.img_size_multiple:
         raise ConfigError(f"img_size: {name} needs a multiple of {spec.img_size_multiple}, got {img_size}")
-    try:
-        return spec.builder(num_classes=num_classes, img_size=img_size, in_channels=in_channels, **overrides)
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise ConfigError(f"model {name}: {exc}") from None
-        raise
+    # Each builder checks its options with medseg.models.options.check_options (one ConfigError for all).
+    return spec.builder(num_classes=num_classes, img_size=img_size, in_channels=in_channels, **overrides)

@@ -46,6 +46,7 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models.layers import TransformerLayer
+from medseg.models.options import check_options, constructor_options
 from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
 from medseg.models.registry import register_model
@@ -336,6 +337,7 @@ def _register(decoder: str, encoder: str) -> None:
     name = f"SETR-{_DECODER_NAMES[decoder]}-{encoder}"
 
     def build(num_classes: int, img_size: int = 512, in_channels: int = 1, **overrides) -> SETR:
+        check_options(name, overrides, constructor_options(SETR) - {"decoder"})
         config = dict(_ENCODERS[encoder], decoder=decoder)
         config.update(overrides)
         return SETR(num_classes, img_size, in_channels, **config)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.models.layers import DropPath
+from medseg.models.options import check_options, constructor_options
 from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
 from medseg.models.registry import register_model
@@ -266,6 +267,7 @@ def _register(name: str) -> None:
     published_m = variant.pop("published_m")
 
     def build(num_classes: int, img_size: int = 512, in_channels: int = 1, **overrides) -> TopFormer:
+        check_options(name, overrides, constructor_options(TopFormer))
         config = dict(variant)
         config.update(overrides)
         return TopFormer(num_classes, in_channels, **config)

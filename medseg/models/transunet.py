@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
+from medseg.models.options import check_options, dataclass_options
 from medseg.models.registry import register_model
 
 # The ViT token stride: the ResNet body (or the plain patch embedding) reduces the image 16 times.
@@ -106,11 +107,7 @@ class TransUNetConfig:
 
 def make_config(base: TransUNetConfig, overrides: dict) -> TransUNetConfig:
     """``base`` with ``overrides`` applied; unknown keys and impossible values are a :class:`ConfigError`."""
-    known = {f.name for f in fields(TransUNetConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"model: unknown TransUNet option(s) {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(known))})")
+    check_options("TransUNet", overrides, dataclass_options(TransUNetConfig))
     values = dict(overrides)
     for key in ("resnet_num_layers", "decoder_channels"):
         if values.get(key) is not None:
