@@ -56,7 +56,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -68,8 +68,8 @@ from monai.networks.nets.swin_unetr import (PatchMerging, SwinTransformerBlock, 
 
 from medseg.errors import CheckpointError, ConfigError
 from medseg.models.layers import TransformerLayer
-from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
-                                      register_official_converter, register_pretrained_loader, rename_keys)
+from medseg.models.pretrained import (PretrainedReport, copy_weights, read_weights, register_official_converter,
+                                      register_pretrained_loader, rename_keys)
 from medseg.models.options import check_options, dataclass_options
 from medseg.models.registry import register_model
 
@@ -79,8 +79,9 @@ __all__ = [
     "DSTransUNet",
     "DSTransUNetConfig",
     "SwinEncoder",
-    "SwinLoadReport",
     "TransformerInteractiveFusion",
+    "from_official",
+    "load_ds_transunet_imagenet",
     "load_swin_imagenet",
     "parameter_breakdown",
 ]
@@ -670,75 +671,19 @@ register_official_converter("ds_transunet", from_official)
 # ----------------------------------------------------------------------------------------------------------------
 # ImageNet Swin weights
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class SwinLoadReport:
-    """What :func:`load_swin_imagenet` did.
-
-    Attributes:
-        branch: ``"fine"`` or ``"coarse"``.
-        loaded: model keys filled from the checkpoint as they were.
-        resized: model keys filled from a resized checkpoint tensor (the patch-embedding kernel).
-        skipped: ``"checkpoint key: checkpoint shape -> model shape"`` for tensors whose shape does not fit.
-        unused: checkpoint keys with no place in the encoder (classifier head, attention masks and position
-            indices that the model rebuilds, blocks beyond the model's depth).
-        missing: encoder keys the checkpoint did not fill; they keep their initial values.
-    """
-
-    branch: str
-    loaded: list[str] = field(default_factory=list)
-    resized: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line for logs."""
-        return (f"Swin ImageNet weights -> {self.branch} encoder: {len(self.loaded)} loaded, "
-                f"{len(self.resized)} resized, {len(self.skipped)} skipped (shape), {len(self.unused)} unused, "
-                f"{len(self.missing)} missing")
-
-
-def _official_to_encoder_key(key: str) -> str | None:
-    """The encoder key for an official Swin key, or None for entries the encoder has no place for."""
+def _official_to_encoder_key(key: str, final_norm: bool) -> str | None:
+    """The encoder key for an official Swin ImageNet key, or None for entries the encoder has no place for."""
     parts = key.split(".")
-    if parts[0] in ("head", "absolute_pos_embed") or parts[-1] in ("attn_mask", "relative_position_index"):
+    if parts[0] in ("head", "absolute_pos_embed") or parts[-1] in ("attn_mask", "relative_position_index",
+                                                                     "relative_coords_table"):
         return None
     if parts[0] == "norm":  # the final norm after stage 4
-        return "out_norms.3." + ".".join(parts[1:])
+        return "out_norms.3." + ".".join(parts[1:]) if final_norm else None
     if ".mlp.fc1." in key:
         return key.replace(".mlp.fc1.", ".mlp.linear1.")
     if ".mlp.fc2." in key:
         return key.replace(".mlp.fc2.", ".mlp.linear2.")
     return key
-
-
-def _read_swin_state_dict(source) -> dict[str, torch.Tensor]:
-    """A flat {key: tensor} dict from a path (loaded with ``weights_only=True``) or a mapping."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: Swin checkpoint not found")
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling refused or corrupt file
-            raise CheckpointError(f"{path}: cannot be read as a plain tensor checkpoint ({exc})") from None
-        where = str(path)
-    else:
-        where = "Swin state dict"
-    if not isinstance(source, Mapping):
-        raise CheckpointError(f"{where}: expected a dict of tensors, got {type(source).__name__}")
-    for wrapper in ("model", "state_dict"):
-        if isinstance(source.get(wrapper), Mapping):
-            source = source[wrapper]
-            break
-    state = {}
-    for key, value in source.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        state[key[len("module."):] if key.startswith("module.") else key] = value
-    if not state:
-        raise CheckpointError(f"{where}: holds no tensors")
-    return state
 
 
 def _resize_patch_kernel(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
@@ -753,60 +698,103 @@ def _resize_patch_kernel(weight: torch.Tensor, size: tuple[int, int]) -> torch.T
     return resized / (factor * factor)
 
 
-def load_swin_imagenet(model: DSTransUNet, source, branch: str, resize_patch_embed: bool = True) -> SwinLoadReport:
-    """Copy an official Swin ImageNet checkpoint onto one of the two encoders, where shapes allow.
+def load_swin_imagenet(model: DSTransUNet, source, branch: str, resize_patch_embed: bool = True,
+                       final_norm: bool = False) -> PretrainedReport:
+    """Copy an official Swin ImageNet checkpoint onto one of the two encoders.
 
     Args:
         model: a :class:`DSTransUNet`.
         source: path to an official Swin checkpoint (``swin_base_patch4_window7_224_22k.pth`` for the fine branch,
-            ``swin_tiny_patch4_window7_224.pth`` for the coarse one; loaded with ``torch.load(weights_only=True)``),
-            or an already loaded dict. Weights may be wrapped under ``model`` or ``state_dict``.
+            ``swin_tiny_patch4_window7_224.pth`` for the coarse one, as the reference; Microsoft's dict with
+            ``model``, or ``state_dict``, or plain; read with ``torch.load(weights_only=True)``), or a loaded dict.
         branch: ``"fine"`` (patch 4) or ``"coarse"`` (patch 8).
-        resize_patch_embed: the ImageNet patch kernel is 4x4; the coarse branch needs 8x8. When True it is enlarged
-            (each weight repeated 2x2 and divided by 4, i.e. the 4x4 filter applied to the 2x average-pooled
-            image) and reported as resized; when False it is reported as skipped.
+        resize_patch_embed: the ImageNet patch kernel is 4x4; the coarse branch needs 8x8. When True (default) it
+            is enlarged (each weight repeated 2x2 and divided by 4, i.e. the 4x4 filter applied to the 2x
+            average-pooled image) and reported as resized; when False it is skipped, as the reference's loader
+            does (its shape check leaves the coarse patch embedding at its initialisation).
+        final_norm: the checkpoint's final ``norm`` (after stage 4 of the classifier). The reference has no module
+            of that name (its per-stage output norms are ``norm0..3``), so its loader ignores it and ``norm3``
+            stays at its initialisation: that is the default here (``norm.*`` is reported unexpected). True copies
+            it into ``out_norms.3``, the norm at the same place.
 
     Returns:
-        a :class:`SwinLoadReport`; the model's parameters are changed in place.
+        a :class:`~medseg.models.pretrained.PretrainedReport`; the model's parameters are changed in place. The
+        1-channel CT input needs nothing: the model repeats it to 3 channels before both encoders.
 
     Raises:
         ConfigError: ``branch`` is not fine/coarse.
-        CheckpointError: the file is missing, not a plain tensor checkpoint, or holds nothing Swin-shaped.
+        CheckpointError: the file is missing, truncated or not a plain tensor checkpoint, or a tensor of a Swin key
+            does not fit (another Swin size), or nothing of the file is Swin-shaped.
     """
     if not isinstance(model, DSTransUNet):
-        raise TypeError(f"load_swin_imagenet needs a DSTransUNet (unwrapped from DDP), got {type(model).__name__}")
+        raise CheckpointError(f"Swin ImageNet weights load into a DSTransUNet, not a {type(model).__name__}")
     if branch not in ("fine", "coarse"):
         raise ConfigError(f"branch: expected 'fine' or 'coarse', got {branch!r}")
+    if isinstance(source, (str, Path)):
+        name, checkpoint = Path(source).name, read_weights(source, "Swin ImageNet checkpoint")
+    else:
+        name, checkpoint = "Swin state dict", dict(source)
+        for wrapper in ("model", "state_dict"):
+            if isinstance(checkpoint.get(wrapper), Mapping):
+                checkpoint = dict(checkpoint[wrapper])
+                break
     encoder: SwinEncoder = getattr(model, f"{branch}_encoder")
     prefix = f"{branch}_encoder."
-    checkpoint = _read_swin_state_dict(source)
-    targets = {key: value for key, value in encoder.state_dict().items() if not key.endswith("relative_position_index")}
-    report = SwinLoadReport(branch=branch)
-    filled = set()
-    with torch.no_grad():
-        for key, value in checkpoint.items():
-            target_key = _official_to_encoder_key(key)
-            if target_key is None or target_key not in targets:
-                report.unused.append(key)
-                continue
-            target = targets[target_key]
-            if value.shape == target.shape:
-                target.copy_(value.to(target.dtype))
-                report.loaded.append(prefix + target_key)
-                filled.add(target_key)
-                continue
-            if (resize_patch_embed and target_key == "patch_embed.proj.weight" and value.ndim == 4
-                    and value.shape[:2] == target.shape[:2]):
+    report = PretrainedReport(source=name, family="ds_transunet")
+    targets = encoder.state_dict()
+    renamed = {}
+    for key, value in checkpoint.items():
+        target_key = _official_to_encoder_key(key, final_norm)
+        if target_key is None or target_key not in targets or not isinstance(value, torch.Tensor):
+            report.unexpected.append(key)
+            continue
+        target = targets[target_key]
+        if target_key == "patch_embed.proj.weight" and value.shape != target.shape:
+            resized = None
+            if resize_patch_embed and value.ndim == 4 and value.shape[:2] == target.shape[:2]:
                 resized = _resize_patch_kernel(value, tuple(target.shape[-2:]))
-                if resized is not None:
-                    target.copy_(resized.to(target.dtype))
-                    report.resized.append(prefix + target_key)
-                    filled.add(target_key)
-                    continue
-            report.skipped.append(f"{key}: {tuple(value.shape)} -> {tuple(target.shape)}")
-    report.missing = [prefix + key for key in targets if key not in filled]
-    if not report.loaded and not report.resized:
-        raise CheckpointError(f"{branch} encoder: no tensor of the checkpoint fits (is it a Swin checkpoint?); "
-                              f"{len(report.skipped)} shape mismatches, {len(report.unused)} unused keys")
-    logger.info(report.summary())
+            if resized is None:
+                report.skipped.append(f"{key}: {tuple(value.shape)} -> {tuple(target.shape)}")
+                continue
+            report.resized.append(f"{prefix}{target_key}: {tuple(value.shape)} -> {tuple(target.shape)} "
+                                  "(each weight repeated 2x2 and divided by 4)")
+            value = resized
+        renamed[prefix + target_key] = value
+    if not final_norm:
+        report.notes.append(f"{branch} encoder: the checkpoint's final norm is ignored and out_norms.3 keeps its "
+                            "initialisation, as the reference's loader does")
+    wanted = {prefix + key for key in targets if not key.endswith("relative_position_index")}
+    copy_weights(model, renamed, report, expected=wanted, what="Swin ImageNet checkpoint")
     return report
+
+
+def load_ds_transunet_imagenet(model: DSTransUNet, path) -> PretrainedReport:
+    """The reference recipe's initialisation: Swin-B (22k) into the fine encoder, Swin-T into the coarse one.
+
+    ``path`` is two files, fine first (a list, or ``"swin_base.pth,swin_tiny.pth"``), or one file, which goes into
+    every encoder whose width it has (Swin-B: embed 128 = the fine branch of DS-TransUNet-B; Swin-T: embed 96 =
+    the coarse branch). See :func:`load_swin_imagenet` for what is done with each tensor.
+    """
+    paths = [Path(p) for p in (path.split(",") if isinstance(path, str) else
+                               ([path] if isinstance(path, Path) else list(path))) if str(p).strip()]
+    if len(paths) > 2:
+        raise ConfigError(f"pretrained: DS-TransUNet takes one or two Swin checkpoints (fine, coarse), got {len(paths)}")
+    if len(paths) == 2:
+        return load_swin_imagenet(model, paths[0], "fine").merge(load_swin_imagenet(model, paths[1], "coarse"))
+    state = read_weights(paths[0], "Swin ImageNet checkpoint")
+    kernel = state.get("patch_embed.proj.weight")
+    width = kernel.shape[0] if isinstance(kernel, torch.Tensor) else None
+    branches = [branch for branch in ("fine", "coarse")
+                if width == getattr(model.config, f"{branch}_embed_dim")]
+    if not branches:
+        raise CheckpointError(f"{paths[0]}: not a Swin checkpoint of this model's widths (patch embedding "
+                              f"{tuple(kernel.shape) if kernel is not None else 'missing'}; the fine encoder needs "
+                              f"{model.config.fine_embed_dim} channels, the coarse {model.config.coarse_embed_dim})")
+    report = load_swin_imagenet(model, state, branches[0])
+    for branch in branches[1:]:
+        report = report.merge(load_swin_imagenet(model, state, branch))
+    report.source = paths[0].name
+    return report
+
+
+register_pretrained_loader("ds_transunet", load_ds_transunet_imagenet)

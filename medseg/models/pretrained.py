@@ -45,7 +45,6 @@ __all__ = [
     "adapt_input_channels",
     "copy_weights",
     "load_pretrained",
-    "load_vit_npz",
     "read_weights",
     "convert_official",
     "register_official_converter",

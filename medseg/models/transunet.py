@@ -28,7 +28,7 @@ Shapes (R50-ViT-B_16, 224x224 input, batch B)::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
