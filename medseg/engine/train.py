@@ -671,12 +671,11 @@ def _python_state():
 
 
 def _load_pretrained(model: torch.nn.Module, family: str, path: str) -> None:
-    if family != "transunet":
-        raise ConfigError(f"pretrained: ImageNet npz weights apply to TransUNet models, not the {family} family")
-    from medseg.models.pretrained import load_vit_npz
+    """The family's official ImageNet weights into ``model``; the report (loaded, resized, missing, unexpected)
+    goes to the log, hence to ``train.log``."""
+    from medseg.models.pretrained import load_pretrained
 
-    report = load_vit_npz(model, path)
-    log.info(report.summary())
+    load_pretrained(model, family, path)
 
 
 def _tensorboard_writer(run_dir: Path, wanted: bool):
