@@ -338,3 +338,35 @@ def test_loaded_weights_compute_official_swin():
             x = x + h
         expected = F.layer_norm(x, (dim,)).transpose(1, 2).reshape(2, dim, 7, 7)  # out_norms.0 keeps 1 and 0
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_swin_stage_applies_the_official_rule_at_224():
+    """At 224 px the coarse encoder's last grid is 4x4 (224 / 8 / 2 / 2 / 2, rounded up) and the fine encoder's 7x7:
+    grids the official code only meets at other input sizes (the 64 px parity fixture has 4x4, 2x2 and 1x1 grids).
+    The official Swin block, whatever the input size: LayerNorm, then pad the grid bottom/right to a multiple of the
+    window, full 7x7 window, and in odd blocks the 3-token shift with the mask of the padded grid. Checked here
+    against that rule written out with MONAI's window attention, and the shift is really on."""
+    from monai.networks.nets.swin_unetr import compute_mask, window_partition, window_reverse
+
+    from medseg.models.ds_transunet import SwinStage
+
+    torch.manual_seed(0)
+    stage = SwinStage(dim=16, depth=2, num_heads=2, window_size=7, mlp_ratio=2.0, drop_path=[0.0, 0.0],
+                      downsample=False).eval()
+    x = torch.randn(1, 4, 4, 16)
+    with torch.no_grad():
+        got = stage(x)
+        expected = x
+        mask = compute_mask([7, 7], (7, 7), (3, 3), x.device)
+        for index, block in enumerate(stage.blocks):
+            h = F.pad(block.norm1(expected), (0, 0, 0, 3, 0, 3))  # pad after the norm: pad tokens are zeros
+            shift = 3 if index % 2 else 0
+            h = torch.roll(h, (-shift, -shift), dims=(1, 2))
+            h = block.attn(window_partition(h, (7, 7)), mask=mask if shift else None)
+            h = torch.roll(window_reverse(h.view(-1, 7, 7, 16), (7, 7), [1, 7, 7]), (shift, shift), dims=(1, 2))
+            expected = expected + h[:, :4, :4]
+            expected = expected + block.mlp(block.norm2(expected))
+        assert torch.allclose(got, expected, atol=1e-6)
+        # MONAI's own block would run the second block unshifted on this grid: a different result.
+        stage.blocks[1].shift_size = (0, 0)
+        assert not torch.allclose(stage(x), got, atol=1e-4)

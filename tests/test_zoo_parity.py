@@ -104,3 +104,33 @@ def test_ds_transunet_matches_official_at_64():
     main, aux_bottleneck, aux_quarter = _training_outputs(model, io["input"])
     assert_close(aux_bottleneck, io["aux_0"], "DS-TransUNet aux_0 (loss1)")
     assert_close(aux_quarter, io["aux_1"], "DS-TransUNet aux_1 (loss2)")
+
+
+# ---------------------------------------------------------------- official-codebase checkpoints load with --model
+@pytest.mark.parametrize("name,layout", [("BiSeNet-R18", "bisenetv1_9cls"), ("TopFormer-Tiny", "topformer_tiny_9cls_64")])
+def test_official_checkpoint_loads_by_model_name(tmp_path, name, layout):
+    """A state_dict saved by the official code (here CoinCheung's BiSeNet and mmseg's TopFormer, nested under
+    ``state_dict`` as mmseg saves it) loads with only the architecture named; classes and RGB input are read from
+    the weights, and the model computes the official logits."""
+    from medseg.models.checkpoint import load_checkpoint
+
+    path = tmp_path / "official.pth"
+    torch.save({"state_dict": official_weights(ZOO / f"{layout}_state_dict.tsv")}, path)
+    model, info = load_checkpoint(path, model_name=name, img_size=64)
+    assert info.model_config["num_classes"] == 9 and info.model_config["in_channels"] == 3
+    io = parity_io(layout)
+    with torch.no_grad():
+        assert_close(model(io["input"]), io["logits_upsampled" if "logits_upsampled" in io else "logits"], name)
+
+
+# ---------------------------------------------------------------- published SETR sizes: the official layout loads
+@pytest.mark.parametrize("decoder", ["Naive", "PUP", "MLA"])
+def test_setr_l16_takes_the_official_ade20k_layout_strictly(decoder):
+    """The official ADE20K ViT-L/16 checkpoints' layout (keys and shapes, no values) maps onto SETR-*-L16 built
+    with 150 classes and RGB input, strictly: every medseg tensor has an official counterpart of the same shape."""
+    with torch.device("meta"):
+        model = create(f"SETR-{decoder}-L16", num_classes=150, img_size=512, in_channels=3)
+    layout = official_shapes(ZOO / f"setr_{decoder.lower()}_L16_512_ade20k_150cls_state_dict.tsv")
+    state = convert_official("setr", layout, model)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    assert {key: tuple(value.shape) for key, value in state.items()} == expected

@@ -31,7 +31,7 @@ from torch import nn
 from medseg.models.options import check_options, constructor_options
 from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
-from medseg.models.registry import register_model
+from medseg.models.registry import OfficialCount, register_model
 
 
 class ConvBNReLU(nn.Sequential):
@@ -236,6 +236,7 @@ class BiSeNet(nn.Module):
 
 
 @register_model("BiSeNet-R18", family="bisenet", default_img_size=1024, published=True, img_size_multiple=32,
+                official=OfficialCount(13_421_851, 9, 3, 1024, source="CoinCheung/BiSeNet BiSeNetV1(9, aux_mode='train')"),
                 description="BiSeNet v1, ResNet-18 context path, spatial path, ARMs, FFM, two auxiliary heads")
 def build_bisenet_r18(num_classes: int, img_size: int = 1024, in_channels: int = 1, **overrides) -> BiSeNet:
     """BiSeNet v1 with the standard ResNet-18 context path; ``overrides`` are :class:`BiSeNet` arguments."""

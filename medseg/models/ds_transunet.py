@@ -11,12 +11,20 @@ Architecture (the facts are in ``shared/reference/README.md``; the code is medse
                -> two conv stages with CNN stem skips (H/2, H) -> main head
       deep supervision: one head on S3 (bottleneck) and one on the H/4 decoder output
 
-In training mode the forward returns ``(main, aux_bottleneck, aux_quarter)``, all bilinearly upsampled to the input
-size and weighted ``aux_loss_weights = (0.6, 0.2, 0.2)``; in eval mode only the main logits.
+In training mode the forward returns ``(main, aux_bottleneck, aux_quarter)``, all at the input size and weighted
+``aux_loss_weights = (0.6, 0.2, 0.2)``; in eval mode only the main logits. The two deep-supervision heads are the
+reference's ``loss1``/``loss2``: 1x1 conv, ReLU, nearest upsampling (option ``aux_head_style="linear"``: no ReLU,
+bilinear, medseg's earlier heads).
 
 The Swin encoders keep the official Swin module layout (``patch_embed``, ``layers.{i}.blocks.{j}``,
 ``layers.{i}.downsample``) and are built from MONAI's ``PatchEmbed``, ``SwinTransformerBlock`` and
-``PatchMerging`` (2D), so :func:`load_swin_imagenet` maps official ImageNet checkpoints almost key for key.
+``PatchMerging`` (2D), so :func:`load_swin_imagenet` maps official ImageNet checkpoints almost key for key, and
+:func:`from_official` maps a checkpoint of the reference code (``lib/DS_TransUNet.py``) onto this model.
+
+Parity: with the reference's weights (key map :func:`from_official`) the outputs, main and auxiliary, equal the
+reference's at 64 px within 1e-4 (``tests/test_zoo_parity.py``; the reference's 512 px output matched to a
+relative 7e-7 before). This needs the official Swin behaviour on small grids, which MONAI's block does not have
+(see :class:`OfficialSwinBlock` and rule 3).
 
 Input sizes (why the reference needs multiples of 64, and why this one does not)
 --------------------------------------------------------------------------------
@@ -28,10 +36,11 @@ by design, with three rules that keep every grid cell in place (all padding is a
    backbone), so the coarse grids at 224 are 28, 14, 7, 4: coarse cell ``i`` always covers fine cells ``2i, 2i+1``.
 2. The fusion upsamples the coarse map x2 and crops it to the fine map's size (8 -> 7 at 224). Because of rule 1
    the crop only removes the padded half-cell; it is exact alignment, not a resize.
-3. Inside a Swin stage a grid that is not a multiple of the window is padded to one (MONAI's block pads after its
-   first norm, as the official Swin segmentation backbone does). A grid smaller than one window (the coarse 4x4 at
-   224, anything small at low resolution) is first zero-padded to a full window: MONAI would otherwise shrink the
-   window to the grid and index the 7x7 relative-position table as if the window were 7 wide.
+3. Inside a Swin block the grid is padded (bottom/right) to a multiple of the window after the block's first norm,
+   the window stays 7x7 and odd blocks keep the half-window shift with the mask of the padded grid, at every grid
+   size: the rule of the official Swin block, which the reference applies at every size it can run (its 64 px run
+   has grids of 4, 2 and 1). At 224, which the reference cannot run, the same rule applies to the coarse 4x4 and
+   the 7x7 grids. (MONAI's block would shrink the window to the grid and drop the shift there.)
 
 The fine branch and the decoder need whole grids at H/32, so any multiple of 32 works (224, 256, 512, ...). The
 model has no position embeddings, so the ``img_size`` it was built for is informative only.
@@ -43,13 +52,13 @@ has 171,450,825 parameters for 9 classes (:func:`parameter_breakdown`): fine enc
 backbone without its classifier, 86,743,224, plus three per-stage output norms), coarse encoder 27,534,522 (Swin-T
 without classifier, 27,519,354, plus per-stage norms, plus 13,824 for the 8x8 instead of 4x4 patch kernel), TIF
 4,516,896, conv fusion 34,479,360, decoder, stem and heads 18,175,031 (1,187 of them per class). That is the
-paper's "about 171M". The layers follow the reference design one for one, but the reference code only builds on
-a GPU, so an exact match with its own count is not checked. Small variants (``-S``, ``-Tiny``) keep the design
-with narrow widths and depths 2/2/2/2, for tests and CPU demos.
+reference code's own count (``UNet(128, 9)``: 171,450,825; its 840 state_dict entries map one for one) and the
+paper's "about 171M". Small variants (``-S``, ``-Tiny``) keep the design with narrow widths and depths 2/2/2/2,
+for tests and CPU demos.
 
-Departures from the reference code, on purpose: the deep-supervision heads have no ReLU on their logits and are
-upsampled bilinearly (the reference clamps them at zero and upsamples nearest); the TIF attention uses
-``torch.nn.functional.scaled_dot_product_attention`` (same maths, less memory at 512).
+Departures from the reference code: the input-size rules 1-2 above (the reference fails at 224); the TIF attention
+uses ``torch.nn.functional.scaled_dot_product_attention`` (same maths, less memory at 512); 1-channel input is
+repeated to 3 channels before both encoders and the CNN stem (the reference only runs 3-channel input).
 """
 from __future__ import annotations
 
@@ -71,7 +80,7 @@ from medseg.models.layers import TransformerLayer
 from medseg.models.pretrained import (PretrainedReport, copy_weights, read_weights, register_official_converter,
                                       register_pretrained_loader, rename_keys)
 from medseg.models.options import check_options, dataclass_options
-from medseg.models.registry import register_model
+from medseg.models.registry import OfficialCount, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -569,6 +578,7 @@ def _build(base: DSTransUNetConfig, num_classes: int, img_size: int, in_channels
 
 @register_model("DS-TransUNet-B", family="ds_transunet", default_img_size=224, published=True,
                 img_size_multiple=IMG_SIZE_MULTIPLE,
+                official=OfficialCount(171_450_825, 9, 3, 224, source="TianBaoGe/DS-TransUNet UNet(128, 9)"),
                 description="DS-TransUNet as published: Swin-B fine + Swin-T coarse encoders, TIF, ~171M parameters")
 def ds_transunet_b(num_classes: int, img_size: int = 224, in_channels: int = 1, **overrides) -> DSTransUNet:
     """The published size (Swin-B patch 4 + Swin-T patch 8 encoders, decoder width 128)."""

@@ -37,7 +37,7 @@ from medseg.errors import CheckpointError
 from medseg.models.options import check_options
 from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
-from medseg.models.registry import register_model
+from medseg.models.registry import OfficialCount, register_model
 
 if TYPE_CHECKING:  # transformers is imported when a SegFormer is built, not when the registry loads
     from transformers import SegformerConfig
@@ -119,7 +119,11 @@ def _register(name: str) -> None:
 
     build.__name__ = "build_" + name.lower().replace("-", "_")
     build.__doc__ = f"{name}: MiT dims {hidden_sizes}, depths {depths}, decoder {decoder} (paper: {published_m}M)."
+    official = None
+    if name == "SegFormer-B0":  # mit_b0 + SegFormerHead, ADE20K config; its unused conv_seg is 150 x 128 + 150
+        official = OfficialCount(3_772_044, 150, 3, 512, not_built=19_350, source="NVlabs/SegFormer B0 config")
     register_model(name, family="segformer", default_img_size=512, published=True, img_size_multiple=32,
+                   official=official,
                    description=f"SegFormer, MiT-{name[-2:]} encoder (dims {'/'.join(map(str, hidden_sizes))}, "
                                f"depths {'/'.join(map(str, depths))}) + all-MLP decoder {decoder}")(build)
 

@@ -49,7 +49,7 @@ from medseg.models.layers import TransformerLayer
 from medseg.models.options import check_options, constructor_options
 from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
-from medseg.models.registry import register_model
+from medseg.models.registry import OfficialCount, register_model
 
 AUX_WEIGHT = 0.4
 
@@ -330,6 +330,17 @@ _ENCODERS = {
     "S": dict(hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536, decoder_channels=128, mla_head_channels=64),
 }
 _DECODER_NAMES = {"naive": "Naive", "pup": "PUP", "mla": "MLA"}
+# Official fudan-zvg/SETR ADE20K 512x512 configs (ViT-L/16, 150 classes, aux heads included). Not built by medseg:
+# every head's unused conv_seg; the conv biases before BatchNorm (folded into it); MLA's unused class token and its
+# position row.
+_OFFICIAL_L16 = {
+    "SETR-Naive-L16": OfficialCount(305_669_296, 150, 3, 512, not_built=307_800 + 1_024,
+                                    source="fudan-zvg/SETR SETR_Naive_512x512_160k_ade20k"),
+    "SETR-PUP-L16": OfficialCount(318_307_292, 150, 3, 512, not_built=384_750 + 2_048,
+                                  source="fudan-zvg/SETR SETR_PUP_512x512_160k_ade20k"),
+    "SETR-MLA-L16": OfficialCount(310_568_836, 150, 3, 512, not_built=384_750 + 2_048,
+                                  source="fudan-zvg/SETR SETR_MLA_512x512_160k_ade20k"),
+}
 _ENCODER_TEXT = {"B16": "ViT-B/16", "L16": "ViT-L/16", "S": "ViT-S/16 (decoder widths halved)"}
 
 
@@ -345,6 +356,7 @@ def _register(decoder: str, encoder: str) -> None:
     build.__name__ = "build_" + name.lower().replace("-", "_")
     build.__doc__ = f"{name}: SETR with a {_ENCODER_TEXT[encoder]} encoder and the {_DECODER_NAMES[decoder]} decoder."
     register_model(name, family="setr", default_img_size=512, published=encoder != "S", img_size_multiple=16,
+                   official=_OFFICIAL_L16.get(name),
                    description=f"SETR, {_ENCODER_TEXT[encoder]} encoder + {_DECODER_NAMES[decoder]} decoder")(build)
 
 

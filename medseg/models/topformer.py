@@ -36,7 +36,7 @@ from medseg.models.layers import DropPath
 from medseg.models.options import check_options, constructor_options
 from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
-from medseg.models.registry import register_model
+from medseg.models.registry import OfficialCount, register_model
 
 # Inverted-residual stacks, one row per block: (kernel size, expansion ratio, output channels, stride).
 _TINY_BLOCKS = [
@@ -51,6 +51,17 @@ _BASE_BLOCKS = [
     (3, 1, 16, 1), (3, 4, 32, 2), (3, 3, 32, 1), (5, 3, 64, 2), (5, 3, 64, 1),
     (3, 3, 128, 2), (3, 3, 128, 1), (5, 6, 160, 2), (5, 6, 160, 1), (3, 6, 160, 1),
 ]
+
+# Official hustvl/TopFormer counts: the whole Tiny model (ADE20K config, 150 classes, RGB) and, for Small and Base,
+# the backbone (the official Topformer class with its configs; tests/data/zoo/pretrained_formats).
+_BACKBONE = ("pyramid.", "transformer.", "injections.")  # the official Topformer class: tpm, trans, SIM
+OFFICIAL_COUNTS = {
+    "TopFormer-Tiny": OfficialCount(1_389_654, 150, 3, 512, source="hustvl/TopFormer topformer_tiny.py"),
+    "TopFormer-Small": OfficialCount(2_968_464, 150, 3, 512, scope="backbone", counted=_BACKBONE,
+                                     source="hustvl/TopFormer Topformer"),
+    "TopFormer-Base": OfficialCount(4_958_048, 150, 3, 512, scope="backbone", counted=_BACKBONE,
+                                    source="hustvl/TopFormer Topformer"),
+}
 
 VARIANTS = {
     # name: blocks, indices of the blocks whose outputs form the pyramid, heads, head channels, depthwise fuse, paper M
@@ -276,6 +287,7 @@ def _register(name: str) -> None:
     build.__doc__ = f"{name}: the official configuration (paper: {published_m}M parameters)."
     channels = "/".join(str(variant["blocks"][i][2]) for i in variant["pyramid_indices"])
     register_model(name, family="topformer", default_img_size=512, published=True, img_size_multiple=32,
+                   official=OFFICIAL_COUNTS[name],
                    description=f"TopFormer {name.split('-')[1]}: token pyramid {channels}, "
                                f"{variant['num_heads']}-head semantics extractor, light head")(build)
 

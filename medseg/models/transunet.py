@@ -36,7 +36,7 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models.options import check_options, dataclass_options
-from medseg.models.registry import register_model
+from medseg.models.registry import OfficialCount, register_model
 
 # The ViT token stride: the ResNet body (or the plain patch embedding) reduces the image 16 times.
 TOKEN_STRIDE = 16
@@ -490,13 +490,15 @@ def build_transunet(base: TransUNetConfig, num_classes: int, img_size: int = 224
 
 
 @register_model("R50-ViT-B_16", family="transunet", default_img_size=224, published=True,
-                description="TransUNet of the paper (R50 + ViT-B/16, CUP decoder, 3 skips); ImageNet-21k npz")
+                description="TransUNet of the paper (R50 + ViT-B/16, CUP decoder, 3 skips); ImageNet-21k npz",
+                official=OfficialCount(105_277_081, 9, 3, 224, source="Beckschen/TransUNet R50-ViT-B_16"))
 def r50_vit_b16(num_classes: int, img_size: int = 224, in_channels: int = 1, **overrides) -> TransUNet:
     return build_transunet(R50_VIT_B16, num_classes, img_size, in_channels, **overrides)
 
 
 @register_model("ViT-B_16", family="transunet", default_img_size=224, published=True,
-                description="ViT-CUP baseline of the paper (pure ViT-B/16, no CNN skips)")
+                description="ViT-CUP baseline of the paper (pure ViT-B/16, no CNN skips)",
+                official=OfficialCount(91_674_201, 9, 3, 224, source="Beckschen/TransUNet ViT-B_16"))
 def vit_b16(num_classes: int, img_size: int = 224, in_channels: int = 1, **overrides) -> TransUNet:
     return build_transunet(VIT_B16, num_classes, img_size, in_channels, **overrides)
 
