@@ -274,3 +274,26 @@ def test_transunet_npz_loader_keeps_its_old_import_path():
     from medseg.models.transunet_pretrained import load_vit_npz as new
 
     assert old is new
+
+
+# ---------------------------------------------------------------- through training: medseg train --pretrained
+def test_train_pretrained_writes_the_report_to_train_log(tiny_cohort, tmp_path):
+    """``medseg train --pretrained FILE`` for a family other than TransUNet: the report lands in train.log and the
+    trained model started from the file (a bad file stops before the run folder has a checkpoint)."""
+    from medseg.cli import main
+    from medseg.data.slice_cache import prepare_cohort
+
+    prepared = tmp_path / "prepared"
+    prepare_cohort(tiny_cohort, prepared, split="seeded", test_fraction=0.5, progress=False)
+    weights = save(tmp_path, "topformer-T-224-66.2.pth", {"state_dict": synthetic("topformer_tiny_backbone_keys")})
+    common = ["train", "--model", "TopFormer-Tiny", "--data", str(prepared), "--set", "img_size=64",
+              "--set", "batch_size=4", "--set", "epochs=1", "--set", "stop_after=1", "--set", "workers=0",
+              "--set", "val_every=0", "--set", "tensorboard=false"]
+    assert main(common + ["--out", str(tmp_path / "run"), "--pretrained", str(weights)]) in (0, 130, 143)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "pretrained topformer-T-224-66.2.pth -> topformer:" in log
+    assert "pyramid.stem.0.0.weight: (16, 3, 3, 3) -> (16, 1, 3, 3) (summed over RGB)" in log
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(weights.read_bytes()[:1000])
+    assert main(common + ["--out", str(tmp_path / "bad"), "--pretrained", str(truncated)]) == 2
+    assert not (tmp_path / "bad" / "last.pt").exists()

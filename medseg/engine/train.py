@@ -406,8 +406,6 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
     torch.manual_seed(config.seed)
     model = create(config.model, num_classes=label_set.num_classes, img_size=config.img_size, in_channels=1,
                    **config.model_options)
-    if config.pretrained:
-        _load_pretrained(model, spec.family, config.pretrained)
     model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -419,6 +417,8 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
     # ---- where to start
     if context.is_main:
         log_files.append(_attach_log_file(run_dir))
+    if config.pretrained:  # after the log file is attached, so that the load report goes to train.log
+        _load_pretrained(model, spec.family, config.pretrained)
     epoch, batch_in_epoch, iteration = 0, 0, 0
     best_dice, val_history, elapsed_before = None, [], 0.0
     resumed_state = None
