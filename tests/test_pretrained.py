@@ -78,7 +78,8 @@ def _as_google_npz(state: dict, path: Path) -> Path:
     arrays = {"embedding/kernel": state["patch_embed.proj.weight"].permute(2, 3, 1, 0),
               "embedding/bias": state["patch_embed.proj.bias"], "cls": state["cls_token"],
               "Transformer/posembed_input/pos_embedding": state["pos_embed"],
-              "Transformer/encoder_norm/scale": state["norm.weight"], "Transformer/encoder_norm/bias": state["norm.bias"],
+              "Transformer/encoder_norm/scale": state["norm.weight"],
+              "Transformer/encoder_norm/bias": state["norm.bias"],
               "head/kernel": state["head.weight"].T, "head/bias": state["head.bias"]}
     for index in range(12):
         b, t = f"blocks.{index}.", f"Transformer/encoderblock_{index}/"

@@ -12,7 +12,7 @@ import torch
 
 from medseg.models import create
 from medseg.models.pretrained import convert_official
-from zoo_reference import ZOO, assert_close, errors, official_shapes, official_weights, parity_io
+from zoo_reference import ZOO, assert_close, official_shapes, official_weights, parity_io
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -107,7 +107,8 @@ def test_ds_transunet_matches_official_at_64():
 
 
 # ---------------------------------------------------------------- official-codebase checkpoints load with --model
-@pytest.mark.parametrize("name,layout", [("BiSeNet-R18", "bisenetv1_9cls"), ("TopFormer-Tiny", "topformer_tiny_9cls_64")])
+@pytest.mark.parametrize("name,layout", [("BiSeNet-R18", "bisenetv1_9cls"),
+                                         ("TopFormer-Tiny", "topformer_tiny_9cls_64")])
 def test_official_checkpoint_loads_by_model_name(tmp_path, name, layout):
     """A state_dict saved by the official code (here CoinCheung's BiSeNet and mmseg's TopFormer, nested under
     ``state_dict`` as mmseg saves it) loads with only the architecture named; classes and RGB input are read from

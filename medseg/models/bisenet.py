@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.models.options import check_options, constructor_options
-from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
+from medseg.models.pretrained import (PretrainedReport, adapt_first_kernel, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
 from medseg.models.registry import OfficialCount, register_model
 
@@ -236,7 +236,8 @@ class BiSeNet(nn.Module):
 
 
 @register_model("BiSeNet-R18", family="bisenet", default_img_size=1024, published=True, img_size_multiple=32,
-                official=OfficialCount(13_421_851, 9, 3, 1024, source="CoinCheung/BiSeNet BiSeNetV1(9, aux_mode='train')"),
+                official=OfficialCount(13_421_851, 9, 3, 1024,
+                                       source="CoinCheung/BiSeNet BiSeNetV1(9, aux_mode='train')"),
                 description="BiSeNet v1, ResNet-18 context path, spatial path, ARMs, FFM, two auxiliary heads")
 def build_bisenet_r18(num_classes: int, img_size: int = 1024, in_channels: int = 1, **overrides) -> BiSeNet:
     """BiSeNet v1 with the standard ResNet-18 context path; ``overrides`` are :class:`BiSeNet` arguments."""
@@ -317,12 +318,8 @@ def load_resnet18_imagenet(model: BiSeNet, path) -> PretrainedReport:
     rules = [(pattern, None if target is None else f"context_path.backbone.{target}")
              for pattern, target in _RESNET_RULES]
     renamed, report.unexpected = rename_keys(state, rules)
-    stem = "context_path.backbone.stem.0.weight"
-    in_channels = model.context_path.backbone.stem[0].in_channels
-    if stem in renamed and renamed[stem].ndim == 4 and renamed[stem].shape[1] != in_channels:
-        before = tuple(renamed[stem].shape)
-        renamed[stem] = adapt_input_channels(renamed[stem], in_channels)
-        report.resized.append(f"{stem}: {before} -> {tuple(renamed[stem].shape)} (summed over RGB)")
+    adapt_first_kernel(renamed, "context_path.backbone.stem.0.weight", model.context_path.backbone.stem[0].in_channels,
+                       report)
     copy_weights(model, renamed, report, prefix="context_path.backbone.", what="torchvision ResNet-18 checkpoint")
     return report
 

@@ -788,7 +788,8 @@ def load_ds_transunet_imagenet(model: DSTransUNet, path) -> PretrainedReport:
     paths = [Path(p) for p in (path.split(",") if isinstance(path, str) else
                                ([path] if isinstance(path, Path) else list(path))) if str(p).strip()]
     if len(paths) > 2:
-        raise ConfigError(f"pretrained: DS-TransUNet takes one or two Swin checkpoints (fine, coarse), got {len(paths)}")
+        raise ConfigError(f"pretrained: DS-TransUNet takes one or two Swin checkpoints (fine, coarse), "
+                          f"got {len(paths)}")
     if len(paths) == 2:
         return load_swin_imagenet(model, paths[0], "fine").merge(load_swin_imagenet(model, paths[1], "coarse"))
     state = read_weights(paths[0], "Swin ImageNet checkpoint")

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PretrainedReport",
+    "adapt_first_kernel",
     "adapt_input_channels",
     "copy_weights",
     "load_pretrained",
@@ -279,6 +280,19 @@ def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor
         return weight.sum(dim=1, keepdim=True)
     repeats = -(-in_channels // 3)
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3.0 / in_channels)
+
+
+def adapt_first_kernel(tensors: dict[str, torch.Tensor], key: str, in_channels: int,
+                       report: PretrainedReport) -> None:
+    """Adapt ``tensors[key]``, an RGB first-layer kernel, to ``in_channels`` in place (see
+    :func:`adapt_input_channels`) and record it in ``report.resized``; nothing if absent or already fitting."""
+    kernel = tensors.get(key)
+    if kernel is None or kernel.ndim != 4 or kernel.shape[1] == in_channels:
+        return
+    tensors[key] = adapt_input_channels(kernel, in_channels)
+    how = ("summed over RGB" if in_channels == 1
+           else f"RGB repeated to {in_channels} channels, scaled by 3/{in_channels}")
+    report.resized.append(f"{key}: {tuple(kernel.shape)} -> {tuple(tensors[key].shape)} ({how})")
 
 
 def copy_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], report: PretrainedReport, *,

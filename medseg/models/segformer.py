@@ -35,7 +35,7 @@ from torch import nn
 
 from medseg.errors import CheckpointError
 from medseg.models.options import check_options
-from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
+from medseg.models.pretrained import (PretrainedReport, adapt_first_kernel, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
 from medseg.models.registry import OfficialCount, register_model
 
@@ -263,12 +263,7 @@ def load_mit_imagenet(model: SegFormer, path) -> PretrainedReport:
         state = read_weights(path, "MiT ImageNet checkpoint")
         state = {key[len("backbone."):] if key.startswith("backbone.") else key: value for key, value in state.items()}
         renamed, report.unexpected = _official_encoder(state)
-    stem = _ENCODER + "stages.0.patch_embeddings.proj.weight"
-    in_channels = model.config.num_channels
-    if stem in renamed and renamed[stem].ndim == 4 and renamed[stem].shape[1] != in_channels:
-        before = tuple(renamed[stem].shape)
-        renamed[stem] = adapt_input_channels(renamed[stem], in_channels)
-        report.resized.append(f"{stem}: {before} -> {tuple(renamed[stem].shape)} (summed over RGB)")
+    adapt_first_kernel(renamed, _ENCODER + "stages.0.patch_embeddings.proj.weight", model.config.num_channels, report)
     copy_weights(model, renamed, report, prefix=_ENCODER, what="MiT ImageNet checkpoint")
     return report
 

@@ -15,7 +15,8 @@ Decoders (``C`` = hidden size, ``N`` = number of classes, features at ``H/16`` u
     MLA:   taps four layers at the quarter points of the encoder (6/12/18/24 of ViT-L, 3/6/9/12 of ViT-B); each:
            LayerNorm -> 1x1 conv (C->256) + BN + ReLU; top-down aggregation (deepest first, each stream adds the one
            above it); 3x3 conv (256->256) + BN + ReLU; 2 x [3x3 conv (->128) + BN + ReLU]; bilinear x4 (corners
-           aligned, as the official head). The four 128-channel maps are concatenated, classified with a 3x3 conv (512->N) and upsampled x4.
+           aligned, as the official head). The four 128-channel maps are concatenated, classified with a 3x3 conv
+           (512->N) and upsampled x4.
 
 Auxiliary heads (training only; the official configs, loss weight 0.4 each, main 1.0):
     Naive: naive-style heads (LayerNorm, 1x1 conv 256 + BN + ReLU, 1x1 conv) on layers 3/6/9 of ViT-B, 10/15/20 of
@@ -47,7 +48,7 @@ from torch import nn
 from medseg.errors import ConfigError
 from medseg.models.layers import TransformerLayer
 from medseg.models.options import check_options, constructor_options
-from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
+from medseg.models.pretrained import (PretrainedReport, adapt_first_kernel, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
 from medseg.models.registry import OfficialCount, register_model
 
@@ -479,6 +480,18 @@ def _npz_to_timm(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.contiguous().float() for key, value in out.items()}
 
 
+def _fit_position_embedding(table: torch.Tensor, encoder: ViTEncoder) -> torch.Tensor:
+    """A file's ``(1, [1 +] g*g, C)`` position embedding for ``encoder``: class row kept if the encoder has a class
+    token (its own initial row if the file has none), dropped otherwise; the grid resized to the encoder's."""
+    has_cls = math.isqrt(table.shape[1]) ** 2 != table.shape[1]
+    patches = table[:, 1:] if has_cls else table
+    if encoder.cls_token is None:
+        prefix = table[:, :0]
+    else:
+        prefix = table[:, :1] if has_cls else encoder.pos_embed.detach()[:, :1]
+    return torch.cat([prefix, resize_position_grid(patches, (encoder.grid, encoder.grid))], dim=1)
+
+
 def load_vit_imagenet(model: SETR, path) -> PretrainedReport:
     """ImageNet ViT weights (timm ``vit_base_patch16_*`` / ``vit_large_patch16_*``, ``.pth`` or Google ``.npz``)
     into the SETR encoder, as the official SETR does (``load_pretrained`` with ``pos_embed_interp``).
@@ -501,27 +514,14 @@ def load_vit_imagenet(model: SETR, path) -> PretrainedReport:
     rules += [(rf"blocks\.({index})\.(.*)", r"encoder.layers.\1.\2") for index in range(len(model.encoder.layers))]
     renamed, report.unexpected = rename_keys(state, rules)
     encoder = model.encoder
-    if "encoder.pos_embed" in renamed:
-        table = renamed["encoder.pos_embed"]
-        if table.ndim == 3 and table.shape[-1] == encoder.pos_embed.shape[-1]:
-            before = tuple(table.shape)
-            has_cls = math.isqrt(table.shape[1]) ** 2 != table.shape[1]
-            prefix, patches = (table[:, :1], table[:, 1:]) if has_cls else (table[:, :0], table)
-            if encoder.cls_token is not None and not has_cls:
-                prefix = encoder.pos_embed.detach()[:, :1]
-            if encoder.cls_token is None:
-                prefix = table[:, :0]
-            patches = resize_position_grid(patches, (encoder.grid, encoder.grid))
-            renamed["encoder.pos_embed"] = torch.cat([prefix, patches], dim=1)
-            if tuple(renamed["encoder.pos_embed"].shape) != before:
-                report.resized.append(f"encoder.pos_embed: {before} -> {tuple(renamed['encoder.pos_embed'].shape)} "
-                                      f"(grid resized bilinearly{', class row dropped' if has_cls and encoder.cls_token is None else ''})")
-    kernel = renamed.get("encoder.patch_embed.weight")
-    in_channels = encoder.patch_embed.in_channels
-    if kernel is not None and kernel.ndim == 4 and kernel.shape[1] != in_channels:
-        renamed["encoder.patch_embed.weight"] = adapt_input_channels(kernel, in_channels)
-        report.resized.append(f"encoder.patch_embed.weight: {tuple(kernel.shape)} -> "
-                              f"{tuple(renamed['encoder.patch_embed.weight'].shape)} (summed over RGB)")
+    table = renamed.get("encoder.pos_embed")
+    if table is not None and table.ndim == 3 and table.shape[-1] == encoder.pos_embed.shape[-1]:
+        renamed["encoder.pos_embed"] = _fit_position_embedding(table, encoder)
+        if renamed["encoder.pos_embed"].shape != table.shape:
+            report.resized.append(f"encoder.pos_embed: {tuple(table.shape)} -> "
+                                  f"{tuple(renamed['encoder.pos_embed'].shape)} (grid resized bilinearly"
+                                  f"{'' if encoder.cls_token is not None else '; class row dropped'})")
+    adapt_first_kernel(renamed, "encoder.patch_embed.weight", encoder.patch_embed.in_channels, report)
     copy_weights(model, renamed, report, prefix="encoder.", what="timm ViT checkpoint")
     return report
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from medseg.models.layers import DropPath
 from medseg.models.options import check_options, constructor_options
-from medseg.models.pretrained import (PretrainedReport, adapt_input_channels, copy_weights, read_weights,
+from medseg.models.pretrained import (PretrainedReport, adapt_first_kernel, copy_weights, read_weights,
                                       register_official_converter, register_pretrained_loader, rename_keys)
 from medseg.models.registry import OfficialCount, register_model
 
@@ -373,12 +373,7 @@ def load_topformer_imagenet(model: TopFormer, path) -> PretrainedReport:
     report = PretrainedReport(source=Path(path).name, family="topformer")
     state = _backbone_names(read_weights(path, "TopFormer ImageNet checkpoint"))
     renamed, report.unexpected = rename_keys(state, _BACKBONE_RULES + _pyramid_layer_rules(model))
-    stem = "pyramid.stem.0.0.weight"
-    in_channels = model.pyramid.stem[0][0].in_channels
-    if stem in renamed and renamed[stem].ndim == 4 and renamed[stem].shape[1] != in_channels:
-        before = tuple(renamed[stem].shape)
-        renamed[stem] = adapt_input_channels(renamed[stem], in_channels)
-        report.resized.append(f"{stem}: {before} -> {tuple(renamed[stem].shape)} (summed over RGB)")
+    adapt_first_kernel(renamed, "pyramid.stem.0.0.weight", model.pyramid.stem[0][0].in_channels, report)
     expected = {key for key in model.state_dict() if key.startswith(("pyramid.", "transformer."))}
     copy_weights(model, renamed, report, expected=expected, what="TopFormer ImageNet checkpoint")
     return report
