@@ -17,8 +17,12 @@ In training mode the forward returns ``(main, aux_1/8, aux_1/16)``, all ``(B, N,
 Inputs must be multiples of 32.
 
 Variants (1 input channel, 9 classes):
-    ``BiSeNet-R18``        ResNet-18 context path (64-512 channels): 13.38M parameters.
-    ``BiSeNet-R18-Small``  every width halved: 3.35M parameters; not published, for tests and CPU demos.
+    ``BiSeNet-R18``        ResNet-18 context path (64-512 channels): 13.41M parameters (with 3 channels:
+                           13,421,851, the official ``BiSeNetV1(9)``'s count).
+    ``BiSeNet-R18-Small``  every width halved: 3.36M parameters; not published, for tests and CPU demos.
+
+The module names differ from the official ones; :func:`from_official` maps a CoinCheung checkpoint onto this model
+(parity with the official outputs, main and both auxiliary heads: ``tests/test_zoo_parity.py``).
 """
 from __future__ import annotations
 

@@ -33,7 +33,11 @@ Variants (parameters with 1 input channel, 9 classes, at 512 px, aux heads inclu
     ``SETR-{Naive,PUP,MLA}-L16``  ViT-L/16 (1024 wide, 24 layers, 16 heads), the paper's main encoder
     ``SETR-{Naive,PUP,MLA}-S``    ViT-S/16 (384 wide, 12 layers, 6 heads) with decoder widths halved; not published,
                                   for tests and CPU demos
-Exact counts are in the zoo table (``medseg models``) and pinned in ``tests/test_zoo_models.py``.
+Exact counts are in the zoo table (``medseg models``) and pinned in ``tests/test_zoo_models.py``; at the official
+ADE20K configuration (150 classes, RGB) the L16 variants have the official code's counts less the parameters medseg
+does not build (every head's unused ``conv_seg``; conv biases before BatchNorm, folded into it by
+:func:`from_official`; MLA's unused class token). With the official weights the outputs, main and auxiliary, equal
+the official model's (``tests/test_zoo_parity.py``, reduced ViT).
 """
 from __future__ import annotations
 
