@@ -193,8 +193,10 @@ def test_setr_resizes_its_position_embedding_for_other_inputs():
 def test_wrong_size_and_unknown_override_are_config_errors():
     with pytest.raises(ConfigError, match="multiple of 32"):
         create("TopFormer-Tiny", NUM_CLASSES, 240)
-    for name in ("SETR-PUP-S", "SegFormer-B0", "BiSeNet-R18", "TopFormer-Tiny", "UNet"):
-        with pytest.raises(ConfigError, match="no_such_option"):
+    # One check for every builder: the same error type and message form, naming the model and the option.
+    for name in ("SETR-PUP-S", "SegFormer-B0", "BiSeNet-R18", "TopFormer-Tiny", "UNet", "R50-ViT-B_16",
+                 "DS-TransUNet-Tiny"):
+        with pytest.raises(ConfigError, match=r"^model .*: unknown option\(s\) 'no_such_option' \(known: "):
             build_on_meta(name, no_such_option=1)
     with pytest.raises(ConfigError, match="mla_layers"):
         build_on_meta("SETR-MLA-S", mla_layers=(3, 6))
