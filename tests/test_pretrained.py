@@ -8,6 +8,7 @@ errors for a file of another family or a truncated file.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,32 @@ def test_segformer_loads_a_hugging_face_folder(tmp_path):
             assert torch.equal(model.state_dict()[key], value), key
     assert sorted(line.split(":")[0] for line in report.skipped) == ["model.decode_head.classifier.bias",
                                                                        "model.decode_head.classifier.weight"]
+    # A folder saved before transformers 5 (the hub's nvidia/mit-b0 layout: encoder.block.*, attention.self.*).
+    old_names = [("stages.0.patch_embeddings.", "encoder.patch_embeddings.0."), ("layernorm_before", "layer_norm_1"),
+                 ("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),
+                 ("attention.v_proj", "attention.self.value"), ("attention.o_proj", "attention.output.dense"),
+                 ("attention.sequence_reduction.sequence_reduction", "attention.self.sr"),
+                 ("attention.sequence_reduction.layer_norm", "attention.self.layer_norm"),
+                 ("layernorm_after", "layer_norm_2"), ("mlp.fc1", "mlp.dense1"), ("mlp.fc2", "mlp.dense2")]
+    old = {}
+    for key, value in source.state_dict().items():
+        if not key.startswith("model.segformer."):
+            continue
+        key = key[len("model."):]
+        for new, former in old_names:
+            key = key.replace(new, former)
+        key = re.sub(r"stages\.(\d+)\.blocks\.", r"encoder.block.\1.", key)
+        key = re.sub(r"stages\.(\d+)\.patch_embeddings\.", r"encoder.patch_embeddings.\1.", key)
+        key = re.sub(r"stages\.(\d+)\.layer_norm", r"encoder.layer_norm.\1", key)
+        old[key] = value.contiguous()
+    assert "segformer.encoder.block.0.0.attention.self.query.weight" in old
+    save_file(old, str(folder / "model.safetensors"))
+    again = create("SegFormer-B0", num_classes=9, img_size=64, in_channels=3)
+    report = load_pretrained(again, "segformer", folder)
+    assert report.unexpected == [] and all(key.startswith("model.decode_head.") for key in report.missing)
+    for key, value in encoder_state(source, "model.segformer.").items():
+        assert torch.equal(again.state_dict()[key], value), key
+
     (folder / "config.json").write_text(json.dumps({"model_type": "vit"}))
     with pytest.raises(CheckpointError, match="'vit' model, not SegFormer"):
         load_pretrained(model, "segformer", folder)
@@ -298,3 +325,15 @@ def test_train_pretrained_writes_the_report_to_train_log(tiny_cohort, tmp_path):
     truncated.write_bytes(weights.read_bytes()[:1000])
     assert main(common + ["--out", str(tmp_path / "bad"), "--pretrained", str(truncated)]) == 2
     assert not (tmp_path / "bad" / "last.pt").exists()
+
+
+def test_summed_kernel_equals_the_rgb_network_on_a_repeated_grey_image():
+    from medseg.models.pretrained import adapt_input_channels
+
+    rgb = torch.randn(8, 3, 7, 7)
+    grey = torch.randn(2, 1, 32, 32)
+    summed = adapt_input_channels(rgb, 1)
+    assert torch.allclose(torch.nn.functional.conv2d(grey, summed),
+                          torch.nn.functional.conv2d(grey.expand(-1, 3, -1, -1), rgb), atol=1e-5)
+    assert adapt_input_channels(rgb, 3) is rgb
+    assert adapt_input_channels(rgb, 4).shape == (8, 4, 7, 7)
