@@ -299,7 +299,7 @@ def test_file_of_another_family_and_truncated_file_are_one_line_errors(tmp_path)
 
 def test_transunet_npz_loader_keeps_its_old_import_path():
     from medseg.models.pretrained import load_vit_npz as old
-    from medseg.models.transunet_pretrained import load_vit_npz as new
+    from medseg.models.transunet import load_vit_npz as new
 
     assert old is new
 

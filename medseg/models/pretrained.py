@@ -9,18 +9,14 @@ The pieces shared by the loaders live here too: reading a weight file with one-l
 renaming keys by rules (:func:`rename_keys`), adapting the first convolution to 1-channel CT
 (:func:`adapt_input_channels`) and copying tensors with shape checks (:func:`copy_weights`).
 
-Families and their files (details in each loader's docstring):
+Families and their files (each loader lives in the family's model file; details in its docstring):
 
-=============  ==========================================================  =============================
-family         file                                                        loader
-=============  ==========================================================  =============================
-transunet      ``R50+ViT-B_16.npz`` / ``ViT-B_16.npz`` (Google ViT)         ``transunet_pretrained``
-ds_transunet   ``swin_{base,tiny}_patch4_window7_224[_22k].pth`` (Microsoft) ``ds_transunet``
-segformer      ``mit_b0.pth`` .. ``mit_b5.pth``, or a Hugging Face folder    ``segformer``
-setr           timm ``vit_{base,large}_patch16_*`` ``.pth`` or ``.npz``       ``setr``
-bisenet        torchvision ``resnet18-*.pth``                                ``bisenet``
-topformer      ``topformer-{T,S,B}-224-*.pth`` (official ImageNet)          ``topformer``
-=============  ==========================================================  =============================
+- transunet: ``R50+ViT-B_16.npz`` / ``ViT-B_16.npz`` (Google ViT, ImageNet-21k)
+- ds_transunet: ``swin_base_patch4_window7_224_22k.pth`` and ``swin_tiny_patch4_window7_224.pth`` (Microsoft)
+- segformer: ``mit_b0.pth`` .. ``mit_b5.pth`` (NVlabs), or a local Hugging Face folder
+- setr: timm ``vit_base_patch16_*`` / ``vit_large_patch16_*``, ``.pth`` or Google ``.npz``
+- bisenet: torchvision ``resnet18-*.pth``
+- topformer: ``topformer-T/S/B-224-*.pth`` (hustvl, ImageNet backbones)
 """
 from __future__ import annotations
 
@@ -57,7 +53,7 @@ _LOADERS: dict[str, Callable] = {}
 
 # Module that holds each family's loader (imported on first use).
 _LOADER_MODULES = {
-    "transunet": "medseg.models.transunet_pretrained",
+    "transunet": "medseg.models.transunet",
     "ds_transunet": "medseg.models.ds_transunet",
     "segformer": "medseg.models.segformer",
     "setr": "medseg.models.setr",
@@ -182,7 +178,7 @@ def convert_official(family: str, state_dict: Mapping[str, torch.Tensor], model:
 def __getattr__(name: str):
     # TransUNet's npz loader moved beside the model; the old import path keeps working.
     if name == "load_vit_npz":
-        from medseg.models.transunet_pretrained import load_vit_npz
+        from medseg.models.transunet import load_vit_npz
 
         return load_vit_npz
     raise AttributeError(name)
