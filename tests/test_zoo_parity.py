@@ -17,93 +17,63 @@ from zoo_reference import ZOO, assert_close, official_shapes, official_weights, 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _load_official(model, family: str, layout: str) -> None:
+def assert_matches_official(name: str, family: str, layout: str, fixture: str = "", main: str = "logits",
+                            **overrides) -> None:
+    """Build ``name`` (RGB, 9 classes, the fixture's input size), load the official weights of ``layout`` through
+    the family's key map strictly, and compare the main output (``main``: the fixture array at input size) and
+    every auxiliary output ``aux_<i>`` of the fixture with the official ones."""
+    io = parity_io(fixture or layout)
+    model = create(name, num_classes=9, img_size=io["input"].shape[-1], in_channels=3, **overrides)
     state = convert_official(family, official_weights(ZOO / f"{layout}_state_dict.tsv"), model)
     model.load_state_dict(state, strict=True)
     model.eval()
-
-
-def _training_outputs(model, x):
-    """The auxiliary outputs: the model's training-mode forward with every layer in eval mode (BatchNorm, dropout,
-    stochastic depth), as the fixture evaluates the official heads."""
-    model.eval()
-    model.training = True  # only the top-level switch that returns the auxiliary outputs
     with torch.no_grad():
-        outputs = model(x)
-    model.eval()
-    return outputs
-
-
-# ---------------------------------------------------------------- SETR (reduced ViT: embed 64, depth 4, heads 4)
-REDUCED_SETR = dict(hidden_size=64, num_layers=4, num_heads=4, mlp_dim=256, decoder_channels=256, mla_head_channels=128)
-
-
-@pytest.mark.parametrize("decoder", ["naive", "pup", "mla"])
-def test_setr_matches_official(decoder):
-    name = f"SETR-{ {'naive': 'Naive', 'pup': 'PUP', 'mla': 'MLA'}[decoder]}-S"
-    model = create(name, num_classes=9, img_size=64, in_channels=3, **REDUCED_SETR)
-    _load_official(model, "setr", f"setr_{decoder}_reduced_9cls")
-    io = parity_io(f"setr_{decoder}_reduced_9cls")
-    with torch.no_grad():
-        assert_close(model(io["input"]), io["logits"], f"SETR-{decoder} logits")
-    outputs = _training_outputs(model, io["input"])
-    aux = [key for key in sorted(io) if key.startswith("aux_")]
+        assert_close(model(io["input"]), io[main], f"{name} {main}")
+        aux = sorted(key for key in io if key.startswith("aux_"))
+        if not aux:
+            return
+        # The auxiliary outputs: the training-mode forward with every layer in eval mode (BatchNorm, dropout,
+        # stochastic depth), as the fixture evaluates the official heads.
+        model.training = True  # only the top-level switch that returns the auxiliary outputs
+        outputs = model(io["input"])
     assert len(outputs) == 1 + len(aux)
+    assert_close(outputs[0], io[main], f"{name} {main} (training forward)")
     for output, key in zip(outputs[1:], aux):
-        assert_close(output, io[key], f"SETR-{decoder} {key}")
+        assert_close(output, io[key], f"{name} {key}")
 
 
-# ---------------------------------------------------------------- TopFormer-Tiny
+REDUCED_SETR = dict(hidden_size=64, num_layers=4, num_heads=4, mlp_dim=256, decoder_channels=256, mla_head_channels=128)
+REDUCED_MIT = dict(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 2, 4],
+                   decoder_hidden_size=64)
+
+
+@pytest.mark.parametrize("decoder", ["Naive", "PUP", "MLA"])
+def test_setr_matches_official(decoder):
+    """SETR with the reduced ViT of the fixture (embed 64, depth 4, heads 4, 64 px): main and auxiliary heads."""
+    assert_matches_official(f"SETR-{decoder}-S", "setr", f"setr_{decoder.lower()}_reduced_9cls", **REDUCED_SETR)
+
+
 def test_topformer_tiny_matches_official():
-    model = create("TopFormer-Tiny", num_classes=9, img_size=64, in_channels=3)
-    _load_official(model, "topformer", "topformer_tiny_9cls_64")
-    io = parity_io("topformer_tiny_9cls_64")
-    with torch.no_grad():
-        assert_close(model(io["input"]), io["logits_upsampled"], "TopFormer-Tiny logits")
+    assert_matches_official("TopFormer-Tiny", "topformer", "topformer_tiny_9cls_64", main="logits_upsampled")
 
 
-# ---------------------------------------------------------------- BiSeNet v1 (ResNet-18)
 def test_bisenet_matches_official():
-    model = create("BiSeNet-R18", num_classes=9, img_size=64, in_channels=3)
-    _load_official(model, "bisenet", "bisenetv1_9cls")
-    io = parity_io("bisenetv1_9cls")
-    with torch.no_grad():
-        assert_close(model(io["input"]), io["logits"], "BiSeNet logits")
-    main, aux8, aux16 = _training_outputs(model, io["input"])
-    assert_close(main, io["logits"], "BiSeNet logits (training forward)")
-    assert_close(aux8, io["aux_0"], "BiSeNet aux_0 (1/8 context)")
-    assert_close(aux16, io["aux_1"], "BiSeNet aux_1 (1/16 context)")
+    """BiSeNet v1: main logits and both auxiliary heads (the 1/8 and 1/16 context features)."""
+    assert_matches_official("BiSeNet-R18", "bisenet", "bisenetv1_9cls")
 
 
-# ---------------------------------------------------------------- SegFormer (B0 and a reduced MiT)
-@pytest.mark.parametrize("layout,overrides", [
-    ("segformer_b0_9cls", {}),
-    ("segformer_reduced_9cls", dict(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                                    num_attention_heads=[1, 2, 2, 4], decoder_hidden_size=64)),
-])
+@pytest.mark.parametrize("layout,overrides", [("segformer_b0_9cls", {}), ("segformer_reduced_9cls", REDUCED_MIT)])
 def test_segformer_matches_official(layout, overrides):
-    model = create("SegFormer-B0", num_classes=9, img_size=64, in_channels=3, **overrides)
-    _load_official(model, "segformer", layout)
-    io = parity_io(layout)
-    with torch.no_grad():
-        assert_close(model(io["input"]), io["logits_upsampled"], f"{layout} logits")
+    assert_matches_official("SegFormer-B0", "segformer", layout, main="logits_upsampled", **overrides)
 
 
-# ---------------------------------------------------------------- DS-TransUNet-B (published size, 64 px)
 def test_ds_transunet_matches_official_at_64():
     """The published model at 64 px, where every Swin grid but the first is at most one window (fine 16, 8, 4, 2;
     coarse 8, 4, 2, 1): the official rule for small grids (pad after the first norm to a full window, keep the
-    shift, mask the padded grid) is what this checks. 224 px cannot run in the official code (its coarse 1/64 grid
-    does not line up); medseg applies the same rule there (see ``test_swin_stage_applies_the_official_rule_at_224``
-    in ``tests/test_ds_transunet.py``)."""
-    model = create("DS-TransUNet-B", num_classes=9, img_size=64, in_channels=3)
-    _load_official(model, "ds_transunet", "ds_transunet_9cls")
-    io = parity_io("ds_transunet_9cls_64")
-    with torch.no_grad():
-        assert_close(model(io["input"]), io["logits"], "DS-TransUNet logits")
-    main, aux_bottleneck, aux_quarter = _training_outputs(model, io["input"])
-    assert_close(aux_bottleneck, io["aux_0"], "DS-TransUNet aux_0 (loss1)")
-    assert_close(aux_quarter, io["aux_1"], "DS-TransUNet aux_1 (loss2)")
+    shift, mask the padded grid) is what this checks, with the main output and both deep-supervision heads. 224 px
+    cannot run in the official code (its coarse 1/64 grid does not line up); medseg applies the same rule there
+    (``test_swin_stage_applies_the_official_rule_at_224`` in ``tests/test_ds_transunet.py``)."""
+    assert_matches_official("DS-TransUNet-B", "ds_transunet", "ds_transunet_9cls", "ds_transunet_9cls_64")
 
 
 # ---------------------------------------------------------------- official-codebase checkpoints load with --model
