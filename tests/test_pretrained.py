@@ -321,6 +321,9 @@ def test_train_pretrained_writes_the_report_to_train_log(tiny_cohort, tmp_path):
     log = (tmp_path / "run" / "train.log").read_text()
     assert "pretrained topformer-T-224-66.2.pth -> topformer:" in log
     assert "pyramid.stem.0.0.weight: (16, 3, 3, 3) -> (16, 1, 3, 3) (summed over RGB)" in log
+    import hashlib
+
+    assert f"sha256 {hashlib.sha256(weights.read_bytes()).hexdigest()} topformer-T-224-66.2.pth" in log
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(weights.read_bytes()[:1000])
     assert main(common + ["--out", str(tmp_path / "bad"), "--pretrained", str(truncated)]) == 2

@@ -144,6 +144,7 @@ def load_pretrained(model: nn.Module, family: str, path: "str | Path | list") ->
                           f"(known: {', '.join(sorted(_LOADER_MODULES))})")
     importlib.import_module(module)
     report = _LOADERS[family](unwrap_model(model), path)
+    report.notes += [f"sha256 {digest} {name}" for name, digest in _file_digests(path)]
     for line in report.lines():
         logger.info("pretrained %s", line)
     return report
@@ -173,6 +174,30 @@ def convert_official(family: str, state_dict: Mapping[str, torch.Tensor], model:
     if converter is None:
         return None
     return converter(state_dict, model)
+
+
+def _file_digests(path) -> list[tuple[str, str]]:
+    """``(file name, sha256)`` of the weight file(s) behind ``path``, for the record of what initialised a run."""
+    import hashlib
+
+    if isinstance(path, (list, tuple)):
+        paths = [Path(p) for p in path]
+    else:
+        paths = [Path(p) for p in str(path).split(",") if p.strip()] if not Path(path).exists() else [Path(path)]
+    files = []
+    for item in paths:
+        if item.is_dir():
+            files += [item / name for name in ("model.safetensors", "pytorch_model.bin") if (item / name).is_file()]
+        elif item.is_file():
+            files.append(item)
+    digests = []
+    for file in files:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digests.append((file.name, digest.hexdigest()))
+    return digests
 
 
 def __getattr__(name: str):
