@@ -22,3 +22,14 @@ class ConfigError(MedsegError):
 
 class CheckpointError(MedsegError):
     """A checkpoint cannot be loaded: wrong architecture, missing or unexpected keys, or unsafe content."""
+
+
+class TrainingStopped(MedsegError):
+    """A training run was stopped before its schedule ended (a signal, or ``stop_after``); ``last.pt`` is saved.
+
+    ``exit_code`` is the run's: 130 after SIGINT, 143 after SIGTERM (128 + the signal number), 2 for ``stop_after``.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code

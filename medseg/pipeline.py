@@ -25,7 +25,6 @@ Every stage calls the same Python API a notebook would (:mod:`medseg.data`, :mod
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -33,18 +32,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Literal
 
-import yaml
-
-from medseg import __version__
-from medseg.errors import ConfigError
+from medseg import __version__, schema
+from medseg.errors import ConfigError, TrainingStopped
 from medseg.io import read_json, read_yaml_mapping, write_json
+from medseg.schema import setting
 
 log = logging.getLogger(__name__)
 
 STAGE_ORDER = ("synth", "prepare", "train", "predict", "evaluate", "report")
-TOP_LEVEL_KEYS = {"name": str, "description": str, "run_dir": str, "data": (str, type(None)), "stages": dict}
 STAGE_FILE = "stage.json"
 
 
@@ -77,47 +74,87 @@ class StageResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Parameter schemas: key -> (type, default). A default of REQUIRED must be given.
-
-REQUIRED = object()
+# Schemas: the pipeline file and each stage's parameters, as typed dataclasses (see medseg.schema).
 
 
-def _stage_schemas() -> dict[str, dict[str, tuple[Any, Any]]]:
-    return {
-        "synth": {"cases": (int, 20), "seed": (int, 0), "size": (str, "small"), "workers": (int, 1)},
-        "prepare": {"labels": (str, "synapse8"), "split": (str, "auto"), "test_fraction": (float, 0.4),
-                    "seed": (int, 1234), "workers": (int, 1)},
-        "train": _train_schema(),
-        "predict": {"batch_size": (int, 16), "tta": (bool, False), "device": (str, "auto"),
-                    "checkpoint": (str, "best")},
-        "evaluate": {"protocol": (str, "both"), "tolerance_mm": (float, 2.0), "workers": (int, 1)},
-        "report": {"title": (str, "")},
-    }
+@dataclass
+class PipelineFile:
+    """The top level of a pipeline file."""
+
+    name: "str | None" = setting(None, help="pipeline name (default: the file name)")
+    description: str = setting("", help="one line shown with the pipeline")
+    run_dir: "str | None" = setting(None, help="folder for every stage's output (default runs/NAME)")
+    data: "str | None" = setting(None, help="cohort folder (real data); null: the synth stage makes a phantom one")
+    stages: dict = setting(default_factory=dict, help="stage name -> parameters")
 
 
-def _train_schema() -> dict[str, tuple[Any, Any]]:
-    """The train stage takes the fields of :class:`medseg.engine.config.TrainConfig` (data and out are set by
-    the pipeline)."""
+@dataclass
+class SynthStage:
+    """Write a synthetic phantom cohort (:func:`medseg.data.phantom.write_cohort`)."""
+
+    cases: int = setting(20, minimum=1, help="number of cases")
+    seed: int = setting(0, help="seed of the cohort")
+    size: Literal["small", "full"] = setting("small", help="phantom size")
+    workers: int = setting(1, minimum=1, help="processes")
+
+
+@dataclass
+class PrepareStage:
+    """Prepare the slice cache (:func:`medseg.data.slice_cache.prepare_cohort`)."""
+
+    labels: str = setting("synapse8", help="label set")
+    split: str = setting("auto", help="train/test split mode")
+    test_fraction: float = setting(0.4, minimum=0, help="fraction of cases held out (seeded split)")
+    seed: int = setting(1234, help="seed of the split")
+    workers: int = setting(1, minimum=1, help="processes")
+
+
+#: Train stage keys the pipeline sets itself: the slice cache, the run folder, resuming and the progress bar.
+TRAIN_STAGE_EXCLUDED = ("data", "out", "resume", "progress")
+
+
+@dataclass
+class PredictStage:
+    """Predict the held-out cases with the trained model (:func:`medseg.engine.inference.predict_volume`)."""
+
+    batch_size: int = setting(16, minimum=1, help="slices per forward pass")
+    tta: bool = setting(False, help="flip test-time augmentation")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+    checkpoint: Literal["best", "last"] = setting("last", help="last.pt, or best.pt (needs train.val_every > 0)")
+
+
+@dataclass
+class EvaluateStage:
+    """Score the predictions against the held-out labels (:func:`medseg.evaluation.cohort.evaluate_folders`)."""
+
+    protocol: Literal["standard", "transunet", "both"] = setting("both", help="evaluation protocol")
+    tolerance_mm: float = setting(2.0, minimum=0, help="NSD tolerance in mm")
+    workers: int = setting(1, minimum=1, help="processes")
+
+
+@dataclass
+class ReportStage:
+    """Write report.md / report.html with the figures (:func:`medseg.evaluation.report.write_reports`)."""
+
+    title: str = setting("", help="report title (default: medseg pipeline NAME)")
+
+
+def _stage_schemas() -> dict:
     from medseg.engine.config import TrainConfig
 
-    schema = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "out", "resume", "progress"):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
-        schema[f.name] = (_python_type(f.type, default), default)
-    return schema
+    return {"synth": SynthStage, "prepare": PrepareStage, "train": TrainConfig, "predict": PredictStage,
+            "evaluate": EvaluateStage, "report": ReportStage}
 
 
-def _python_type(annotation, default):
-    if default is not REQUIRED and default is not None and not isinstance(default, (list, tuple, dict)):
-        return type(default)
-    text = str(annotation)
-    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if text.startswith(name):
-            return kind
-    return object
+def stage_params(name: str, params: dict, source: str) -> dict:
+    """A stage's parameters checked against its schema, with every default filled in (plain data)."""
+    cls = _stage_schemas()[name]
+    prefix = f"stages.{name}."
+    if name == "train":
+        values = schema.check_mapping(cls, params, source, prefix=prefix, exclude=TRAIN_STAGE_EXCLUDED)
+        config = cls.from_dict(values, source=f"{source}: stages.train")  # the combinations of keys, as train does
+        return {key: value for key, value in dataclasses.asdict(config).items() if key not in TRAIN_STAGE_EXCLUDED}
+    return dataclasses.asdict(schema.build(cls, params, source, prefix=prefix))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,7 +167,8 @@ def load_pipeline(path, overrides: "list[str] | None" = None) -> Pipeline:
     Args:
         path: the YAML file.
         overrides: ``key=value`` strings applied before validation, e.g. ``data=/data/Synapse``,
-            ``train.epochs=3`` or ``stages.train.epochs=3``; values are parsed as YAML scalars.
+            ``train.epochs=3`` or ``stages.train.epochs=3``; values are read as YAML
+            (:func:`medseg.schema.parse_assignment`, the parser of ``medseg train --set`` too).
 
     Raises:
         ConfigError: a one-line message naming the file and key (unknown key, wrong type, missing path,
@@ -139,56 +177,36 @@ def load_pipeline(path, overrides: "list[str] | None" = None) -> Pipeline:
     path = Path(path)
     raw = read_yaml_mapping(path, "pipeline file")
     for override in overrides or []:
-        _apply_override(raw, override, str(path))
+        _apply_override(raw, override)
     return validate_pipeline(raw, source=str(path))
 
 
-def _apply_override(raw: dict, override: str, source: str) -> None:
-    if "=" not in override:
-        raise ConfigError(f"--set {override}: expected key=value")
-    key, text = override.split("=", 1)
-    parts = key.strip().split(".")
+def _apply_override(raw: dict, override: str) -> None:
+    parts, value = schema.parse_assignment(override)
     if parts[0] in STAGE_ORDER:
         parts = ["stages"] + parts
-    try:
-        value = yaml.safe_load(text) if text != "" else None
-    except yaml.YAMLError:
-        value = text
     node = raw
     for part in parts[:-1]:
         if node.get(part) is None:
             node[part] = {}
         node = node[part]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part} is not a section")
+            raise ConfigError(f"--set {'.'.join(parts)}: {part} is not a section")
     node[parts[-1]] = value
 
 
 def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
     """Check keys and types, fill in defaults, and return a :class:`Pipeline` (see :func:`load_pipeline`)."""
-    for key, value in raw.items():
-        if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"{source}: {key}: unknown key{_suggest(key, TOP_LEVEL_KEYS)}")
-        if not isinstance(value, TOP_LEVEL_KEYS[key]):
-            raise ConfigError(f"{source}: {key}: expected {_type_name(TOP_LEVEL_KEYS[key])}, "
-                              f"got {type(value).__name__}")
-    stages_raw = raw.get("stages") or {}
-    if not stages_raw:
+    top = schema.build(PipelineFile, raw, source)
+    if not top.stages:
         raise ConfigError(f"{source}: stages: no stages given")
     schemas = _stage_schemas()
-    stages: dict[str, dict] = {}
-    for name in stages_raw:
+    for name in top.stages:
         if name not in schemas:
-            raise ConfigError(f"{source}: stages.{name}: unknown stage{_suggest(name, schemas)}")
-    for name in STAGE_ORDER:
-        if name not in stages_raw:
-            continue
-        params = stages_raw[name] or {}
-        if not isinstance(params, dict):
-            raise ConfigError(f"{source}: stages.{name}: expected a mapping of parameters")
-        stages[name] = _validate_params(params, schemas[name], f"{source}: stages.{name}")
+            raise ConfigError(f"{source}: stages.{name}: unknown stage{schema.suggest(str(name), schemas)}")
+    stages = {name: stage_params(name, top.stages[name] or {}, source) for name in STAGE_ORDER if name in top.stages}
 
-    data = raw.get("data")
+    data = top.data
     if data is not None:
         data_path = Path(data).expanduser()
         if not data_path.is_dir():
@@ -205,13 +223,17 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
         except ConfigError as exc:
             raise ConfigError(f"{source}: stages.train.model: {str(exc).split(': ', 1)[-1]}") from None
     _check_chain(stages, source)
+    if "predict" in stages and stages["predict"]["checkpoint"] == "best" and not stages["train"]["val_every"]:
+        raise ConfigError(f"{source}: stages.predict.checkpoint: best needs validation (set train.val_every > 0) "
+                          "or use last")
+    name = top.name or Path(source).stem
     return Pipeline(
-        name=str(raw.get("name") or Path(source).stem),
-        run_dir=Path(raw.get("run_dir") or f"runs/{raw.get('name') or Path(source).stem}"),
+        name=str(name),
+        run_dir=Path(top.run_dir or f"runs/{name}"),
         data=Path(data).expanduser() if data is not None else None,
         stages=stages,
         source=source,
-        description=str(raw.get("description") or ""),
+        description=top.description,
     )
 
 
@@ -221,47 +243,6 @@ def _check_chain(stages: dict, source: str) -> None:
     for stage, required in needs.items():
         if stage in stages and required not in stages:
             raise ConfigError(f"{source}: stages.{stage}: needs the {required} stage")
-
-
-def _validate_params(params: dict, schema: dict, where: str) -> dict:
-    result = {}
-    for key, value in params.items():
-        if key not in schema:
-            raise ConfigError(f"{where}.{key}: unknown key{_suggest(key, schema)}")
-        kind = schema[key][0]
-        result[key] = _coerce(value, kind, f"{where}.{key}")
-    for key, (kind, default) in schema.items():
-        if key not in result:
-            if default is REQUIRED:
-                raise ConfigError(f"{where}.{key}: required")
-            result[key] = default
-    return result
-
-
-def _coerce(value, kind, where: str):
-    if kind is object or value is None:
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if kind is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where}: expected {_type_name(kind)}, got {value!r}")
-    return value
-
-
-def _type_name(kind) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
-    if isinstance(kind, tuple):
-        return " or ".join(names.get(k, "null") for k in kind)
-    return names.get(kind, kind.__name__)
-
-
-def _suggest(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -373,7 +354,9 @@ def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
                      resume=(run_dir / LAST).exists())
     result = train(load_config(overrides=overrides))
     if not result.finished:
-        raise KeyboardInterrupt(f"training stopped ({result.stop_reason}); run the pipeline again to resume")
+        raise TrainingStopped(f"train: stopped ({result.stop_reason}) at iteration {result.iterations} of "
+                              f"{result.max_iterations}; saved {result.last_checkpoint}; run the pipeline again to "
+                              "resume", exit_code=result.exit_code or 2)
     return {"run_dir": str(run_dir), "last": str(result.last_checkpoint),
             "best": str(result.best_checkpoint) if result.best_checkpoint else None,
             "epochs": result.epochs_completed, "final_loss": result.final_loss,
@@ -396,7 +379,10 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
     from medseg.engine.inference import load_predictor, predict_volume
     from medseg.io import write_volume
 
-    checkpoint = outputs["train"].get(params["checkpoint"]) or outputs["train"]["last"]
+    checkpoint = outputs["train"][params["checkpoint"]]
+    if checkpoint is None:  # validation was on but found no labelled held-out case to choose best.pt by
+        raise ConfigError(f"{pipeline.source}: stages.predict.checkpoint: the train stage wrote no best.pt (no "
+                          "labelled test-split case to validate on); use last")
     predictor = load_predictor(checkpoint, params["device"])
     labels_dir = stage_dir / "labels"
     entries = _test_cases(outputs)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medseg.data.slice_cache import load_case_arrays, load_manifest
-from medseg.data.transforms import IMAGE, LABEL, PaperAugmentd, PreprocessingParams, ResizeSliced
+from medseg.data.transforms import IMAGE, LABEL, PaperAugmentd, ResizeSliced
 from medseg.errors import ConfigError, InputError
 from medseg.labels import LabelSet
 
@@ -40,7 +40,6 @@ class SliceDataset(Dataset):
         self.prepared_dir = Path(prepared_dir)
         self.manifest = load_manifest(self.prepared_dir)
         self.label_set = LabelSet.from_dict(self.manifest["label_set"])
-        self.preprocessing = PreprocessingParams.from_dict(self.manifest["preprocessing"])
         self.img_size = int(img_size)
         self.seed = int(seed)
         self.epoch = 0

@@ -20,7 +20,8 @@ columns ``j`` patient right -> left. Slices are ``(H, W) = (rows, columns)``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,10 +29,12 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, Orientationd, ScaleIntensityRanged
 
+from medseg import schema
 from medseg.data.orientation import SLICE_AXCODES
-from medseg.errors import InputError, MedsegError
+from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import read_volume
 from medseg.labels import LabelSet, remap_labels
+from medseg.schema import setting
 
 IMAGE, LABEL = "image", "label"
 
@@ -48,20 +51,27 @@ class PreprocessingParams:
             always resized with nearest neighbour.
     """
 
+    SCHEMA_VERSION = 1
+
     hu_min: float = -125.0
     hu_max: float = 275.0
     axcodes: str = "".join(SLICE_AXCODES)
-    img_size: int = 224
-    image_interpolation: str = "bicubic"
+    img_size: int = setting(224, minimum=1)
+    image_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data with the schema version, as manifests and checkpoints store it."""
+        return schema.to_stored(self)
 
     @classmethod
-    def from_dict(cls, data: "dict | None") -> "PreprocessingParams":
-        data = dict(data or {})
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+    def from_dict(cls, data: "dict | None", source: str = "preprocessing") -> "PreprocessingParams":
+        """Read stored parameters; an unknown key (e.g. ``hu_window``) or a wrong type is a ConfigError naming
+        ``source`` and the key, never a silent default. Data stored before versions existed (no
+        ``schema_version``) is read as version 1."""
+        params = schema.build(cls, dict(data or {}), source)
+        if params.hu_max <= params.hu_min:
+            raise ConfigError(f"{source}: hu_max: must be above hu_min ({params.hu_min}), got {params.hu_max}")
+        return params
 
 
 class LoadVolumed(MapTransform):

@@ -158,7 +158,10 @@ def load_predictor(checkpoint: "str | Path | Predictor", device: "str | torch.de
                               f"has {label_set.num_classes} (pass the right --labels)")
     preprocessing = dict(info.preprocessing or {})
     preprocessing["img_size"] = int(info.model_config["img_size"])
-    params = PreprocessingParams.from_dict(preprocessing)
+    try:
+        params = PreprocessingParams.from_dict(preprocessing, source=f"{checkpoint}: preprocessing")
+    except ConfigError as exc:  # e.g. a key this medseg does not know: never predict with a default instead
+        raise CheckpointError(str(exc)) from None
     return make_predictor(model, info.model_name, label_set, params, torch_device, amp=amp, source=str(checkpoint),
                           info=info)
 
