@@ -447,37 +447,12 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
 
 
 def _training_curve(outputs) -> "bytes | None":
-    """PNG of the training loss (and validation Dice, when recorded) from the run's metrics.csv."""
+    """PNG of the training loss (and validation Dice, when recorded) from the run's metrics.csv, or None."""
     from medseg.engine.train import METRICS_FILE, read_metrics
+    from medseg.evaluation.plots import training_curve_png
 
     metrics_path = Path(outputs["train"]["run_dir"]) / METRICS_FILE
-    if not metrics_path.exists():
-        return None
-    rows = read_metrics(metrics_path)
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import io
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot([float(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows], color="tab:blue")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss", color="tab:blue")
-    validated = [r for r in rows if r.get("val_dice") not in (None, "")]
-    if validated:
-        twin = ax.twinx()
-        twin.plot([float(r["iteration"]) for r in validated], [float(r["val_dice"]) for r in validated], "o-",
-                  color="tab:red")
-        twin.set_ylabel("validation Dice", color="tab:red")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return training_curve_png(read_metrics(metrics_path)) if metrics_path.exists() else None
 
 
 STAGES: dict[str, Callable] = {

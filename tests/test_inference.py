@@ -200,3 +200,27 @@ def test_predictor_from_a_model_in_memory():
     predictor = make_predictor(model, "TransUNet-Tiny", "synapse8", PreprocessingParams(img_size=IMG_SIZE), "cpu")
     image, _ = tiny_case(4)
     assert predict_volume(image, predictor).shape == image.shape
+
+
+def test_checkpoint_with_unknown_preprocessing_key_is_refused(tmp_path):
+    """A window stored under a key this medseg does not read must stop the prediction, not fall back to the default."""
+    from medseg.errors import CheckpointError
+    from medseg.models.checkpoint import save_checkpoint
+
+    path = tmp_path / "window.pt"
+    stored = {**PreprocessingParams(img_size=IMG_SIZE).to_dict(), "hu_window": [-1000, 1000]}
+    save_checkpoint(path, tiny_model(), model_name="TransUNet-Tiny",
+                    model_config={"num_classes": 9, "img_size": IMG_SIZE}, label_set="synapse8", preprocessing=stored)
+    with pytest.raises(CheckpointError, match=f"{path}: preprocessing: hu_window: unknown key"):
+        load_predictor(path, "cpu")
+
+
+def test_checkpoint_without_schema_version_still_loads(tmp_path):
+    from medseg.models.checkpoint import save_checkpoint
+
+    path = tmp_path / "old.pt"
+    stored = PreprocessingParams(img_size=IMG_SIZE, hu_min=-100.0).to_dict()
+    del stored["schema_version"]  # written before stored schemas carried a version
+    save_checkpoint(path, tiny_model(), model_name="TransUNet-Tiny",
+                    model_config={"num_classes": 9, "img_size": IMG_SIZE}, label_set="synapse8", preprocessing=stored)
+    assert load_predictor(path, "cpu").preprocessing == PreprocessingParams(img_size=IMG_SIZE, hu_min=-100.0)

@@ -119,3 +119,26 @@ def test_resize_keeps_label_values_and_image_range():
     assert out_image.shape == (1, 24, 24) and out_label.shape == (24, 24)
     assert out_image.min() >= 0 and out_image.max() <= 1
     assert set(out_label.unique().tolist()) <= set(label.unique().tolist()) | {0}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"hu_window": [-125, 275]}, "manifest.json: hu_window: unknown key"),
+    ({"hu_min": "low"}, "manifest.json: hu_min: expected a number, got 'low'"),
+    ({"image_interpolation": "nearest"}, "image_interpolation: expected one of bicubic, bilinear"),
+    ({"hu_min": 300.0}, "manifest.json: hu_max: must be above hu_min (300.0), got 275.0"),
+    ({"schema_version": 7}, "schema_version: 7 is newer than this medseg understands (1)"),
+])
+def test_preprocessing_params_refuse_unknown_keys_and_bad_values(data, message):
+    from medseg.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        PreprocessingParams.from_dict(data, source="manifest.json")
+    assert message in str(raised.value)
+    assert len(str(raised.value).splitlines()) == 1
+
+
+def test_preprocessing_params_round_trip_with_their_version():
+    params = PreprocessingParams(hu_min=-200.0, img_size=96)
+    stored = params.to_dict()
+    assert stored["schema_version"] == 1 and PreprocessingParams.from_dict(stored) == params
+    assert PreprocessingParams.from_dict(None) == PreprocessingParams()
