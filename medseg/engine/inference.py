@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.data.orientation import orientation_transform, restore_orientation
+from medseg.data.orientation import orientation_transform
 from medseg.data.transforms import PreprocessingParams
+from medseg.engine.rebuild import nearest_index_map, restore_to_source
 from medseg.errors import CheckpointError, ConfigError, InputError
 from medseg.io import Volume, is_nifti, read_volume
 from medseg.labels import LabelSet, get_label_set
@@ -259,22 +260,6 @@ def resize_to_model_scipy(slices: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(out)[:, None]
 
 
-def nearest_index_map(model_size: int, native_size: int) -> np.ndarray:
-    """Source index along one axis for each of ``native_size`` output pixels, resizing ``model_size`` -> native.
-
-    It is the mapping of ``scipy.ndimage.zoom(order=0)`` with the reference's factor ``native / model`` (corner
-    pixels aligned, rounding to the nearest), so gathering with it reproduces the reference's label resize exactly.
-    """
-    from scipy import ndimage
-
-    if model_size == native_size:
-        return np.arange(native_size)
-    mapped = ndimage.zoom(np.arange(model_size, dtype=np.float64), native_size / model_size, order=0)
-    if mapped.shape[0] != native_size:  # zoom rounds the output length; never seen, but fail loudly
-        raise InputError(f"label resize {model_size} -> {native_size} gave {mapped.shape[0]} pixels")
-    return mapped.astype(np.int64)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Forward
 
@@ -442,10 +427,11 @@ def predict_volume(image: "Volume | str | Path", checkpoint: "str | Path | Predi
                                               progress=progress)
     if not reorient:
         label_array = labels_oriented
-    else:
-        label_array = restore_orientation(labels_oriented, volume.affine, tuple(predictor.preprocessing.axcodes))
+    else:  # the 3D rebuild: back onto the input's voxel grid (medseg.engine.rebuild)
+        axcodes = predictor.preprocessing.axcodes
+        label_array = restore_to_source(labels_oriented, volume.affine, volume.array.shape, axcodes)
         if probs is not None:
-            probs = restore_orientation(probs, volume.affine, tuple(predictor.preprocessing.axcodes))
+            probs = restore_to_source(probs, volume.affine, volume.array.shape, axcodes)
     log.debug("predicted %s slices in %.2f s", volume.array.shape, time.perf_counter() - started)
     result = Volume(np.ascontiguousarray(label_array, dtype=np.uint8), np.asarray(volume.affine, dtype=np.float64))
     if result.shape != tuple(volume.array.shape):  # cannot happen; a clear message if it ever does
