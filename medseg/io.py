@@ -149,14 +149,14 @@ def atomic_path(path: "str | Path", suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         if tmp.exists():  # mkstemp creates 0600; give the file the permissions a normal write would
-            os.chmod(tmp, 0o666 & ~_current_umask())
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)

@@ -190,7 +190,7 @@ def test_the_steps_run_alone(prepared, tmp_path):
 
     assert train_one_epoch(run, _StopRequest(), Bar()) is None
     assert (run.position.iteration, run.position.batch_in_epoch, len(run.epoch_losses)) == (5, 5, 5)
-    assert sorted(run.epoch_indices) == list(range(20))
+    assert run.final_loss == run.epoch_losses[-1] and run.last_lr == pytest.approx(poly_lr(0.01, 4, 10))
 
 
 def test_epoch_sampler_shards_and_restarts():
@@ -250,7 +250,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, config: dict, report_dir:
                       WORLD_SIZE=str(world_size))
     result = train(TrainConfig.from_dict(config))
     Path(report_dir, f"rank{rank}.json").write_text(json.dumps({
-        "indices": result.epoch_indices, "final_loss": result.final_loss, "iterations": result.iterations,
+        "final_loss": result.final_loss, "iterations": result.iterations,
         "wrote_checkpoint": result.last_checkpoint is not None,
     }))
 
@@ -260,9 +260,6 @@ def test_ddp_two_cpu_processes_gloo(prepared, tmp_path):
     config = {**TINY, "data": str(prepared), "out": str(tmp_path / "run"), "epochs": 1}
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    shard0, shard1 = reports[0]["indices"], reports[1]["indices"]
-    assert len(shard0) == len(shard1) == 10
-    assert not set(shard0) & set(shard1) and sorted(shard0 + shard1) == list(range(20))
     assert reports[0]["iterations"] == reports[1]["iterations"] == 5  # global batch 4 = 2 per process
     assert reports[0]["final_loss"] == reports[1]["final_loss"]  # the logged loss is the mean over processes
     assert reports[0]["wrote_checkpoint"] and not reports[1]["wrote_checkpoint"]

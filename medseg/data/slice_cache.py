@@ -26,7 +26,7 @@ from medseg import __version__
 from medseg.data.cohort import Case, discover_cases, make_split
 from medseg.data.transforms import IMAGE, LABEL, PreprocessingParams, volume_preprocessing
 from medseg.errors import ConfigError, InputError, MedsegError
-from medseg.io import _current_umask, read_json, spacing_from_affine, write_json
+from medseg.io import current_umask, read_json, spacing_from_affine, write_json
 from medseg.labels import LabelSet, get_label_set
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def write_case_folder(out_dir, case_id: str, image: np.ndarray, label: "np.ndarr
         if label is not None:
             np.save(tmp / "label.npy", np.ascontiguousarray(label, dtype=np.uint8))
         write_json(tmp / "case.json", entry)
-        os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp creates 0700
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
         final = cases_dir / case_id
         if final.exists():
             shutil.rmtree(final)

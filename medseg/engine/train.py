@@ -90,7 +90,6 @@ class RunResult:
         exit_code: 0, or 128 + signal number after a signal.
         wall_time_s: seconds spent in this invocation.
         rank, world_size: this process in the torchrun job.
-        epoch_indices: dataset indices this process trained on in its last epoch of this invocation.
     """
 
     run_dir: Path
@@ -108,7 +107,6 @@ class RunResult:
     wall_time_s: float = 0.0
     rank: int = 0
     world_size: int = 1
-    epoch_indices: list = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -497,7 +495,6 @@ class TrainingRun:
     last_lr: float = 0.0
     final_loss: "float | None" = None
     epoch_losses: list = field(default_factory=list)
-    epoch_indices: list = field(default_factory=list)
 
     @property
     def channels_last(self) -> bool:
@@ -516,7 +513,6 @@ def train_one_epoch(run: TrainingRun, stop: _StopRequest, bar) -> "str | None":
     config, position, data = run.config, run.position, run.data
     start = position.batch_in_epoch * data.local_batch
     data.sampler.set_epoch(position.epoch, start)
-    run.epoch_indices = data.sampler.indices(position.epoch)[start:]
     aux_weights = config.aux_weights or getattr(run.unwrapped, "aux_loss_weights", None)
     run.model.train()
     run.epoch_losses = []
@@ -654,9 +650,7 @@ def finish_run(run: TrainingRun, stop: _StopRequest, stop_reason: "str | None") 
         val_history=position.val_history, finished=finished,
         stop_reason="finished" if finished else (stop_reason or "stop_after"),
         exit_code=128 + stop.signal_number if stop.signal_number is not None else 0,
-        wall_time_s=time.perf_counter() - run.started, rank=run.context.rank, world_size=run.context.world_size,
-        epoch_indices=run.epoch_indices,
-    )
+        wall_time_s=time.perf_counter() - run.started, rank=run.context.rank, world_size=run.context.world_size)
     if run.context.is_main:
         best_path = run.run_dir / BEST
         result.last_checkpoint = run.run_dir / LAST

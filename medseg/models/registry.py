@@ -16,7 +16,7 @@ from typing import Callable
 from medseg.errors import ConfigError
 
 # Modules of this package that hold no architecture.
-_NOT_ARCHITECTURES = {"registry", "checkpoint", "layers", "pretrained"}
+_NOT_ARCHITECTURES = {"registry", "checkpoint", "pretrained"}
 
 
 @dataclass(frozen=True)
