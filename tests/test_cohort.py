@@ -7,7 +7,7 @@ from medseg.data.cohort import (SYNAPSE_TEST_IDS, SYNAPSE_TRAIN_IDS, case_id_fro
                                 make_split)
 from medseg.errors import ConfigError, InputError
 from medseg.io import write_volume
-from tests.conftest import tiny_case
+from helpers import tiny_case
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -33,7 +33,7 @@ def test_every_stage_leaves_its_outputs(tiny_runs):
 
 def test_rerun_skips_everything(tiny_runs, capsys):
     from medseg.cli import main
-    from tests.conftest import TINY_RUN_SETTINGS
+    from helpers import TINY_RUN_SETTINGS
 
     demo = Path(__file__).parents[1] / "pipelines" / "demo.yaml"
     sets = [arg for s in TINY_RUN_SETTINGS + [f"run_dir={tiny_runs['a']}"] for arg in ("--set", s)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import DATA_DIR, tiny_case
+from helpers import DATA_DIR, tiny_case
 from medseg.data.orientation import reorient
 from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_cohort
 from medseg.data.transforms import PreprocessingParams, resample_slice
@@ -204,17 +204,22 @@ def test_predictor_from_a_model_in_memory():
     assert predict_volume(image, predictor).shape == image.shape
 
 
-def test_checkpoint_with_unknown_preprocessing_key_is_refused(tmp_path):
+def test_checkpoint_with_unknown_preprocessing_key_is_refused(checkpoint, tmp_path):
     """A window stored under a key this medseg does not read must stop the prediction, not fall back to the default."""
-    from medseg.errors import CheckpointError
+    from medseg.errors import CheckpointError, ConfigError
     from medseg.models.checkpoint import save_checkpoint
 
     path = tmp_path / "window.pt"
-    stored = {**PreprocessingParams(img_size=IMG_SIZE).to_dict(), "hu_window": [-1000, 1000]}
-    save_checkpoint(path, tiny_model(), model_name="TransUNet-Tiny",
-                    model_config={"num_classes": 9, "img_size": IMG_SIZE}, label_set="synapse8", preprocessing=stored)
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["preprocessing"] = {**payload["preprocessing"], "hu_window": [-1000, 1000]}  # e.g. another writer
+    torch.save(payload, path)
     with pytest.raises(CheckpointError, match=f"{path}: preprocessing: hu_window: unknown key"):
         load_predictor(path, "cpu")
+    with pytest.raises(ConfigError, match="preprocessing: hu_window: unknown key"):  # and medseg never writes one
+        save_checkpoint(tmp_path / "new.pt", tiny_model(), model_name="TransUNet-Tiny",
+                        model_config={"num_classes": 9, "img_size": IMG_SIZE}, label_set="synapse8",
+                        preprocessing=payload["preprocessing"])
+    assert not (tmp_path / "new.pt").exists()
 
 
 def test_checkpoint_without_schema_version_still_loads(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA_DIR, tiny_case
+from helpers import DATA_DIR, tiny_case
 from medseg.cli import main
 from medseg.data.transforms import PreprocessingParams
 from medseg.io import Volume, write_volume

@@ -11,7 +11,7 @@ from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_coh
 from medseg.data.transunet_format import read_volume_h5, read_slice_npz
 from medseg.errors import ConfigError, InputError
 from medseg.io import Volume, write_volume
-from tests.conftest import tiny_case, write_tiny_cohort
+from helpers import tiny_case, write_tiny_cohort
 
 
 @pytest.fixture

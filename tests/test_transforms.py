@@ -10,7 +10,7 @@ from medseg.data.transforms import (PreprocessingParams, SliceAugmentation, draw
 from medseg.errors import InputError
 from medseg.io import Volume, write_volume
 from medseg.labels import SYNAPSE8
-from tests.conftest import tiny_case
+from helpers import tiny_case
 
 
 def _permuted_flipped(volume: Volume) -> Volume:

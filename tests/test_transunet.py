@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from medseg.errors import CheckpointError, ConfigError
 from medseg.models import create
 from medseg.models.pretrained import load_vit_npz
 
-DATA = Path(__file__).parent / "data"
+from helpers import DATA_DIR as DATA
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
