@@ -14,7 +14,7 @@ from medseg.data.orientation import reorient
 from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_cohort
 from medseg.data.transforms import PreprocessingParams, resample_slice
 from medseg.engine.inference import (label_statistics, load_predictor, make_predictor, nearest_index_map,
-                                     predict_volume, resize_to_model, segment_oriented)
+                                     predict_volume, resize_to_model, resize_to_model_scipy, segment_oriented)
 from medseg.engine.rebuild import resize_slices_nearest
 from medseg.io import Volume
 
@@ -143,8 +143,19 @@ def test_scipy_resize_mode_reproduces_the_reference_loop(predictor):
     expected = _reference_test_loop(predictor.model, stack, IMG_SIZE)
     labels, _ = segment_oriented(predictor, np.moveaxis(stack, 0, -1), scaled=True, batch_size=4, resize="scipy")
     assert np.array_equal(np.moveaxis(labels, -1, 0), expected)
+
+
+def test_torch_resize_stays_close_to_the_reference_loop(predictor):
+    """On a smooth CT-like image the default (torch bicubic) resize feeds the model nearly the reference's pixels,
+    and the labels differ only at a few organ borders (measured: 98.7 % equal, inputs within 0.012)."""
+    rows, cols = np.mgrid[0:40, 0:28]
+    stack = np.stack([0.5 + 0.4 * np.sin(rows / 6 + k) * np.cos(cols / 5) for k in range(6)]).astype(np.float32)
+    inputs = resize_to_model(torch.from_numpy(stack), IMG_SIZE)
+    reference_inputs = resize_to_model_scipy(stack, IMG_SIZE)
+    assert float((inputs - reference_inputs).abs().max()) < 0.02
+    expected = _reference_test_loop(predictor.model, stack, IMG_SIZE)
     default, _ = segment_oriented(predictor, np.moveaxis(stack, 0, -1), scaled=True, batch_size=4)
-    assert (np.moveaxis(default, -1, 0) == expected).mean() > 0.5  # the torch resize differs only slightly
+    assert (np.moveaxis(default, -1, 0) == expected).mean() > 0.97
 
 
 def test_probabilities_on_the_input_grid(predictor):
