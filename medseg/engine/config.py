@@ -4,7 +4,8 @@ Order of precedence (later wins): the defaults below, a YAML file (``--config FI
 and the explicit command-line flags (``--epochs``, ``--batch-size``, ...). Every key is checked: an unknown key or a
 value of the wrong type is a :class:`~medseg.errors.ConfigError` naming the key (and the file it came from).
 
-Defaults follow the TransUNet Synapse recipe (``shared/reference/README.md``): batch 24, SGD lr 0.01, momentum 0.9,
+Defaults follow the TransUNet Synapse recipe (Chen et al. 2021, arXiv:2102.04306, and the official code's
+``trainer.py``, github.com/Beckschen/TransUNet): batch 24, SGD lr 0.01, momentum 0.9,
 weight decay 1e-4, poly decay ``lr = base * (1 - it / max_it) ** 0.9`` per iteration, 0.5 CE + 0.5 Dice, 150 epochs
 over every training slice, 224 x 224 input, seed 1234. Models with auxiliary heads (DS-TransUNet) weight their
 outputs by the model's ``aux_loss_weights`` (0.6 / 0.2 / 0.2) unless ``aux_weights`` is given.

@@ -1,6 +1,6 @@
 """Training losses: TransUNet's 0.5 x cross-entropy + 0.5 x soft Dice, and deep supervision for tuple outputs.
 
-The soft Dice follows the TransUNet reference recipe (see ``shared/reference/README.md``):
+The soft Dice follows the TransUNet reference code (``DiceLoss`` in ``utils.py`` of github.com/Beckschen/TransUNet):
 
 * class probabilities ``p = softmax(logits)`` over the class axis;
 * for each class ``c`` (background included), sums over the whole batch and all pixels::
