@@ -264,3 +264,13 @@ def test_ddp_two_cpu_processes_gloo(prepared, tmp_path):
     assert reports[0]["final_loss"] == reports[1]["final_loss"]  # the logged loss is the mean over processes
     assert reports[0]["wrote_checkpoint"] and not reports[1]["wrote_checkpoint"]
     assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "metrics.csv").is_file()
+
+
+def test_resume_refuses_a_stored_config_with_an_unknown_key(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    train(_config(prepared, run_dir, stop_after=1))
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    payload["training_state"]["config"]["warmup_epochs"] = 5  # written by a medseg that knows more keys
+    torch.save(payload, run_dir / "last.pt")
+    with pytest.raises(ConfigError, match="training_state.config: warmup_epochs: unknown key"):
+        train(_config(prepared, run_dir, resume=True))

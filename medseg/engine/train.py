@@ -461,7 +461,8 @@ def resume_position(config: TrainConfig, last_path: Path, model: torch.nn.Module
     state = info.training_state or {}
     if "optimizer" not in state:
         raise CheckpointError(f"{last_path}: holds no training state to resume from")
-    check_resume_compatible(state.get("config", {}), config)
+    saved = TrainConfig.from_dict(state.get("config", {}), source=f"{last_path}: training_state.config")
+    check_resume_compatible(saved.to_dict(), config)
     if state.get("batches_per_epoch") not in (None, batches_per_epoch):
         raise ConfigError(f"resume: {last_path} was written with {state['batches_per_epoch']} batches per epoch, "
                           f"now {batches_per_epoch} (different data or number of processes)")
