@@ -12,6 +12,13 @@ folder ``config.out``::
     train.log       the log messages of the run
     tensorboard/    scalars, when the ``tensorboard`` package is installed
 
+Steps
+-----
+:func:`train` runs named steps, each a function of its own: :func:`load_training_data` (reads the cache and
+checks every case it will read, before anything is written), :func:`build_model`, :func:`resume_position`, then per
+epoch :func:`train_one_epoch`, :func:`validate_after_epoch` and :func:`save_run_checkpoint`, and
+:func:`finish_run`. :func:`torch_settings` applies the run's global torch settings and restores them on return.
+
 Reproducibility and resume
 --------------------------
 Everything random is a function of the seed and the position in the schedule:
