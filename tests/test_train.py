@@ -171,7 +171,7 @@ def test_corrupt_cache_is_refused_before_the_run_folder_exists(prepared, tmp_pat
 def test_the_steps_run_alone(prepared, tmp_path):
     """Data, model and one epoch, without train(): the position advances by one epoch's batches."""
     from medseg.engine import distributed as D
-    from medseg.engine.train import (MetricsLog, Position, TrainingRun, _StopRequest, build_model,
+    from medseg.engine.train import (MetricsLog, Position, TrainingRun, StopRequest, build_model,
                                      load_training_data, train_one_epoch)
 
     config = _config(prepared, tmp_path / "run")
@@ -188,7 +188,7 @@ def test_the_steps_run_alone(prepared, tmp_path):
         def update(self, n): pass
         def set_postfix(self, **values): pass
 
-    assert train_one_epoch(run, _StopRequest(), Bar()) is None
+    assert train_one_epoch(run, StopRequest(), Bar()) is None
     assert (run.position.iteration, run.position.batch_in_epoch, len(run.epoch_losses)) == (5, 5, 5)
     assert run.final_loss == run.epoch_losses[-1] and run.last_lr == pytest.approx(poly_lr(0.01, 4, 10))
 

@@ -194,7 +194,7 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
 # Signals
 
 
-class _StopRequest:
+class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks after every iteration (a second Ctrl-C aborts at once)."""
 
     def __init__(self):
@@ -509,7 +509,7 @@ class TrainingRun:
         return self.config.channels_last and self.device.type == "cuda"
 
 
-def train_one_epoch(run: TrainingRun, stop: _StopRequest, bar) -> "str | None":
+def train_one_epoch(run: TrainingRun, stop: StopRequest, bar) -> "str | None":
     """Train from the run's position to the end of its epoch, or until a stop; returns the stop reason or None.
 
     Every step sets the poly learning rate, runs forward / loss / backward / SGD, all-reduces the loss (and
@@ -643,7 +643,7 @@ def save_run_checkpoint(run: TrainingRun, path: Path, *, interrupted: bool, resu
                     training_state=training_state)
 
 
-def finish_run(run: TrainingRun, stop: _StopRequest, stop_reason: "str | None") -> RunResult:
+def finish_run(run: TrainingRun, stop: StopRequest, stop_reason: "str | None") -> RunResult:
     """Save an unfinished run's ``last.pt`` (marked interrupted), close the writers and say what was done."""
     config, position, data = run.config, run.position, run.data
     finished = position.epoch >= config.epochs
@@ -700,7 +700,7 @@ def train(config: TrainConfig) -> RunResult:
     medseg_logger = logging.getLogger("medseg")
     previous_level = medseg_logger.level
     log_files: list[logging.Handler] = []  # train.log, attached by _train once the data has been checked
-    stop = _StopRequest()
+    stop = StopRequest()
     try:
         stop.install()
         with torch_settings(config.deterministic, config.threads, device):
@@ -719,7 +719,7 @@ def train(config: TrainConfig) -> RunResult:
         D.cleanup_distributed(context)
 
 
-def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: _StopRequest,
+def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: StopRequest,
            started: float, log_files: list) -> RunResult:
     """The run, step by step: check, data, model, resume, epochs (train, validate, save), finish."""
     from tqdm.auto import tqdm
@@ -788,7 +788,7 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
 # Helpers
 
 
-def _stop_reason(stop: _StopRequest) -> str:
+def _stop_reason(stop: StopRequest) -> str:
     if stop.signal_number is not None:
         return signal.Signals(stop.signal_number).name
     return "stop_after"
