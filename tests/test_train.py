@@ -274,3 +274,19 @@ def test_resume_refuses_a_stored_config_with_an_unknown_key(prepared, tmp_path):
     torch.save(payload, run_dir / "last.pt")
     with pytest.raises(ConfigError, match="training_state.config: warmup_epochs: unknown key"):
         train(_config(prepared, run_dir, resume=True))
+
+
+def test_command_line_flags_come_from_the_config_fields():
+    import argparse
+
+    from medseg.commands.train import add_arguments
+    from medseg.schema import flag_values
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--epochs", "3", "--lr", "0.02", "--drop-empty", "--amp", "off", "--data", "cache"])
+    assert flag_values(args, TrainConfig) == {"epochs": 3, "lr": 0.02, "drop_empty": True, "amp": "off",
+                                              "data": "cache"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--amp", "fp8"])  # the Literal's choices
+    assert "passes over all training slices" in parser.format_help()  # the field's help text
