@@ -159,3 +159,28 @@ def test_training_curve_with_validation_rows():
             {"iteration": "2", "loss": "", "val_dice": "0.41"}]
     assert training_curve_png(rows).startswith(b"\x89PNG")
     assert training_curve_png([]) is None
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_ends_the_pipeline_with_143(tiny_cohort, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _write(tmp_path, f"run_dir: {tmp_path / 'run'}\ndata: {tiny_cohort}\nstages:\n"
+                            "  prepare: {split: seeded, test_fraction: 0.5}\n"
+                            "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 50, batch_size: 2, workers: 0,"
+                            " threads: 1, tensorboard: false}\n")
+    process = subprocess.Popen([sys.executable, "-m", "medseg", "-v", "run", str(path), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    for line in process.stderr:
+        if "iteration 2/" in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 143, rest
+    last = rest.strip().splitlines()[-1]
+    assert "train: stopped (SIGTERM)" in last and "run the pipeline again to resume" in last
+    assert "Traceback" not in rest and (tmp_path / "run" / "train" / "run" / "last.pt").is_file()
