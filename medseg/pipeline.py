@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from medseg import __version__, schema
+from medseg.engine.config import PredictConfig, TrainConfig
 from medseg.errors import ConfigError, TrainingStopped
 from medseg.io import read_json, read_yaml_mapping, write_json
 from medseg.schema import setting
@@ -114,12 +115,9 @@ TRAIN_STAGE_EXCLUDED = ("data", "out", "resume", "progress")
 
 
 @dataclass
-class PredictStage:
-    """Predict the held-out cases with the trained model (:func:`medseg.engine.inference.predict_volume`)."""
+class PredictStage(PredictConfig):
+    """Predict the held-out cases with the trained model: ``medseg predict``'s settings and which checkpoint."""
 
-    batch_size: int = setting(16, minimum=1, help="slices per forward pass")
-    tta: bool = setting(False, help="flip test-time augmentation")
-    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
     checkpoint: Literal["best", "last"] = setting("last", help="last.pt, or best.pt (needs train.val_every > 0)")
 
 
@@ -140,8 +138,6 @@ class ReportStage:
 
 
 def _stage_schemas() -> dict:
-    from medseg.engine.config import TrainConfig
-
     return {"synth": SynthStage, "prepare": PrepareStage, "train": TrainConfig, "predict": PredictStage,
             "evaluate": EvaluateStage, "report": ReportStage}
 
@@ -383,14 +379,15 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
     if checkpoint is None:  # validation was on but found no labelled held-out case to choose best.pt by
         raise ConfigError(f"{pipeline.source}: stages.predict.checkpoint: the train stage wrote no best.pt (no "
                           "labelled test-split case to validate on); use last")
-    predictor = load_predictor(checkpoint, params["device"])
+    predictor = load_predictor(checkpoint, params["device"], amp=params["amp"])
     labels_dir = stage_dir / "labels"
     entries = _test_cases(outputs)
     for entry in tqdm(entries, desc="predict", unit="case", disable=not progress):
         target = labels_dir / f"{entry['case_id']}.nii.gz"
         if target.exists():  # resumed stage: this case was finished before the interruption
             continue
-        labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"])
+        labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"],
+                                resize=params["resize"])
         write_volume(target, labels, dtype="uint8")
     return {"predictions": str(labels_dir), "checkpoint": str(checkpoint), "cases": len(entries)}
 

@@ -187,11 +187,12 @@ def parse_assignment(item: str, where: str = "--set") -> tuple[list[str], object
     return parts, value
 
 
-def add_arguments(parser, cls) -> None:
-    """Add one argparse option per field of ``cls`` that names a ``flag`` (dest = the field name, default None).
+def add_arguments(parser, cls, *, defaults: bool = False) -> None:
+    """Add one argparse option per field of ``cls`` that names a ``flag`` (dest = the field name).
 
     Booleans become switches that set True; the other types convert their text (``int``, ``float``, ``str``) and a
-    ``Literal`` field offers its choices.
+    ``Literal`` field offers its choices. With ``defaults`` an option left out takes the field's default; without,
+    it is None, so that :func:`flag_values` can tell what the command line gave (to override a file's values).
     """
     kinds = field_kinds(cls)
     for f in dataclasses.fields(cls):
@@ -200,12 +201,13 @@ def add_arguments(parser, cls) -> None:
             continue
         kind = kinds[f.name]
         help_text = f.metadata.get("help", "")
+        default = f.default if defaults and f.default is not dataclasses.MISSING else None
         if kind.base is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text)
             continue
-        default = "" if f.default in (dataclasses.MISSING, "", None) else f" (default {f.default})"
-        parser.add_argument(flag, dest=f.name, type=kind.base, choices=kind.choices, default=None,
-                            help=help_text + default)
+        shown = "" if f.default in (dataclasses.MISSING, "", None) else f" (default {f.default})"
+        parser.add_argument(flag, dest=f.name, type=kind.base, choices=kind.choices, default=default,
+                            help=help_text + shown)
 
 
 def flag_values(args, cls) -> dict:

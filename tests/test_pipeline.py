@@ -101,6 +101,7 @@ def test_cached_stages_are_skipped_and_changes_rerun(tmp_path):
 @pytest.mark.parametrize("sets, message", [
     (["predict.checkpoint=best"], "stages.predict.checkpoint: best needs validation (set train.val_every > 0)"),
     (["predict.checkpoint=bset"], "stages.predict.checkpoint: expected one of best, last, got 'bset'"),
+    (["predict.resize=cubic"], "stages.predict.resize: expected one of torch, scipy, got 'cubic'"),
     (["train.lr=0"], "stages.train: lr: must be positive"),
     (["train.data=/elsewhere"], "stages.train.data: unknown key"),
     (["report.title=[oops"], "--set report.title: cannot read value '[oops'"),

@@ -35,14 +35,10 @@ def add_arguments(parser) -> None:
                         help="output .nii.gz file (single input) or folder")
     parser.add_argument("-m", "--checkpoint", type=Path, required=True,
                         help="medseg checkpoint (best.pt / last.pt) or a bare reference state_dict (with --model)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
-    parser.add_argument("--tta", action="store_true", help="average over left-right and up-down flips")
-    parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                        help="bf16 autocast (auto: on CUDA only)")
-    parser.add_argument("--resize", choices=["torch", "scipy"], default="torch",
-                        help="resize to the model size like training (torch, default) or like the reference "
-                             "test loop (scipy cubic zoom per slice, slower)")
+    from medseg.engine.config import PredictConfig
+    from medseg.schema import add_arguments as add_schema_arguments
+
+    add_schema_arguments(parser, PredictConfig, defaults=True)  # --device, --batch-size, --tta, --amp, --resize
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write NAME_probabilities.npz (float16, (i, j, k, C))")
     parser.add_argument("--statistics", action="store_true",
