@@ -122,6 +122,13 @@ def resolve_amp(amp: "str | bool | None", device: torch.device) -> str:
     raise ConfigError(f"amp: expected auto, bf16 or off, got {amp!r}")
 
 
+def autocast(device: torch.device, amp: str):
+    """The autocast context of a resolved ``amp`` (``bf16`` or ``off``) on ``device`` (training and inference)."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def load_predictor(checkpoint: "str | Path | Predictor", device: "str | torch.device" = "auto", *,
                    model_name: "str | None" = None, labels: "str | LabelSet | None" = None,
                    img_size: "int | None" = None, amp: "str | bool | None" = None) -> Predictor:
@@ -265,9 +272,7 @@ def resize_to_model_scipy(slices: np.ndarray, size: int) -> torch.Tensor:
 
 
 def _autocast(predictor: Predictor):
-    if predictor.amp == "bf16":
-        return torch.autocast(device_type=predictor.device.type, dtype=torch.bfloat16)
-    return torch.autocast(device_type=predictor.device.type, enabled=False)
+    return autocast(predictor.device, predictor.amp)
 
 
 def _main_logits(output) -> torch.Tensor:

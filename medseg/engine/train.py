@@ -65,7 +65,7 @@ from medseg.data.slice_cache import load_case_arrays, load_manifest
 from medseg.data.transforms import PreprocessingParams
 from medseg.engine import distributed as D
 from medseg.engine.config import TrainConfig, check_resume_compatible
-from medseg.engine.inference import make_predictor, resolve_amp, resolve_device, segment_oriented
+from medseg.engine.inference import autocast, make_predictor, resolve_amp, resolve_device, segment_oriented
 from medseg.engine.losses import combined_loss
 from medseg.errors import CheckpointError, ConfigError, InputError
 from medseg.io import write_json, write_text
@@ -533,7 +533,7 @@ def train_one_epoch(run: TrainingRun, stop: StopRequest, bar) -> "str | None":
         labels = batch["label"].to(run.device, non_blocking=True)
         if run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(run.device, run.amp):
+        with autocast(run.device, run.amp):
             outputs = run.model(images)
         weights = aux_weights if isinstance(outputs, (tuple, list)) else None
         try:
@@ -792,12 +792,6 @@ def _stop_reason(stop: StopRequest) -> str:
     if stop.signal_number is not None:
         return signal.Signals(stop.signal_number).name
     return "stop_after"
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _rng_state(context: D.DistContext, device: torch.device) -> dict:
