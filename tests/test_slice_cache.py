@@ -204,3 +204,21 @@ def test_unusable_input_exits_2_with_one_line(tmp_path, capsys):
     assert main(["prepare", str(root), str(tmp_path / "x"), "--workers", "0"]) == 2
     with pytest.raises(InputError, match="no manifest.json"):
         load_manifest(tmp_path / "empty")
+
+
+def test_a_manifest_from_before_schema_versions_still_matches(tiny_cohort, tmp_path):
+    import json
+
+    from medseg.errors import ConfigError
+
+    out = tmp_path / "cache"
+    prepare_cohort(tiny_cohort, out, split="seeded", test_fraction=0.5, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["preprocessing"]["schema_version"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    summary = prepare_cohort(tiny_cohort, out, split="seeded", test_fraction=0.5, progress=False)
+    assert len(summary.already_done) == 4
+    manifest["preprocessing"]["hu_window"] = [-125, 275]  # a key this medseg does not know: never ignored
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="manifest.json: preprocessing: hu_window: unknown key"):
+        prepare_cohort(tiny_cohort, out, split="seeded", test_fraction=0.5, progress=False)

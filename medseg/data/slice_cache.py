@@ -211,6 +211,9 @@ def _check_existing_cache(out_dir: Path, header: dict) -> None:
     if not manifest_path.exists():
         return
     existing = read_json(manifest_path)
+    # compared as parameters, so a manifest written before preprocessing carried a schema_version still matches
+    existing["preprocessing"] = PreprocessingParams.from_dict(existing.get("preprocessing"), f"{manifest_path}: "
+                                                              "preprocessing").to_dict()
     for key in ("format", "label_set", "preprocessing", "split_mode", "split_seed"):
         if existing.get(key) != header[key]:
             raise ConfigError(f"{manifest_path}: folder was prepared with a different {key}; "
