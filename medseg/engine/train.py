@@ -61,7 +61,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medseg.data.dataset import SliceDataset
-from medseg.data.slice_cache import load_case_arrays, load_manifest
+from medseg.data.slice_cache import MANIFEST, load_case_arrays, load_manifest
 from medseg.data.transforms import PreprocessingParams
 from medseg.engine import distributed as D
 from medseg.engine.config import TrainConfig, check_resume_compatible
@@ -374,7 +374,7 @@ def load_training_data(config: TrainConfig, context: D.DistContext, device: torc
     manifest = load_manifest(config.data)
     label_set = LabelSet.from_dict(manifest["label_set"])
     preprocessing = PreprocessingParams.from_dict({**manifest.get("preprocessing", {}), "img_size": config.img_size},
-                                                  source=f"{Path(config.data) / 'manifest.json'}: preprocessing")
+                                                  source=f"{Path(config.data) / MANIFEST}: preprocessing")
     dataset = SliceDataset(config.data, split="train", img_size=config.img_size, augment=config.augment,
                            drop_empty=config.drop_empty, seed=config.seed,
                            image_interpolation=preprocessing.image_interpolation)
