@@ -35,9 +35,10 @@ _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 
 
 def setting(default=dataclasses.MISSING, *, help: str = "", minimum=None, flag: "str | None" = None,
-            default_factory=dataclasses.MISSING):
-    """A dataclass field with its help text, an optional lower bound and an optional command-line ``flag``."""
-    metadata = {"help": help, "minimum": minimum, "flag": flag}
+            metavar: "str | None" = None, default_factory=dataclasses.MISSING):
+    """A dataclass field with its help text, an optional lower bound and an optional command-line ``flag``
+    (shown with ``metavar`` in the usage line)."""
+    metadata = {"help": help, "minimum": minimum, "flag": flag, "metavar": metavar}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -207,7 +208,7 @@ def add_arguments(parser, cls, *, defaults: bool = False) -> None:
             continue
         shown = "" if f.default in (dataclasses.MISSING, "", None) else f" (default {f.default})"
         parser.add_argument(flag, dest=f.name, type=kind.base, choices=kind.choices, default=default,
-                            help=help_text + shown)
+                            metavar=f.metadata.get("metavar"), help=help_text + shown)
 
 
 def flag_values(args, cls) -> dict:

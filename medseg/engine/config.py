@@ -57,8 +57,13 @@ class TrainConfig:
     out: str = setting("", flag="--out", help="run folder: last.pt, best.pt, metrics.csv, config.json, train.log")
     model_options: dict = setting(default_factory=dict,
                                   help="architecture overrides passed to medseg.models.create (e.g. hidden_size)")
-    pretrained: "str | None" = setting(None, flag="--pretrained",
-                                       help="ImageNet ViT .npz for TransUNet models (R50+ViT-B_16.npz)")
+    pretrained: "str | None" = setting(
+        None, flag="--pretrained", metavar="FILE",
+        help="the family's official ImageNet weights, loaded before training (medseg.models.pretrained."
+             "load_pretrained): TransUNet R50+ViT-B_16.npz; DS-TransUNet Swin-B and Swin-T .pth (two files, fine "
+             "first: 'swin_b.pth,swin_t.pth'); SegFormer mit_b*.pth or a Hugging Face folder; SETR timm ViT "
+             ".pth/.npz; BiSeNet torchvision resnet18 .pth; TopFormer topformer-{T,S,B}-224 .pth (see 'medseg "
+             "models')")
     img_size: int = setting(224, minimum=1, flag="--img-size", help="model input height and width in pixels")
     batch_size: int = setting(24, minimum=1, flag="--batch-size",
                               help="slices per optimiser step over all processes together")

@@ -415,19 +415,17 @@ def check_cached_cases(prepared_dir, entries: list[dict]) -> None:
 
 
 def build_model(config: TrainConfig, label_set: LabelSet, device: torch.device):
-    """The model (seeded, optional pretrained weights, on ``device``), its SGD optimiser and its create-kwargs.
+    """The model (seeded, on ``device``), its SGD optimiser and its create-kwargs (pretrained weights are loaded
+    by :func:`_train` once the log file is attached).
 
     Returns:
         ``(model, optimizer, model_config)``, ``model_config`` as checkpoints store it.
     """
-    from medseg.models import create, get_spec
+    from medseg.models import create
 
-    spec = get_spec(config.model)
     torch.manual_seed(config.seed)
     model = create(config.model, num_classes=label_set.num_classes, img_size=config.img_size, in_channels=1,
                    **config.model_options)
-    if config.pretrained:
-        _load_pretrained(model, spec.family, config.pretrained)
     model.to(device)
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -730,9 +728,14 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
                           "--out folder")
     data = load_training_data(config, context, device)
     model, optimizer, model_config = build_model(config, data.label_set, device)
-    position = resume_position(config, run_dir / LAST, model, optimizer, data.batches_per_epoch)
     if context.is_main:
         log_files.append(_attach_log_file(run_dir))  # the run folder exists from here on
+    if config.pretrained:  # after the log file is attached, so that the load report goes to train.log
+        from medseg.models import get_spec
+
+        _load_pretrained(model, get_spec(config.model).family, config.pretrained)
+    position = resume_position(config, run_dir / LAST, model, optimizer, data.batches_per_epoch)
+    if context.is_main:
         if position.resumed:
             log.info("resuming %s at epoch %d, batch %d/%d (iteration %d of %d)", run_dir, position.epoch + 1,
                      position.batch_in_epoch, data.batches_per_epoch, position.iteration, data.max_iterations)
@@ -836,12 +839,11 @@ def _python_state():
 
 
 def _load_pretrained(model: torch.nn.Module, family: str, path: str) -> None:
-    if family != "transunet":
-        raise ConfigError(f"pretrained: ImageNet npz weights apply to TransUNet models, not the {family} family")
-    from medseg.models.pretrained import load_vit_npz
+    """The family's official ImageNet weights into ``model``; the report (loaded, resized, missing, unexpected)
+    goes to the log, hence to ``train.log``."""
+    from medseg.models.pretrained import load_pretrained
 
-    report = load_vit_npz(model, path)
-    log.info(report.summary())
+    load_pretrained(model, family, path)
 
 
 def _tensorboard_writer(run_dir: Path, wanted: bool):
