@@ -1,0 +1,266 @@
+"""DICOM in and out: series round trips (phantom and real CT), refused geometries, several series and zips,
+predict on DICOM, DICOM-SEG and RTSTRUCT read back with highdicom / pydicom."""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from conftest import DATA_DIR
+from medseg import dicom
+from medseg.cli import main
+from medseg.data.orientation import reorient
+from medseg.data.transforms import PreprocessingParams
+from medseg.errors import InputError
+from medseg.io import Volume, read_volume
+from medseg.labels import BTCV13, SYNAPSE8, remap_labels
+
+REAL_IMAGE = DATA_DIR / "realct" / "img" / "img0001.nii.gz"
+REAL_LABEL = DATA_DIR / "realct" / "label" / "label0001.nii.gz"
+IMG_SIZE = 32
+
+
+def world_view(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The volume in one fixed voxel order with its affine: equal views mean the same values at the same points."""
+    return reorient(np.asarray(volume.array), volume.affine, ("R", "A", "S"))
+
+
+@pytest.fixture(scope="module")
+def real_ct() -> Volume:
+    return read_volume(REAL_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def real_series(tmp_path_factory, real_ct) -> dicom.Series:
+    folder = tmp_path_factory.mktemp("realdicom") / "CT"
+    dicom.write_series(real_ct, folder, patient_id="REAL1", study_date="20230101", series_number=3)
+    (series,) = dicom.find_series(folder)
+    return series
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from medseg.models import create
+    from medseg.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create("TransUNet-Tiny", num_classes=9, img_size=IMG_SIZE)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, model_name="TransUNet-Tiny", model_config={"num_classes": 9, "img_size": IMG_SIZE},
+                    label_set="synapse8", preprocessing=PreprocessingParams(img_size=IMG_SIZE).to_dict())
+    return path
+
+
+def _predict(*args) -> int:
+    return main(["predict", *map(str, args), "--no-progress", "--device", "cpu"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def test_real_ct_round_trip_same_array_and_geometry(real_ct, real_series):
+    volume = dicom.read_series(real_series)
+    assert volume.array.dtype == np.int16  # HU from RescaleIntercept (stored unsigned with intercept -1100)
+    assert pydicom.dcmread(real_series.files[0]).RescaleIntercept < 0
+    np.testing.assert_array_equal(volume.array, real_ct.array)
+    np.testing.assert_allclose(volume.affine, real_ct.affine, atol=1e-4)
+    assert real_series.name == "REAL1_20230101_3"
+
+
+@pytest.mark.parametrize("case", [2, 3])  # case 2 stores LPS; case 3's slice normal points down (k reversed)
+def test_phantom_round_trip_same_world_geometry(case, tmp_path):
+    from medseg.data.phantom import generate_case
+
+    image, _ = generate_case(case, 0, "small")
+    dicom.write_series(image, tmp_path / "s")
+    volume = dicom.read_dicom(tmp_path / "s")
+    ours, ours_affine = world_view(volume)
+    theirs, theirs_affine = world_view(image)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_allclose(ours_affine, theirs_affine, atol=1e-3)
+
+
+def _edit(files, index, **changes):
+    ds = pydicom.dcmread(files[index])
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    ds.save_as(files[index])
+
+
+def _small_series(folder: Path) -> list[Path]:
+    array = np.arange(8 * 6 * 5, dtype=np.int16).reshape(8, 6, 5)
+    affine = np.diag([0.7, 0.7, 2.0, 1.0])
+    return dicom.write_series(Volume(array, affine), folder)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "missing slice"),
+    ("uneven", "uneven slice spacing"),
+    ("tilt", "gantry tilt"),
+    ("orientation", "mixed slice orientations"),
+    ("duplicate", "same position"),
+    ("single", "single slice"),
+])
+def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
+    files = _small_series(tmp_path / "s")
+    if problem == "missing":
+        files[2].unlink()
+    elif problem == "uneven":
+        _edit(files, 2, ImagePositionPatient=[0, 0, 4.6])
+    elif problem == "tilt":
+        for k, path in enumerate(files):
+            _edit(files, k, ImagePositionPatient=[0, 0.5 * k, 2.0 * k])
+    elif problem == "orientation":
+        _edit(files, 1, ImageOrientationPatient=[1, 0, 0, 0, 0.8, 0.6])
+    elif problem == "duplicate":
+        _edit(files, 3, ImagePositionPatient=[0, 0, 4.0])
+    elif problem == "single":
+        for path in files[1:]:
+            path.unlink()
+    with pytest.raises(InputError, match=message) as error:
+        dicom.read_dicom(tmp_path / "s")
+    assert "\n" not in str(error.value) and str(tmp_path / "s") in str(error.value)
+
+
+def test_several_series_and_zip(tmp_path, real_ct):
+    small = Volume(real_ct.array[:40, :30, :6], real_ct.affine)
+    dicom.write_series(small, tmp_path / "in" / "a", patient_id="P1", study_date="20240101", series_number=2)
+    dicom.write_series(small, tmp_path / "in" / "nested" / "b", patient_id="P1", study_date="20240101",
+                       series_number=5)
+    dicom.write_series(small, tmp_path / "in" / "c", patient_id="", series_number=7)  # no PatientID: the UID
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM")
+    series = dicom.find_series(tmp_path / "in")
+    names = [s.name for s in series]
+    assert names[1:] == ["P1_20240101_2", "P1_20240101_5"] and names[0] == series[0].uid
+    archive = tmp_path / "in.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in (tmp_path / "in").rglob("*"):
+            z.write(path, path.relative_to(tmp_path / "in"))
+    with dicom.open_dicom_input(archive) as from_zip:
+        assert [s.name for s in from_zip] == names
+        np.testing.assert_array_equal(dicom.read_series(from_zip[1]).array, small.array)
+    with pytest.raises(InputError, match="3 DICOM series"):
+        dicom.read_dicom(tmp_path / "in")
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputError, match="bad.zip"):
+        with dicom.open_dicom_input(tmp_path / "bad.zip"):
+            pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing DICOM-SEG and RTSTRUCT
+
+
+def real_labels(real_ct) -> Volume:
+    raw = read_volume(REAL_LABEL)
+    return Volume(remap_labels(raw.array, SYNAPSE8), real_ct.affine)
+
+
+def test_dicom_seg_read_back(real_ct, real_series, tmp_path):
+    import highdicom as hd
+
+    labels = real_labels(real_ct)
+    info = dicom.write_dicom_seg(labels, real_series, SYNAPSE8, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert seg.number_of_segments == 8 and info["empty"] == []
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == real_series.uid
+    headers = dicom.read_headers(real_series)
+    uids = [h.SOPInstanceUID for h in headers]
+    for number, organ in info["segments"].items():
+        description = seg.get_segment_description(number)
+        assert description.segmented_property_type.value == dicom.ORGAN_CODES[organ][0]
+        assert description.segment_label == SYNAPSE8.display_names[SYNAPSE8.organs.index(organ)]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids,
+                                               segment_numbers=list(info["segments"]))
+    expected = np.stack([dicom.frames_of(labels) == SYNAPSE8.organs.index(o) + 1 for o in info["segments"].values()],
+                        axis=-1)
+    np.testing.assert_array_equal(pixels.astype(bool), expected)
+
+
+def test_rtstruct_contours_match_the_masks(real_ct, real_series, tmp_path):
+    labels = real_labels(real_ct)
+    info = dicom.write_rtstruct(labels, real_series, SYNAPSE8, tmp_path / "rt.dcm")
+    ds = pydicom.dcmread(tmp_path / "rt.dcm")
+    assert ds.Modality == "RTSTRUCT" and len(ds.StructureSetROISequence) == len(info["rois"]) == 8
+    headers = dicom.read_headers(real_series)
+    by_uid = {h.SOPInstanceUID: k for k, h in enumerate(headers)}
+    referenced = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == real_series.uid
+    spacing = [float(v) for v in headers[0].PixelSpacing]
+    frames = dicom.frames_of(labels)
+    for roi, contours in zip(ds.StructureSetROISequence, ds.ROIContourSequence):
+        organ = info["rois"][int(roi.ROINumber)]
+        area = 0.0
+        for contour in contours.ContourSequence:
+            k = by_uid[contour.ContourImageSequence[0].ReferencedSOPInstanceUID]
+            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            np.testing.assert_allclose(points[:, 2], float(headers[k].ImagePositionPatient[2]), atol=1e-3)
+            x, y = points[:, 0], points[:, 1]
+            area += 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))  # holes are rare here
+        mask_area = (frames == SYNAPSE8.organs.index(organ) + 1).sum() * spacing[0] * spacing[1]
+        assert area == pytest.approx(mask_area, rel=0.35), organ  # iso-line at 0.5 cuts the border pixels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predict on DICOM
+
+
+def test_predict_dicom_series_all_output_types(real_ct, real_series, checkpoint, tmp_path):
+    series_folder = real_series.files[0].parent
+    out = tmp_path / "out"
+    assert _predict("-i", series_folder, "-o", out, "-m", checkpoint, "--output-type", "nifti,dicom-seg",
+                    "--output-type", "rtstruct", "--statistics", "--organs", "liver,spleen,aorta,stomach") == 0
+    name = real_series.name
+    prediction = nib.load(out / f"{name}.nii.gz")
+    assert prediction.shape == real_ct.shape and np.allclose(prediction.affine, real_ct.affine, atol=1e-4)
+    assert prediction.header.get_intent()[2] == "synapse8"
+    values = set(np.unique(np.asarray(prediction.dataobj)).tolist())
+    assert values <= {0, 5, 7, 1, 8}  # only the kept organs
+    summary = json.loads((out / "predict_summary.json").read_text())
+    assert summary["counts"]["predicted"] == 1
+    assert summary["dicom_series"][0]["series_instance_uid"] == real_series.uid
+    assert json.loads((out / "labels.json").read_text())["labels"]["5"]["key"] == "liver"
+    seg = pydicom.dcmread(out / f"{name}_seg.dcm")
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == real_series.uid
+    present = {SYNAPSE8.organs[v - 1] for v in values if v}
+    assert {s.SegmentLabel for s in seg.SegmentSequence} == {SYNAPSE8.display_names[SYNAPSE8.organs.index(o)]
+                                                             for o in present}
+    assert pydicom.dcmread(out / f"{name}_rtstruct.dcm").Modality == "RTSTRUCT"
+    rows = (out / "statistics.csv").read_text().splitlines()
+    assert rows[0] == "case,organ,voxels,volume_ml,mean_hu,std_hu" and len(rows) == 1 + 4
+
+
+def test_predict_zip_of_several_series(real_ct, checkpoint, tmp_path):
+    small = Volume(real_ct.array[:40, :32, :5], real_ct.affine)
+    for number in (1, 2):
+        dicom.write_series(small, tmp_path / "in" / f"s{number}", patient_id="P9", study_date="20240202",
+                           series_number=number)
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in (tmp_path / "in").rglob("*.dcm"):
+            z.write(path, path.relative_to(tmp_path / "in"))
+    assert _predict("-i", archive, "-o", tmp_path / "out", "-m", checkpoint) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["P9_20240202_1.nii.gz",
+                                                                           "P9_20240202_2.nii.gz"]
+    summary = json.loads((tmp_path / "out" / "predict_summary.json").read_text())
+    assert [s["name"] for s in summary["dicom_series"]] == ["P9_20240202_1", "P9_20240202_2"]
+
+
+def test_dicom_output_needs_dicom_input(checkpoint, tmp_path, capsys):
+    assert _predict("-i", REAL_IMAGE, "-o", tmp_path / "out", "-m", checkpoint, "--output-type", "dicom-seg") == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs a DICOM series input" in err and len(err.splitlines()) == 1
+    assert _predict("-i", REAL_IMAGE, "-o", tmp_path / "out", "-m", checkpoint, "--output-type", "png") == 2
+    assert "unknown type 'png'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_btcv_codes_cover_every_organ():
+    assert set(dicom.ORGAN_CODES) == set(BTCV13.organs)
