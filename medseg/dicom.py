@@ -384,6 +384,17 @@ def read_dicom(path: "str | Path") -> Volume:
         return read_series(series[0])
 
 
+def read_image(path: "str | Path", *, dtype=None) -> Volume:
+    """Read a CT image: a NIfTI file (:func:`medseg.io.read_volume`) or one DICOM series (folder or ``.zip``)."""
+    from medseg.io import read_volume
+
+    path = Path(path)
+    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".zip"):
+        volume = read_dicom(path)
+        return volume if dtype is None else Volume(volume.array.astype(dtype, copy=False), volume.affine)
+    return read_volume(path, dtype=dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Writing a CT series
 

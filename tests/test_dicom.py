@@ -264,3 +264,29 @@ def test_dicom_output_needs_dicom_input(checkpoint, tmp_path, capsys):
 
 def test_btcv_codes_cover_every_organ():
     assert set(dicom.ORGAN_CODES) == set(BTCV13.organs)
+
+
+def test_prepare_a_cohort_of_dicom_series(tmp_path):
+    """img/ holds a series folder and a zipped series, label/ NIfTI on their grids: the same cache as from NIfTI."""
+    from conftest import tiny_case
+    from medseg.data.slice_cache import load_case_arrays, prepare_cohort
+    from medseg.io import write_volume
+
+    for n in (1, 2):
+        image, label = tiny_case(n, shape=(16, 14, 5))
+        write_volume(tmp_path / "nifti" / "img" / f"img{n:04d}.nii.gz", image)
+        write_volume(tmp_path / "nifti" / "label" / f"label{n:04d}.nii.gz", label)
+        write_volume(tmp_path / "dicom" / "label" / f"label{n:04d}.nii.gz", label)
+        dicom.write_series(image, tmp_path / "series" / f"img{n:04d}")
+    (tmp_path / "dicom" / "img").mkdir()
+    (tmp_path / "series" / "img0001").rename(tmp_path / "dicom" / "img" / "img0001")
+    with zipfile.ZipFile(tmp_path / "dicom" / "img" / "img0002.zip", "w") as z:
+        for path in sorted((tmp_path / "series" / "img0002").iterdir()):
+            z.write(path, path.name)
+    for name in ("nifti", "dicom"):
+        summary = prepare_cohort(tmp_path / name, tmp_path / f"cache_{name}", split="all-train", progress=False)
+        assert sorted(summary.written) == ["case0001", "case0002"]
+    for case_id in ("case0001", "case0002"):
+        for a, b in zip(load_case_arrays(tmp_path / "cache_nifti", case_id, mmap=False),
+                        load_case_arrays(tmp_path / "cache_dicom", case_id, mmap=False)):
+            np.testing.assert_array_equal(a, b)
