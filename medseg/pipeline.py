@@ -391,7 +391,7 @@ def _test_cases(outputs) -> list[dict]:
 
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     from medseg.engine.inference import load_predictor, predict_volume
     from medseg.io import write_volume

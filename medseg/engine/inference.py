@@ -329,7 +329,7 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     Returns:
         ``(labels uint8 (H, W, D), probabilities float16 (H, W, D, C) or None)``.
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     if oriented.ndim != 3:
         raise InputError(f"expected a 3D volume, got shape {oriented.shape}")
