@@ -280,11 +280,13 @@ def write_case_outputs(source, target: Path, image, prediction, label_set, args,
             info = write_dicom_seg(prediction, source.series, label_set, files[kind], organs=organs,
                                    software_version=__version__)
             record["dicom_seg_segments"] = info["segments"]
+            record["dicom_seg_empty"] = info["empty"]
         elif kind == "rtstruct":
             from medseg.dicom import write_rtstruct
 
             info = write_rtstruct(prediction, source.series, label_set, files[kind], organs=organs)
             record["rtstruct_rois"] = info["rois"]
+            record["rtstruct_empty"] = info["empty"]
     record["outputs"] = {kind: str(path) for kind, path in files.items()}
     return record
 
