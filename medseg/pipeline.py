@@ -449,7 +449,8 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
                           extra_figures={"training_curve": curve} if curve else None,
-                          provenance=_report_provenance(pipeline, outputs))
+                          provenance=_report_provenance(pipeline, outputs),
+                          images={e["case_id"]: e["source_image"] for e in _test_cases(outputs)})
     stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
     write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
                                              "stages": stage_info, "outputs": outputs})
@@ -477,7 +478,7 @@ def _report_provenance(pipeline, outputs) -> dict:
     if trained.get("epochs") is not None:
         settings["epochs completed"] = trained["epochs"]
     if trained.get("final_loss") is not None:
-        settings["final loss"] = round(float(trained["final_loss"]), 4)
+        settings["last batch loss"] = round(float(trained["final_loss"]), 4)
     prepare = pipeline.stages.get("prepare", {})
     data = str(pipeline.data) if pipeline.data else f"phantom cohort {(outputs.get('synth') or {}).get('cohort')}"
     if prepare:

@@ -263,7 +263,7 @@ def write_case_outputs(source, target: Path, image, prediction, label_set, args,
         record["dicom"] = source.series.summary()
     if getattr(args, "preview", False):
         path = sidecar(target, "preview", ".png")
-        outputs.write_preview(path, image, prediction, label_set, title=source.name, hu=hu)
+        outputs.write_preview(path, image, prediction, label_set, title=_stem(target), hu=hu)
         record["preview"] = str(path)
     if getattr(args, "split_masks", False):
         folder = target.with_name(_stem(target))

@@ -63,7 +63,8 @@ _PROTOCOL_LINES = {
 
 def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, title: str = "",
                   extra_figures: "dict[str, bytes] | None" = None, provenance: "dict | None" = None,
-                  extended: bool = False, thumbnails: int = 4) -> dict[str, Path]:
+                  extended: bool = False, thumbnails: int = 4,
+                  images: "dict[str, str | Path] | None" = None) -> dict[str, Path]:
     """Write summary.json, per_case.csv, the box plots, report.md and report.html into ``out_dir``.
 
     Args:
@@ -77,6 +78,7 @@ def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, titl
             (any subset; plain values); default: read from the predictions' ``predict_summary.json`` when present.
         extended: also report IoU, precision, recall and TP / FP / FN volumes (standard protocol).
         thumbnails: overlay thumbnails of this many worst (case, organ) results (0: none).
+        images: ``{case_id: CT file}`` shown under the thumbnails (default: found in the reference cohort folder).
 
     Returns:
         ``{"summary": path, "per_case": path, "markdown": path, "html": path, "dice_boxplot": path, ...}``.
@@ -108,7 +110,7 @@ def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, titl
     worst_rows = worst_cases(summary, worst)
     thumbs = {}
     for row in worst_rows[:thumbnails]:
-        png = worst_case_thumbnail(summary, row)
+        png = worst_case_thumbnail(summary, row, image_path=(images or {}).get(row["case"]))
         if png is not None:
             name = f"worst_{row['case']}_{row['organ']}"
             paths[name] = out_dir / f"{name}.png"
@@ -382,11 +384,11 @@ def box_plot_png(summary: dict, protocol: str, metric: str) -> bytes:
     return buffer.getvalue()
 
 
-def worst_case_thumbnail(summary: dict, row: dict) -> "bytes | None":
+def worst_case_thumbnail(summary: dict, row: dict, image_path: "str | Path | None" = None) -> "bytes | None":
     """PNG bytes: reference and prediction side by side on the axial slice where they disagree most on the organ.
 
-    The CT is shown underneath when the reference folder is a cohort whose image of the case can be found; None
-    when the files cannot be read (the report is still written).
+    The CT (``image_path``, or the case's image in the reference cohort folder) is shown underneath in a soft-tissue
+    window when found; None when the label files cannot be read (the report is still written without it).
     """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -406,7 +408,7 @@ def worst_case_thumbnail(summary: dict, row: dict) -> "bytes | None":
         if info.get("reference_format") == "raw":
             ref = remap_labels(ref, label_set)
         pred = np.zeros_like(ref) if not info.get("prediction") else np.asarray(read_volume(info["prediction"]).array)
-        image = _case_image(summary, row["case"])
+        image = read_volume(image_path) if image_path else _case_image(summary, row["case"])
     except (KeyError, MedsegError, OSError, ValueError):
         return None
     if pred.shape != ref.shape:
@@ -432,7 +434,7 @@ def worst_case_thumbnail(summary: dict, row: dict) -> "bytes | None":
         if ct is not None:
             axis.imshow(ct[:, :, k], cmap="gray", vmin=-160, vmax=240, aspect=spacing[0] / spacing[1])
         else:
-            axis.imshow(np.zeros(labels.shape[:2]), cmap="gray", vmin=0, vmax=1, aspect=spacing[0] / spacing[1])
+            axis.imshow(np.full(labels.shape[:2], 0.3), cmap="gray", vmin=0, vmax=1, aspect=spacing[0] / spacing[1])
         axis.imshow(labels[:, :, k], cmap=cmap, vmin=0, vmax=label_set.num_classes - 1,
                     aspect=spacing[0] / spacing[1], interpolation="nearest")
         axis.contour(labels[:, :, k] == index, levels=[0.5], colors="white", linewidths=0.8)
