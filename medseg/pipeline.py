@@ -392,7 +392,7 @@ def _test_cases(outputs) -> list[dict]:
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     from medseg.engine.inference import load_predictor, predict_volume
-    from medseg.io import write_volume
+    from medseg.outputs import write_label_map, write_labels_nifti
     from medseg.progress import progress_bar as tqdm
 
     checkpoint = outputs["train"].get(params["checkpoint"]) or outputs["train"]["last"]
@@ -404,7 +404,8 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
         if target.exists():  # resumed stage: this case was finished before the interruption
             continue
         labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"])
-        write_volume(target, labels, dtype="uint8")
+        write_labels_nifti(target, labels, predictor.label_set)
+    write_label_map(labels_dir, predictor.label_set)
     return {"predictions": str(labels_dir), "checkpoint": str(checkpoint), "cases": len(entries)}
 
 
