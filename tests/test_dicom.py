@@ -290,3 +290,20 @@ def test_prepare_a_cohort_of_dicom_series(tmp_path):
         for a, b in zip(load_case_arrays(tmp_path / "cache_nifti", case_id, mmap=False),
                         load_case_arrays(tmp_path / "cache_dicom", case_id, mmap=False)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_refused_series_fails_alone_and_a_single_series_to_one_file(real_ct, checkpoint, tmp_path, capsys):
+    small = Volume(real_ct.array[:40, :32, :5], real_ct.affine)
+    dicom.write_series(small, tmp_path / "in" / "good", patient_id="P3", study_date="20240303", series_number=1)
+    bad = dicom.write_series(small, tmp_path / "in" / "bad", patient_id="P3", study_date="20240303", series_number=2)
+    bad[2].unlink()
+    assert _predict("-i", tmp_path / "in", "-o", tmp_path / "out", "-m", checkpoint) in (0, 1)
+    cases = json.loads((tmp_path / "out" / "predict_summary.json").read_text())["cases"]
+    assert cases["P3_20240303_1"]["status"] == "predicted"
+    assert cases["P3_20240303_2"]["status"] == "failed" and "missing slice" in cases["P3_20240303_2"]["error"]
+    assert not (tmp_path / "out" / "P3_20240303_2.nii.gz").exists()
+    assert _predict("-i", tmp_path / "in" / "good", "-o", tmp_path / "one.nii.gz", "-m", checkpoint) == 0
+    assert nib.load(tmp_path / "one.nii.gz").shape == small.shape
+    capsys.readouterr()
+    assert _predict("-i", tmp_path / "in" / "bad", "-o", tmp_path / "two.nii.gz", "-m", checkpoint) == 2
+    assert "missing slice" in capsys.readouterr().err

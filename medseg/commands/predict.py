@@ -115,7 +115,7 @@ def list_inputs(path: Path) -> list[Path]:
     files = sorted(p for p in path.iterdir()
                    if p.is_file() and not p.name.startswith(".") and (is_nifti(p) or is_h5(p)))
     if not files:
-        raise InputError(f"{path}: no .nii, .nii.gz or .h5 files in the folder")
+        raise InputError(f"{path}: no .nii, .nii.gz, .h5 or DICOM files in the folder")
     return files
 
 
