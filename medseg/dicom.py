@@ -498,6 +498,29 @@ def frames_of(labels: Volume) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(np.asarray(labels.array), (2, 1, 0)))
 
 
+def _sources_and_frames(labels: Volume, series: Series, path) -> tuple[list, np.ndarray]:
+    """The series' headers and the labels as its frames; a label volume on another grid is an InputError."""
+    sources = read_headers(series)
+    frames = frames_of(labels)
+    if frames.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
+        raise InputError(f"{path}: label volume {labels.shape} does not match series {series.uid}")
+    return sources, frames
+
+
+def organ_masks(frames: np.ndarray, label_set, organs: "list[str] | None" = None) -> tuple[list, list[str]]:
+    """``([(class value, organ, display name, mask), ...], [organs without a voxel])`` of the kept organs."""
+    present, empty = [], []
+    for class_index, (organ, display) in enumerate(zip(label_set.organs, label_set.display_names), start=1):
+        if organs is not None and organ not in organs:
+            continue
+        mask = frames == class_index
+        if mask.any():
+            present.append((class_index, organ, display, mask))
+        else:
+            empty.append(organ)
+    return present, empty
+
+
 def write_dicom_seg(labels: Volume, series: Series, label_set, path: "str | Path", *,
                     organs: "list[str] | None" = None, description: str = "medseg segmentation",
                     software_version: str = "") -> dict:
@@ -517,19 +540,11 @@ def write_dicom_seg(labels: Volume, series: Series, label_set, path: "str | Path
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    sources = read_headers(series)
-    frames = frames_of(labels)
-    if frames.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
-        raise InputError(f"{path}: label volume {labels.shape} does not match series {series.uid}")
-    segments, descriptions, empty = {}, [], []
+    sources, frames = _sources_and_frames(labels, series, path)
+    segments, descriptions = {}, []
     segment_map = np.zeros(frames.shape, dtype=np.uint8)
-    for class_index, (organ, display) in enumerate(zip(label_set.organs, label_set.display_names), start=1):
-        if organs is not None and organ not in organs:
-            continue
-        mask = frames == class_index
-        if not mask.any():
-            empty.append(organ)
-            continue
+    present, empty = organ_masks(frames, label_set, organs)
+    for class_index, organ, display, mask in present:
         number = len(segments) + 1
         segments[number] = organ
         segment_map[mask] = number
@@ -594,10 +609,7 @@ def write_rtstruct(labels: Volume, series: Series, label_set, path: "str | Path"
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    sources = read_headers(series)
-    frames = frames_of(labels)
-    if frames.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
-        raise InputError(f"{path}: label volume {labels.shape} does not match series {series.uid}")
+    sources, frames = _sources_and_frames(labels, series, path)
     first = sources[0]
     orientation = _orientation(first)
     row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
@@ -636,15 +648,10 @@ def write_rtstruct(labels: Volume, series: Series, label_set, path: "str | Path"
     frame_item.RTReferencedStudySequence = Sequence([study_item])
     ds.ReferencedFrameOfReferenceSequence = Sequence([frame_item])
 
-    rois, empty = {}, []
+    rois = {}
     roi_items, contour_items, observation_items = [], [], []
-    for class_index, (organ, display) in enumerate(zip(label_set.organs, label_set.display_names), start=1):
-        if organs is not None and organ not in organs:
-            continue
-        mask = frames == class_index
-        if not mask.any():
-            empty.append(organ)
-            continue
+    present, empty = organ_masks(frames, label_set, organs)
+    for class_index, organ, display, mask in present:
         number = len(rois) + 1
         rois[number] = organ
         roi = Dataset()

@@ -10,20 +10,18 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from conftest import DATA_DIR
 from medseg import dicom
 from medseg.cli import main
 from medseg.data.orientation import reorient
-from medseg.data.transforms import PreprocessingParams
 from medseg.errors import InputError
 from medseg.io import Volume, read_volume
 from medseg.labels import BTCV13, SYNAPSE8, remap_labels
+from test_predict_cli import checkpoint  # noqa: F401  (the tiny TransUNet checkpoint fixture)
 
 REAL_IMAGE = DATA_DIR / "realct" / "img" / "img0001.nii.gz"
 REAL_LABEL = DATA_DIR / "realct" / "label" / "label0001.nii.gz"
-IMG_SIZE = 32
 
 
 def world_view(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
@@ -42,19 +40,6 @@ def real_series(tmp_path_factory, real_ct) -> dicom.Series:
     dicom.write_series(real_ct, folder, patient_id="REAL1", study_date="20230101", series_number=3)
     (series,) = dicom.find_series(folder)
     return series
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from medseg.models import create
-    from medseg.models.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    model = create("TransUNet-Tiny", num_classes=9, img_size=IMG_SIZE)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model, model_name="TransUNet-Tiny", model_config={"num_classes": 9, "img_size": IMG_SIZE},
-                    label_set="synapse8", preprocessing=PreprocessingParams(img_size=IMG_SIZE).to_dict())
-    return path
 
 
 def _predict(*args) -> int:

@@ -15,7 +15,7 @@ from medseg.cli import main
 from medseg.errors import ConfigError
 from medseg.io import Volume, write_volume
 from medseg.labels import SYNAPSE8
-from test_dicom import checkpoint  # noqa: F401  (the tiny checkpoint fixture)
+from test_predict_cli import checkpoint  # noqa: F401  (the tiny TransUNet checkpoint fixture)
 
 
 def test_label_map_and_viewer_tables(tmp_path):
