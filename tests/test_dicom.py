@@ -59,6 +59,18 @@ def test_real_ct_round_trip_same_array_and_geometry(real_ct, real_series):
     assert real_series.name == "REAL1_20230101_3"
 
 
+def test_hu_from_rescale_slope_and_intercept(tmp_path):
+    array = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4) - 50
+    files = dicom.write_series(Volume(array, np.diag([0.7, 0.9, 2.5, 1.0])), tmp_path / "s", intercept=-100)
+    for path in files:  # the stored values are array + 100; now say each stored unit is 0.5 HU, from -30 HU
+        ds = pydicom.dcmread(path)
+        ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-30"
+        ds.save_as(path)
+    volume = dicom.read_dicom(tmp_path / "s")
+    np.testing.assert_allclose(volume.array, (array + 100) * 0.5 - 30)
+    assert volume.array.dtype == np.float32  # half-HU steps do not fit an integer array
+
+
 @pytest.mark.parametrize("case", [2, 3])  # case 2 stores LPS; case 3's slice normal points down (k reversed)
 def test_phantom_round_trip_same_world_geometry(case, tmp_path):
     from medseg.data.phantom import generate_case
