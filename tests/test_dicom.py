@@ -304,3 +304,13 @@ def test_a_refused_series_fails_alone_and_a_single_series_to_one_file(real_ct, c
     capsys.readouterr()
     assert _predict("-i", tmp_path / "in" / "bad", "-o", tmp_path / "two.nii.gz", "-m", checkpoint) == 2
     assert "missing slice" in capsys.readouterr().err
+
+
+def test_positions_rounded_to_hundredths_still_read(tmp_path):
+    """Scanners write ImagePositionPatient with few decimals: 0.625 mm steps stored as .00/.62/.25/.88 are regular."""
+    array = np.zeros((6, 5, 6), dtype=np.int16)
+    files = dicom.write_series(Volume(array, np.diag([0.7, 0.7, 0.625, 1.0])), tmp_path / "s")
+    for k, path in enumerate(files):
+        _edit(files, k, ImagePositionPatient=[0, 0, f"{round(0.625 * k, 2):.2f}"])
+    volume = dicom.read_dicom(tmp_path / "s")
+    assert volume.affine[2, 2] == pytest.approx(0.625, abs=2e-3)  # (3.12 - 0) / 5 from the rounded positions
