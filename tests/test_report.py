@@ -72,3 +72,14 @@ def test_extended_metrics_are_exact():
     assert derived == pytest.approx({"iou": 30 / 60, "precision": 30 / 40, "recall": 30 / 50, "tp_ml": 30.0,
                                      "fp_ml": 10.0, "fn_ml": 20.0})
     assert overlap_metrics({"dice": None, "pred_volume_ml": 1.0, "ref_volume_ml": 0.0}) is None
+
+
+def test_evaluate_command_options(summary, tmp_path):
+    from medseg.cli import main
+
+    _, root = summary
+    assert main(["evaluate", str(root / "cohort"), str(root / "pred"), "-o", str(tmp_path / "r"), "--workers", "1",
+                 "--no-progress", "--extended-metrics", "--thumbnails", "1"]) == 0
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "## Overlap and volume errors" in markdown and "| IoU (%) |" in markdown
+    assert len(list((tmp_path / "r").glob("worst_*.png"))) == 1
