@@ -271,6 +271,8 @@ def check_geometry(headers: list, source: str) -> np.ndarray:
         InputError: one line naming the problem (missing tags, single slice, multi-frame, mixed orientations or
             pixel grids, duplicate positions, gantry tilt, missing slices, uneven spacing).
     """
+    if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 for h in headers):
+        raise InputError(f"{source}: multi-frame (enhanced) DICOM is not supported; export classic slices")
     if len(headers) < 2:
         raise InputError(f"{source}: a single slice, not a volume")
     try:
@@ -279,8 +281,6 @@ def check_geometry(headers: list, source: str) -> np.ndarray:
         grids = {(int(h.Rows), int(h.Columns), tuple(round(float(v), 6) for v in h.PixelSpacing)) for h in headers}
     except (AttributeError, ValueError, TypeError) as exc:
         raise InputError(f"{source}: slices lack image geometry tags ({_first_line(exc)})") from None
-    if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 for h in headers):
-        raise InputError(f"{source}: multi-frame (enhanced) DICOM is not supported; export classic slices")
     if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
         raise InputError(f"{source}: mixed slice orientations (ImageOrientationPatient differs between slices)")
     if len(grids) > 1:

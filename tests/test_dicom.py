@@ -104,6 +104,7 @@ def _small_series(folder: Path) -> list[Path]:
     ("orientation", "mixed slice orientations"),
     ("duplicate", "same position"),
     ("single", "single slice"),
+    ("multiframe", "multi-frame"),
 ])
 def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
     files = _small_series(tmp_path / "s")
@@ -118,6 +119,8 @@ def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
         _edit(files, 1, ImageOrientationPatient=[1, 0, 0, 0, 0.8, 0.6])
     elif problem == "duplicate":
         _edit(files, 3, ImagePositionPatient=[0, 0, 4.0])
+    elif problem == "multiframe":
+        _edit(files, 0, NumberOfFrames=2)
     elif problem == "single":
         for path in files[1:]:
             path.unlink()
