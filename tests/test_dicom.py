@@ -317,3 +317,16 @@ def test_positions_rounded_to_hundredths_still_read(tmp_path):
         _edit(files, k, ImagePositionPatient=[0, 0, f"{round(0.625 * k, 2):.2f}"])
     volume = dicom.read_dicom(tmp_path / "s")
     assert volume.affine[2, 2] == pytest.approx(0.625, abs=2e-3)  # (3.12 - 0) / 5 from the rounded positions
+
+
+def test_no_organ_means_no_dicom_output_and_nothing_written(real_ct, checkpoint, tmp_path, monkeypatch, capsys):
+    from medseg.engine import inference
+
+    monkeypatch.setattr(inference, "predict_volume",
+                        lambda volume, *a, **k: Volume(np.zeros(volume.shape, np.uint8), volume.affine))
+    small = Volume(real_ct.array[:20, :16, :4], real_ct.affine)
+    dicom.write_series(small, tmp_path / "in", patient_id="P5", study_date="20240505", series_number=1)
+    code = _predict("-i", tmp_path / "in", "-o", tmp_path / "out", "-m", checkpoint, "--output-type",
+                    "nifti,dicom-seg", "--statistics", "--preview")
+    assert code != 0 and "no organ predicted" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predict_summary.json"]

@@ -196,7 +196,9 @@ def predict_one(source: Path, target: Path, predictor, args) -> dict:
     import numpy as np
 
     from medseg.engine.inference import predict_volume, read_input
+    from medseg.errors import InputError
     from medseg.io import atomic_path, write_json
+    from medseg.outputs import keep_organs, organ_statistics
 
     started = time.perf_counter()
     if isinstance(source, DicomCase):
@@ -211,16 +213,18 @@ def predict_one(source: Path, target: Path, predictor, args) -> dict:
     probabilities = None
     if args.save_probabilities:
         prediction, probabilities = prediction
+    organs = getattr(args, "organ_list", None)
+    prediction.array = keep_organs(prediction.array, predictor.label_set, organs)
+    if any(kind != "nifti" for kind in getattr(args, "output_types", None) or []) and not prediction.array.any():
+        raise InputError(f"{source.name}: no organ predicted, and a DICOM-SEG / RTSTRUCT needs at least one; "
+                         "nothing written for this case")
+    if probabilities is not None:
         path = sidecar(target, "probabilities", ".npz")
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, probabilities=probabilities,
                                     organs=np.array(["background", *predictor.label_set.organs]))
         del probabilities
-    from medseg.outputs import keep_organs, organ_statistics
-
-    organs = getattr(args, "organ_list", None)
-    prediction.array = keep_organs(prediction.array, predictor.label_set, organs)
     if args.statistics:
         stats = organ_statistics(prediction, volume, predictor.label_set, hu=not h5_input)
         if organs is not None:
