@@ -340,11 +340,15 @@ def read_series(series: Series) -> Volume:
     CT case), else float32.
 
     Raises:
-        InputError: bad geometry (see :func:`check_geometry`) or pixel data GDCM cannot decode.
+        InputError: not a CT series (Modality), bad geometry (see :func:`check_geometry`) or pixel data GDCM cannot
+            decode.
     """
     import SimpleITK as sitk
 
     source = f"{series.files[0].parent} (series {series.uid})"
+    if series.modality.upper() != "CT":
+        raise InputError(f"{source}: modality {series.modality or 'unknown'}, not CT; medseg's models segment CT "
+                         "(in HU), so this series is not read")
     headers = read_headers(series)
     lps_affine = check_geometry(headers, source)
     reader = sitk.ImageSeriesReader()

@@ -105,6 +105,7 @@ def _small_series(folder: Path) -> list[Path]:
     ("duplicate", "same position"),
     ("single", "single slice"),
     ("multiframe", "multi-frame"),
+    ("modality", "modality MR, not CT"),
 ])
 def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
     files = _small_series(tmp_path / "s")
@@ -119,6 +120,9 @@ def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
         _edit(files, 1, ImageOrientationPatient=[1, 0, 0, 0, 0.8, 0.6])
     elif problem == "duplicate":
         _edit(files, 3, ImagePositionPatient=[0, 0, 4.0])
+    elif problem == "modality":
+        for k in range(len(files)):
+            _edit(files, k, Modality="MR")
     elif problem == "multiframe":
         _edit(files, 0, NumberOfFrames=2)
     elif problem == "single":
