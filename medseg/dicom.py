@@ -13,8 +13,8 @@ Geometry, handled once, here:
     columns)`` frame of slice ``k``.
 
 A series that would give a wrong volume is refused with one line: missing slices, uneven spacing, gantry tilt
-(slices sheared against their normal), mixed orientations or pixel grids, duplicate positions, a single slice, or
-multi-frame files.
+(slices sheared against their normal), mixed orientations or pixel grids, duplicate positions, a single slice,
+multi-frame files, or a Modality other than CT.
 
 Writing:
     :func:`write_series` writes a volume as a CT series (tests, and turning a NIfTI into DICOM for a viewer);
