@@ -33,8 +33,8 @@ from medseg.schema import setting
 
 #: Keys that define the optimisation itself: a resumed run must keep them (see :func:`check_resume_compatible`).
 SCHEDULE_KEYS = ("model", "model_options", "pretrained", "img_size", "batch_size", "epochs", "lr", "momentum",
-                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment", "drop_empty",
-                 "seed")
+                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment",
+                 "domain_randomisation", "drop_empty", "seed")
 
 AMP_CHOICES = ("auto", "bf16", "off")
 
@@ -78,6 +78,9 @@ class TrainConfig:
     aux_weights: "list | None" = setting(None, help="loss weight of each output of a model returning a tuple "
                                                     "(null: the model's aux_loss_weights)")
     augment: bool = setting(True, help="TransUNet's augmentation (rot90 + flip or a rotation in [-20, 20) degrees)")
+    domain_randomisation: bool = setting(
+        False, help="with augment, also randomise intensity, contrast, noise, blur and in-plane scale per slice "
+                    "(medseg.data.domain_randomisation; for training on phantoms or one scanner)")
     drop_empty: bool = setting(False, flag="--drop-empty",
                                help="train only on slices that hold an organ (the recipe uses all slices)")
     seed: int = setting(1234, flag="--seed", help="seeds weights, shuffling, augmentation and dropout")
@@ -132,6 +135,8 @@ class TrainConfig:
             if not self.aux_weights or not all(schema.is_number(w) and w >= 0 for w in self.aux_weights):
                 raise ConfigError(f"{source}: aux_weights: must be a list of numbers >= 0, got {self.aux_weights}")
             self.aux_weights = [float(w) for w in self.aux_weights]
+        if self.domain_randomisation and not self.augment:
+            raise ConfigError(f"{source}: domain_randomisation needs augment: true (it is part of the augmentation)")
         device = self.device
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise ConfigError(f"{source}: device: must be auto, cpu, cuda or cuda:N, got {device!r}")

@@ -377,7 +377,8 @@ def load_training_data(config: TrainConfig, context: D.DistContext, device: torc
                                                   source=f"{Path(config.data) / MANIFEST}: preprocessing")
     dataset = SliceDataset(config.data, split="train", img_size=config.img_size, augment=config.augment,
                            drop_empty=config.drop_empty, seed=config.seed,
-                           image_interpolation=preprocessing.image_interpolation)
+                           image_interpolation=preprocessing.image_interpolation,
+                           domain_randomisation=config.domain_randomisation)
     val_entries = validation_entries(manifest, config.val_max_cases) if config.val_every else []
     training_ids = set(dataset.case_ids)
     check_cached_cases(config.data, [e for e in manifest["cases"] if e["case_id"] in training_ids] + val_entries)
@@ -703,7 +704,7 @@ def train(config: TrainConfig) -> RunResult:
         stop.install()
         with torch_settings(config.deterministic, config.threads, device):
             if config.progress and context.is_main:
-                from tqdm.contrib.logging import logging_redirect_tqdm
+                from medseg.progress import logging_redirect as logging_redirect_tqdm
 
                 with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
                     return _train(config, context, device, stop, started, log_files)
@@ -720,7 +721,7 @@ def train(config: TrainConfig) -> RunResult:
 def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: StopRequest,
            started: float, log_files: list) -> RunResult:
     """The run, step by step: check, data, model, resume, epochs (train, validate, save), finish."""
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     run_dir = Path(config.out)
     if (run_dir / LAST).exists() and not config.resume:
