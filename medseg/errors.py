@@ -22,3 +22,22 @@ class ConfigError(MedsegError):
 
 class CheckpointError(MedsegError):
     """A checkpoint cannot be loaded: wrong architecture, missing or unexpected keys, or unsafe content."""
+
+
+class OutputError(MedsegError):
+    """An output cannot be written: its folder is a file, cannot be created, or holds results made otherwise."""
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM, so it unwinds (and cleans up) like Ctrl-C.
+
+    The command line exits with 143 (128 + SIGTERM) instead of 130 (128 + SIGINT).
+    """
+
+
+#: Exit codes of every ``medseg`` command.
+EXIT_OK = 0  # everything succeeded
+EXIT_SOME_FAILED = 1  # a batch completed but some cases failed (they are listed)
+EXIT_BAD_INPUT = 2  # bad invocation, or nothing could run
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
