@@ -86,7 +86,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.cohort import (IMAGE_DIR_NAMES, LABEL_DIR_NAMES, LABEL_SUFFIXES,
-                                discover_cases, index_by_case, nifti_files)
+                                discover_cohort, index_by_case, nifti_files)
 from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, read_volume, strip_nifti_suffix
 from medseg.labels import LabelSet, get_label_set, remap_labels
@@ -160,7 +160,8 @@ def find_references(ref_dir: "str | Path") -> tuple[dict[str, Path], bool]:
     image_dir = next((search_root / n for n in IMAGE_DIR_NAMES if (search_root / n).is_dir()), None)
     if label_dir is not None:
         if image_dir is not None:
-            references = {c.case_id: c.label for c in discover_cases(root) if c.label is not None}
+            references = {c.case_id: c.label for c in discover_cohort(root, allow_unlabelled=True).cases
+                          if c.label is not None}
         else:
             references = index_by_case(nifti_files(label_dir), label_dir)
         if not references:
