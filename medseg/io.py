@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -159,6 +160,15 @@ def _host_tag() -> str:
 def temp_prefix(name: str) -> str:
     """Prefix of a temporary file or folder standing in for ``name`` (hidden, host and process id in the name)."""
     return f".{name}.{_host_tag()}.{os.getpid()}."
+
+
+def file_sha256(path: "str | Path") -> str:
+    """Hex SHA-256 of a file's contents (read in 1 MiB blocks): the identity of a source or checkpoint file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_provenance(path: "str | Path") -> "dict | None":

@@ -5,11 +5,16 @@ INPUT is a ``.nii``/``.nii.gz`` file, a TransUNet ``.npy.h5`` volume, or a folde
 (``img0001.nii.gz`` -> ``img0001.nii.gz``; ``BTCV_01_0000.nii.gz`` -> ``BTCV_01.nii.gz``; ``case0001.npy.h5`` ->
 ``case0001.nii.gz``). Each prediction has exactly its input's shape and affine.
 
-Folder runs: a bad case is reported and skipped, the others complete; outputs that already exist are skipped
-(unless ``--overwrite``), so an interrupted run can simply be restarted; ``--num-parts N --part-id K`` processes
-every N-th case of the sorted list from K (run the N parts on N machines or GPUs). A summary is printed and written
-to ``predict_summary.json`` (``predict_summary.partKofN.json`` for a part). Exit code 0 when at least one case was
-predicted or already done, 2 otherwise.
+Every prediction records what made it inside the NIfTI file (a header extension, see
+:func:`medseg.io.read_provenance`): the SHA-256 of the checkpoint and of the input file, and the settings that
+change the labels (``--tta``, ``--resize``, amp, and the bare-state_dict options). Folder runs: a bad case is
+reported and skipped, the others complete; an output that already exists is skipped only when its record matches
+this run exactly, so an interrupted run can simply be restarted; an output made by another checkpoint, other
+settings or another version of the input stops the run before anything is written, with a one-line error naming
+``--overwrite``. ``--num-parts N --part-id K`` processes every N-th case of the sorted list from K (run the N parts
+on N machines or GPUs; a part with no inputs says so and exits 0). A summary is printed and written to
+``predict_summary.json`` (``predict_summary.partKofN.json`` for a part). Exit code 0 when every case was predicted
+or already done, 1 when some cases failed (listed), 2 when nothing could be predicted.
 
 Per case, next to the prediction:
 
@@ -126,7 +131,16 @@ def sidecar(output: Path, what: str, suffix: str) -> Path:
     return output.with_name(f"{name}_{what}{suffix}")
 
 
-def predict_one(source: Path, target: Path, predictor, args) -> dict:
+def run_settings(args, checkpoint_sha256: str) -> dict:
+    """The settings of this run that change the predicted labels (compared with each existing output's record)."""
+    from medseg.engine.inference import resolve_amp, resolve_device
+
+    return {"checkpoint_sha256": checkpoint_sha256, "tta": bool(args.tta), "resize": args.resize,
+            "amp": resolve_amp(args.amp, resolve_device(args.device)), "model": args.model, "labels": args.labels,
+            "img_size": args.img_size}
+
+
+def predict_one(source: Path, target: Path, predictor, args, provenance: "dict | None" = None) -> dict:
     """Predict one input and write its outputs (extras first, the label NIfTI last, each atomically)."""
     import numpy as np
 
@@ -152,15 +166,17 @@ def predict_one(source: Path, target: Path, predictor, args) -> dict:
         stats.update({"input": str(source), "prediction": str(target), "label_set": predictor.label_set.name,
                       "shape": list(prediction.shape), "geometry": "unknown (h5 input)" if h5_input else "affine"})
         write_json(sidecar(target, "statistics", ".json"), stats)
-    write_volume(target, prediction, dtype=np.uint8)
+    write_volume(target, prediction, dtype=np.uint8, provenance=provenance)
     return {"status": "predicted", "seconds": round(time.perf_counter() - started, 3),
             "shape": list(prediction.shape)}
 
 
 def run(args) -> int:
+    from medseg import __version__
     from medseg.engine.inference import load_predictor
-    from medseg.errors import ConfigError, MedsegError
-    from medseg.io import write_json
+    from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
+    from medseg.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, ConfigError, MedsegError, OutputError
+    from medseg.io import check_output_path, is_nifti, remove_stale_temps, write_json
 
     if args.num_parts < 1:
         raise ConfigError(f"--num-parts: must be at least 1, got {args.num_parts}")
@@ -170,10 +186,33 @@ def run(args) -> int:
         raise ConfigError(f"--batch-size: must be at least 1, got {args.batch_size}")
     single = args.input.is_file()
     inputs = list_inputs(args.input)
-    pairs = plan_outputs(inputs, args.output, single)[args.part_id::args.num_parts]
-    todo = [(s, t) for s, t in pairs if args.overwrite or not t.exists()]
-    records: dict[str, dict] = {s.name: {"status": "exists", "output": str(t)} for s, t in pairs
-                                if (s, t) not in todo}
+    check_output_path(args.output, "output file" if single and is_nifti(args.output) else "output folder",
+                      folder=not (single and is_nifti(args.output)))
+    all_pairs = plan_outputs(inputs, args.output, single)
+    pairs = all_pairs[args.part_id::args.num_parts]
+    if not pairs:
+        print(f"part {args.part_id} of {args.num_parts} has no inputs ({len(all_pairs)} input(s) in all): "
+              "nothing to do")
+        return EXIT_OK
+    out_folder = args.output.parent if single and is_nifti(args.output) else args.output
+    remove_stale_temps(out_folder)
+    settings = run_settings(args, checkpoint_sha256(args.checkpoint))
+    expected = {source: expected_record(settings, source) for source, _ in pairs}
+    todo, records, conflicts = [], {}, []
+    for source, target in pairs:
+        if args.overwrite or not target.exists():
+            todo.append((source, target))
+            continue
+        why = record_mismatch(target, expected[source])
+        if why is None:
+            records[source.name] = {"status": "exists", "output": str(target)}
+        else:
+            conflicts.append((target, why))
+    if conflicts:
+        target, why = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more output(s) in {out_folder})" if len(conflicts) > 1 else ""
+        raise OutputError(f"{target}: exists and {why}{more}; pass --overwrite to replace it, or choose another "
+                          "output folder")
     started = time.perf_counter()
     if todo:
         predictor = load_predictor(args.checkpoint, args.device, model_name=args.model, labels=args.labels,
@@ -183,7 +222,10 @@ def run(args) -> int:
                  predictor.device, predictor.amp, len(todo))
     for number, (source, target) in enumerate(todo, start=1):
         try:
-            record = predict_one(source, target, predictor, args)
+            provenance = dict(expected[source], checkpoint=str(args.checkpoint), input=str(source),
+                              medseg_version=__version__, model_name=predictor.model_name,
+                              label_set=predictor.label_set.name, preprocessing=predictor.preprocessing.to_dict())
+            record = predict_one(source, target, predictor, args, provenance)
         except MedsegError as exc:
             if single:
                 raise
@@ -201,7 +243,8 @@ def run(args) -> int:
         name = "predict_summary.json" if args.num_parts == 1 else \
             f"predict_summary.part{args.part_id}of{args.num_parts}.json"
         write_json(args.output / name, {
-            "checkpoint": str(args.checkpoint), "input": str(args.input), "output": str(args.output),
+            "checkpoint": str(args.checkpoint), "checkpoint_sha256": settings["checkpoint_sha256"],
+            "settings": settings, "input": str(args.input), "output": str(args.output),
             "num_parts": args.num_parts, "part_id": args.part_id, "counts": counts,
             "seconds": round(elapsed, 3), "cases": records,
         })
@@ -210,4 +253,6 @@ def run(args) -> int:
     for name, record in records.items():
         if record["status"] == "failed":
             print(f"failed {name}: {record['error']}", file=sys.stderr)
-    return 0 if counts["predicted"] or counts["exists"] else 2
+    if not (counts["predicted"] or counts["exists"]):
+        return EXIT_BAD_INPUT
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK

@@ -64,8 +64,12 @@ def run(args) -> int:
         "resume": args.resume,
         "progress": args.progress,
     }
+    from medseg.io import check_output_path, remove_stale_temps
+
     config = load_config(args.config, args.set, overrides)
     config.check_ready()
+    check_output_path(config.out, "run folder", folder=True)
+    remove_stale_temps(config.out)
     result = train(config)
     if result.rank == 0:
         if result.finished:

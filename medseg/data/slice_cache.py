@@ -16,7 +16,6 @@ interrupted run, ...). Temporary folders left by a killed run are removed by the
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -30,7 +29,7 @@ from medseg import __version__
 from medseg.data.cohort import Case, discover_cohort, make_split
 from medseg.data.transforms import IMAGE, LABEL, PreprocessingParams, volume_preprocessing
 from medseg.errors import ConfigError, InputError, MedsegError
-from medseg.io import (_current_umask, check_output_path, ensure_folder, make_temp_dir, read_json,
+from medseg.io import (_current_umask, check_output_path, ensure_folder, file_sha256, make_temp_dir, read_json,
                        remove_stale_temps, spacing_from_affine, write_json)
 from medseg.labels import LabelSet, get_label_set
 
@@ -59,15 +58,6 @@ class PrepareSummary:
     reprepared: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     skipped_files: dict[str, str] = field(default_factory=dict)
-
-
-def file_sha256(path: "str | Path") -> str:
-    """Hex SHA-256 of a file's contents (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def case_provenance(case: Case, split: str, label_set: LabelSet, params: PreprocessingParams) -> dict:
@@ -267,9 +257,13 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_prepare_one, job) for job in todo]
-            for future in as_completed(futures):
-                _collect(future.result(), entries, summary)
-                bar.update()
+            try:
+                for future in as_completed(futures):
+                    _collect(future.result(), entries, summary)
+                    bar.update()
+            except BaseException:  # Ctrl-C / SIGTERM: drop the queued cases (finished ones are complete folders)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     else:
         for job in todo:
             _collect(_prepare_one(job), entries, summary)

@@ -75,6 +75,7 @@ counted and listed as failures.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -345,7 +346,7 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     else:
         # "spawn" starts clean interpreters: safe when the caller has threads (torch, a notebook kernel).
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, _cancel_on_interrupt(pool):
             futures = {pool.submit(evaluate_pair, pair, label_set, protocol, tolerance_mm): pair for pair in pairs}
             for future in as_completed(futures):
                 try:
@@ -365,6 +366,16 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
             logger.warning("%s: %s", record["case_id"], record["error"])
     return summarize(records, label_set, protocol, tolerance_mm, unmatched_predictions=unmatched,
                      reference_dir=ref_dir, prediction_dir=pred_dir, reference_format=reference_format)
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(pool):
+    """On Ctrl-C / SIGTERM, drop the queued cases instead of waiting for all of them."""
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
