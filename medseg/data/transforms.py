@@ -1,13 +1,19 @@
 """Preprocessing as a chain of small, named MONAI dictionary transforms.
 
-Volume chain (one case, used by ``medseg prepare`` and by inference)::
+Volume chain (one case, used by ``medseg prepare``)::
 
     LoadVolumed        read + validate NIfTI (medseg.io), channel-first MetaTensor with the file's affine
-    CheckPaird         image and label agree in shape and affine
-    Orientationd       (MONAI) explicit orientation to ("P", "L", "S"): axis 2 is the axial slice axis
-    ScaleIntensityRanged (MONAI) HU clipped to [-125, 275] and scaled to [0, 1]
+    CheckPaird         image and label lie on the same voxel grid (shape, affine within GRID_TOLERANCE_MM)
+    Orientd            explicit orientation to ("P", "L", "S"): axis 2 is the axial slice axis (orient_view)
+    HUWindowd          HU clipped to [-125, 275] and scaled to [0, 1] (hu_window)
     RemapLabelsd       raw BTCV values -> classes of the label set (unknown values are an error)
-    ToSliceStackd      (1, H, W, D) -> slice-first stack (D, H, W), plus which slices hold an organ
+    ToSliceStackd      (H, W, D) -> slice-first stack (D, H, W), plus which slices hold an organ
+
+One preprocessing path: as in MONAI's array / dictionary twins (``ScaleIntensityRange`` and
+``ScaleIntensityRanged``), the orientation and the HU window are plain array functions
+(:func:`medseg.data.orientation.orient_view`, :func:`hu_window`); the dictionary steps above wrap them for the
+prepare chain, and inference (:mod:`medseg.engine.inference`) calls the same functions on each batch of slices,
+so a model sees exactly the values the slice cache holds.
 
 Slice chain (one 2D slice, used by the training dataset)::
 
@@ -26,11 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, Orientationd, ScaleIntensityRanged
+from monai.transforms import Compose, MapTransform
 
-from medseg.data.orientation import SLICE_AXCODES
+from medseg.data.orientation import SLICE_AXCODES, orient_view
 from medseg.errors import InputError, MedsegError
-from medseg.io import read_volume
+from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, read_volume
 from medseg.labels import LabelSet, remap_labels
 
 IMAGE, LABEL = "image", "label"
@@ -89,10 +95,67 @@ class LoadVolumed(MapTransform):
         return d
 
 
-class CheckPaird(MapTransform):
-    """Raise :class:`InputError` when image and label differ in shape or affine (tolerance ``atol_mm``)."""
+def hu_window(values, hu_min: float, hu_max: float):
+    """CT values in HU -> float32 in [0, 1]: ``clip((values - hu_min) / (hu_max - hu_min), 0, 1)``.
 
-    def __init__(self, atol_mm: float = 1e-3):
+    Args:
+        values: a numpy array or a torch tensor of any shape (HU); integer types are converted to float32 first.
+        hu_min, hu_max: the window in HU.
+
+    Returns:
+        The same kind (numpy array or tensor, on the tensor's device) of float32 values, same shape. Both kinds
+        perform the same float32 operations, so they agree bit for bit.
+    """
+    scale = float(hu_max) - float(hu_min)
+    if torch.is_tensor(values):
+        return ((values.float() - float(hu_min)) / scale).clamp_(0.0, 1.0)
+    scaled = (np.asarray(values, dtype=np.float32) - np.float32(hu_min)) / np.float32(scale)
+    return np.clip(scaled, np.float32(0.0), np.float32(1.0))
+
+
+class Orientd(MapTransform):
+    """Bring ``data[key]`` (channel-first ``(1, i, j, k)`` or ``(i, j, k)``, in the file's voxel order) into
+    ``axcodes`` order with :func:`medseg.data.orientation.orient_view` (a permutation/flip, no resampling).
+
+    Stores plain ``(H, W, D)`` numpy arrays and ``oriented_affine`` (the image's affine in the new voxel order).
+    """
+
+    def __init__(self, keys, axcodes=SLICE_AXCODES, allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.axcodes = tuple(axcodes)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            array = d[key].detach().cpu().numpy() if torch.is_tensor(d[key]) else np.asarray(d[key])
+            if array.ndim == 4:
+                array = array[0]
+            oriented, affine = orient_view(array, d[f"{key}_source_affine"], self.axcodes)
+            d[key] = np.ascontiguousarray(oriented)
+            if key == IMAGE:
+                d["oriented_affine"] = affine
+        return d
+
+
+class HUWindowd(MapTransform):
+    """Apply :func:`hu_window` to ``data[key]`` (HU -> [0, 1] float32)."""
+
+    def __init__(self, keys=(IMAGE,), hu_min: float = -125.0, hu_max: float = 275.0):
+        super().__init__(keys)
+        self.hu_min, self.hu_max = hu_min, hu_max
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = hu_window(d[key], self.hu_min, self.hu_max)
+        return d
+
+
+class CheckPaird(MapTransform):
+    """Raise :class:`InputError` when image and label are not on the same voxel grid: different shapes, or affines
+    that put a corner voxel more than ``atol_mm`` (:data:`medseg.io.GRID_TOLERANCE_MM`) apart."""
+
+    def __init__(self, atol_mm: float = GRID_TOLERANCE_MM):
         super().__init__([IMAGE, LABEL], allow_missing_keys=True)
         self.atol_mm = atol_mm
 
@@ -103,9 +166,10 @@ class CheckPaird(MapTransform):
         image_shape, label_shape = data[f"{IMAGE}_source_shape"], data[f"{LABEL}_source_shape"]
         if image_shape != label_shape:
             raise InputError(f"{label_file}: label shape {label_shape} does not match image shape {image_shape}")
-        difference = np.abs(data[f"{IMAGE}_source_affine"] - data[f"{LABEL}_source_affine"]).max()
+        difference = grid_difference_mm(data[f"{IMAGE}_source_affine"], data[f"{LABEL}_source_affine"], image_shape)
         if difference > self.atol_mm:
-            raise InputError(f"{label_file}: label affine differs from the image's by {difference:.3g} mm")
+            raise InputError(f"{label_file}: label affine differs from the image's (a corner voxel is "
+                             f"{difference:.3g} mm away > {self.atol_mm:g} mm)")
         return data
 
 
@@ -126,7 +190,7 @@ class RemapLabelsd(MapTransform):
 
 
 class ToSliceStackd(MapTransform):
-    """Channel-first ``(1, H, W, D)`` volumes -> slice-first numpy stacks ``(D, H, W)``.
+    """Volumes ``(H, W, D)`` (or channel-first ``(1, H, W, D)``) -> slice-first numpy stacks ``(D, H, W)``.
 
     Adds ``organ_slices``: indices of slices whose label holds any foreground (empty list without a label), so a
     consumer can drop organ-free slices. Records the oriented shape ``(H, W, D)`` and affine.
@@ -138,8 +202,10 @@ class ToSliceStackd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         image = d[IMAGE]
-        d["oriented_affine"] = np.asarray(image.affine, dtype=np.float64) if isinstance(image, MetaTensor) else None
-        d["oriented_shape"] = tuple(int(s) for s in image.shape[1:])
+        if isinstance(image, MetaTensor):
+            d["oriented_affine"] = np.asarray(image.affine, dtype=np.float64)
+        d.setdefault("oriented_affine", None)
+        d["oriented_shape"] = tuple(int(s) for s in image.shape[-3:])
         for key in self.key_iterator(d):
             array = d[key]
             array = array.detach().cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
@@ -166,10 +232,8 @@ def volume_preprocessing(label_set: "LabelSet | None", params: PreprocessingPara
     steps = [
         LoadVolumed([IMAGE, LABEL]),
         CheckPaird(),
-        # nibabel's axis-code convention (RAS+ world, as medseg.io reads affines)
-        Orientationd([IMAGE, LABEL], axcodes=params.axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")),
-                     allow_missing_keys=True),
-        ScaleIntensityRanged(IMAGE, a_min=params.hu_min, a_max=params.hu_max, b_min=0.0, b_max=1.0, clip=True),
+        Orientd([IMAGE, LABEL], axcodes=params.axcodes),
+        HUWindowd([IMAGE], hu_min=params.hu_min, hu_max=params.hu_max),
     ]
     if label_set is not None:
         steps.append(RemapLabelsd(label_set))

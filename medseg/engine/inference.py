@@ -5,7 +5,7 @@ Steps for one NIfTI volume (the same preprocessing as training, see :mod:`medseg
     read (keeps the stored dtype, e.g. int16 HU)
     orient to the checkpoint's axis codes (P, L, S by default): a permuted/flipped *view*, no copy, no resampling
     for each batch of ``batch_size`` axial slices (only these are ever in floating point):
-        move to the device; HU window: clip to [hu_min, hu_max], scale to [0, 1]
+        move to the device; HU window: clip to [hu_min, hu_max], scale to [0, 1] (the prepare chain's hu_window)
         resize to img_size x img_size: bicubic, align_corners=True, clamped to [0, 1]
             (torch grid_sample, exactly the resampling of the training dataset)
         forward (optional bf16 autocast, optional flip test-time augmentation), softmax, argmax
@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.data.orientation import orientation_transform, restore_orientation
-from medseg.data.transforms import PreprocessingParams
+from medseg.data.orientation import orient_view as _orient, restore_orientation
+from medseg.data.transforms import PreprocessingParams, hu_window
 from medseg.errors import CheckpointError, ConfigError, InputError
 from medseg.io import Volume, is_nifti, read_volume
 from medseg.labels import LabelSet, get_label_set
@@ -347,7 +347,6 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     probs_out = None
     if probabilities:
         probs_out = np.empty((height, width, depth, predictor.num_classes), dtype=np.float16)
-    hu_min, hu_range = float(params.hu_min), float(params.hu_max) - float(params.hu_min)
 
     bar = tqdm(total=depth, desc=description, unit="slice", disable=not progress, leave=False)
     for start in range(0, depth, batch_size):
@@ -359,12 +358,12 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
                 slices = slices.pin_memory().to(device, non_blocking=True)
             slices = slices.float()
             if not scaled:
-                slices = ((slices - hu_min) / hu_range).clamp_(0.0, 1.0)
+                slices = hu_window(slices, params.hu_min, params.hu_max)
             images = resize_to_model(slices, size, params.image_interpolation)
         else:
             chunk = chunk.astype(np.float32)
             if not scaled:
-                chunk = np.clip((chunk - np.float32(hu_min)) / np.float32(hu_range), 0.0, 1.0)
+                chunk = hu_window(chunk, params.hu_min, params.hu_max)
             images = resize_to_model_scipy(chunk, size).to(device)
         batch_probs = forward_probabilities(predictor, images, tta=tta)  # (b, C, S, S)
         batch_labels = batch_probs.argmax(dim=1)  # (b, S, S)
@@ -453,10 +452,9 @@ def predict_volume(image: "Volume | str | Path", checkpoint: "str | Path | Predi
 
 
 def orient_view(array: np.ndarray, affine: np.ndarray, axcodes="PLS") -> np.ndarray:
-    """``array`` permuted/flipped into ``axcodes`` order as a numpy view (no copy; see :mod:`medseg.data.orientation`)."""
-    import nibabel.orientations as nio
-
-    return nio.apply_orientation(array, orientation_transform(affine, tuple(axcodes)))
+    """``array`` permuted/flipped into ``axcodes`` order as a numpy view: the prepare chain's orientation step
+    (:func:`medseg.data.orientation.orient_view`)."""
+    return _orient(array, affine, tuple(axcodes))[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
