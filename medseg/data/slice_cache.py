@@ -210,7 +210,9 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
         ``skipped``), not raised.
 
     Raises:
-        InputError: the cohort folder is unusable. ConfigError: ``out_dir`` holds a cache made with other settings.
+        InputError: the cohort folder is unusable, or no case could be prepared (a folder this call created is
+            removed again). ConfigError: ``out_dir`` holds a cache made with other settings.
+        OutputError: ``out_dir`` cannot be created.
     """
     from tqdm.auto import tqdm
 
@@ -225,6 +227,7 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
     splits = make_split([c.case_id for c in cases], mode=split, test_fraction=test_fraction, seed=seed)
     header = _cache_header(label_set, params, split, seed)
     _check_existing_cache(out_dir, header)
+    created = not out_dir.exists()
     ensure_folder(out_dir)
     remove_stale_temps(out_dir)
     remove_stale_temps(out_dir / "cases")
@@ -270,6 +273,12 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
             bar.update()
     bar.close()
 
+    if not entries:  # nothing usable: leave no folder that looks like a cache behind
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        first = sorted(summary.failed.items())[0] if summary.failed else ("", "no case")
+        raise InputError(f"no case of {raw_dir} could be prepared ({len(summary.failed)} failed; first: "
+                         f"{first[1]})")
     manifest = dict(header)
     manifest["cases"] = [entries[cid] for cid in sorted(entries)]
     manifest["skipped"] = [{"case_id": cid, "error": msg} for cid, msg in sorted(summary.failed.items())]
