@@ -449,3 +449,33 @@ def test_files_left_by_a_sigkilled_run_are_removed_by_the_next_run(world, tmp_pa
     (out / live).write_text("x")
     medseg_io.remove_stale_temps(out)
     assert (out / live).exists()
+
+
+def test_stale_case_folder_of_a_killed_prepare_is_removed(world, tmp_path):
+    out = tmp_path / "prepared"
+    shutil.copytree(world["prepared"], out)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)  # a process that has ended: what a SIGKILLed run leaves behind
+    stale = out / "cases" / f".case0001.{medseg_io._host_tag()}.{dead_pid}.abc{TEMP_MARK}"
+    stale.mkdir()
+    (stale / "image.npy").write_bytes(b"half written")
+    assert main(["prepare", str(world["cohort"]), str(out), "--split", "seeded", "--test-fraction", "0.5",
+                 "--no-progress"]) == 0
+    assert not stale.exists() and not _temps(out)
+
+
+def test_ctrl_c_exits_130_and_leaves_no_temporary_file(world, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    original = medseg_io.atomic_path
+
+    @contextlib.contextmanager
+    def atomic_then_interrupt(path, suffix=""):
+        with original(path, suffix) as tmp:
+            yield tmp
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+
+    monkeypatch.setattr(medseg_io, "atomic_path", atomic_then_interrupt)
+    assert main(["prepare", str(world["cohort"]), str(out), "--split", "seeded", "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "medseg prepare: interrupted"
+    assert not _temps(out) and not (out / "manifest.json").exists()
