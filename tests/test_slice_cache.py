@@ -214,7 +214,7 @@ def _copy_cohort(source, target):
 
 def test_replaced_input_is_prepared_again(tiny_cohort, tmp_path, capsys):
     """Replacing an input NIfTI after prepare used to keep the old arrays ("4 already done")."""
-    from medseg.io import Volume, write_volume
+    from medseg.io import write_volume
     from tests.conftest import tiny_case
 
     cohort = _copy_cohort(tiny_cohort, tmp_path / "cohort")
