@@ -14,6 +14,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -81,7 +82,7 @@ def main(argv: "list[str] | None" = None) -> int:
     try:
         return int(args._run(args) or 0)
     except MedsegError as exc:
-        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"medseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
@@ -95,6 +96,15 @@ def main(argv: "list[str] | None" = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(exc: MedsegError) -> str:
+    """The error's message on one line. An error raised in a torch data-loader worker comes back with the worker's
+    traceback inside its message; its last line is the original ``Type: message``."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1])
 
 
 def _raise_terminated(signum, frame):

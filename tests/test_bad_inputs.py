@@ -116,6 +116,10 @@ def world(tmp_path_factory, single_thread) -> dict:
             (root / name / "manifest.json").write_text(manifest)
         w[name] = root / name
 
+    w["p_corrupt"] = root / "p_corrupt"
+    shutil.copytree(w["prepared"], w["p_corrupt"])
+    for case in (w["p_corrupt"] / "cases").iterdir():
+        (case / "image.npy").write_bytes(b"garbage, not an array")
     (root / "bad.yaml").write_text("name: x\nstages: [1\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "unknown_stage.yaml").write_text("name: x\nrun_dir: r\nstages:\n  trian: {}\n")
@@ -217,6 +221,10 @@ CASES = [
      ["epochz"], "{root}/r8"),
     ("train-set-bad-type", "train --model TransUNet-Tiny --data {prepared} --out {root}/r9 --set epochs=many", 2,
      ["epochs"], "{root}/r9"),
+    # a corrupt array found by a data-loader worker: still one line (that no run folder is created at all belongs
+    # to train's validate-before-start step, so the untouched path here is the cache)
+    ("train-corrupt-cache", "train --model TransUNet-Tiny --data {p_corrupt} --out {root}/r10 --workers 1 "
+     "--epochs 1 --img-size 32 --batch-size 4 --device cpu --no-progress", 2, ["case", "corrupt"], "{p_corrupt}"),
     # predict
     ("predict-missing-input", "predict -i {root}/nope.nii.gz -o {root}/q1.nii.gz -m {ckpt}", 2,
      ["nope.nii.gz", "not found"], "{root}/q1.nii.gz"),
