@@ -46,6 +46,7 @@ _KINDS: dict[str, tuple[type, bool]] = {
     "dice_weight": (float, False),
     "aux_weights": (list, True),
     "augment": (bool, False),
+    "domain_randomisation": (bool, False),
     "drop_empty": (bool, False),
     "seed": (int, False),
     "workers": (int, False),
@@ -65,8 +66,8 @@ _KINDS: dict[str, tuple[type, bool]] = {
 
 #: Keys that define the optimisation itself: a resumed run must keep them (see :func:`check_resume_compatible`).
 SCHEDULE_KEYS = ("model", "model_options", "pretrained", "img_size", "batch_size", "epochs", "lr", "momentum",
-                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment", "drop_empty",
-                 "seed")
+                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment",
+                 "domain_randomisation", "drop_empty", "seed")
 
 AMP_CHOICES = ("auto", "bf16", "off")
 
@@ -92,6 +93,8 @@ class TrainConfig:
         aux_weights: loss weight of each model output for models returning a tuple; None uses the model's
             ``aux_loss_weights``.
         augment: TransUNet's augmentation (rot90 + flip or a rotation in [-20, 20) degrees).
+        domain_randomisation: with ``augment``, also randomise intensity, contrast, noise, blur and in-plane scale
+            per slice (:mod:`medseg.data.domain_randomisation`; for training on phantoms or one scanner).
         drop_empty: train only on slices that hold an organ (the reference trains on all slices).
         seed: seeds weights, shuffling, augmentation and dropout.
         workers: data-loader worker processes (0 loads in the training process).
@@ -127,6 +130,7 @@ class TrainConfig:
     dice_weight: float = 0.5
     aux_weights: "list | None" = None
     augment: bool = True
+    domain_randomisation: bool = False
     drop_empty: bool = False
     seed: int = 1234
     workers: int = 2
@@ -187,6 +191,8 @@ class TrainConfig:
             if not self.aux_weights or not all(_is_number(w) and w >= 0 for w in self.aux_weights):
                 raise ConfigError(f"{source}: aux_weights must be a list of numbers >= 0, got {self.aux_weights}")
             self.aux_weights = [float(w) for w in self.aux_weights]
+        if self.domain_randomisation and not self.augment:
+            raise ConfigError(f"{source}: domain_randomisation needs augment: true (it is part of the augmentation)")
         if self.amp not in AMP_CHOICES:
             raise ConfigError(f"{source}: amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         device = self.device
