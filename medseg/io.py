@@ -118,13 +118,17 @@ def read_volume(path: "str | Path", *, dtype=None) -> Volume:
     return Volume(array=array, affine=affine)
 
 
-def write_volume(path: "str | Path", volume: Volume, *, dtype=None, provenance: "dict | None" = None) -> Path:
+def write_volume(path: "str | Path", volume: Volume, *, dtype=None, intent: "tuple[str, str] | None" = None,
+                 descrip: "str | None" = None, provenance: "dict | None" = None) -> Path:
     """Write ``volume`` as NIfTI atomically (temp file in the same folder, then rename).
 
     Args:
         path: destination ``.nii`` or ``.nii.gz``.
         volume: the array and affine to store; the header's qform and sform are both set to the affine.
         dtype: on-disk data type (e.g. ``np.uint8`` for label maps); default keeps the array's.
+        intent: optional ``(intent code, intent name)`` for the header, e.g. ``("label", "synapse8")``
+            (the name is at most 15 characters).
+        descrip: optional header description (at most 79 characters).
         provenance: plain JSON data recording what made the file (stored in a NIfTI "comment" header extension,
             read back with :func:`read_provenance`); other tools ignore it.
     """
@@ -136,6 +140,10 @@ def write_volume(path: "str | Path", volume: Volume, *, dtype=None, provenance: 
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(volume.affine, code=1)
     image.set_sform(volume.affine, code=1)
+    if intent is not None:
+        image.header.set_intent(intent[0], name=intent[1][:15])
+    if descrip is not None:
+        image.header["descrip"] = descrip[:79].encode("ascii", "replace")
     if provenance is not None:
         content = PROVENANCE_TAG + json.dumps(provenance, sort_keys=True, default=_json_default).encode()
         image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", content))
@@ -163,7 +171,16 @@ def temp_prefix(name: str) -> str:
 
 
 def file_sha256(path: "str | Path") -> str:
-    """Hex SHA-256 of a file's contents (read in 1 MiB blocks): the identity of a source or checkpoint file."""
+    """Hex SHA-256 of a file's contents (read in 1 MiB blocks): the identity of a source or checkpoint file.
+
+    For a folder (a DICOM series), the SHA-256 of the relative names and contents of all its files, sorted by name.
+    """
+    path = Path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for member in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{member.relative_to(path).as_posix()}\0{file_sha256(member)}\n".encode())
+        return digest.hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

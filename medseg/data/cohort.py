@@ -7,6 +7,9 @@ Three folder layouts are recognised (labels are optional: images alone are an in
 * plain: ``images/`` with ``labels/`` holding files of the same case, or one flat folder of NIfTI files where a
   label file is named like its image with a ``_label``/``_seg``/``_gt`` suffix.
 
+An image may also be a DICOM series: a sub-folder (``img/img0001/``) or ``.zip`` (``img/img0001.zip``) in the
+image folder, with its label as NIfTI on the series' grid (the grid :func:`medseg.dicom.read_series` gives).
+
 Every case gets an id in the ``case0001`` style: the last run of digits in the file name, zero-padded to four.
 A name without digits keeps its stem as the id.
 
@@ -55,7 +58,7 @@ class Case:
 
     Attributes:
         case_id: ``case0001`` style identifier.
-        image: path of the CT volume (NIfTI).
+        image: path of the CT volume (NIfTI, or a DICOM series folder / .zip: see :func:`medseg.dicom.read_image`).
         label: path of the reference label volume, or None for an inference-only case.
     """
 
@@ -100,6 +103,14 @@ def nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images directly in ``folder``: NIfTI files and DICOM series (sub-folders or ``.zip`` files), by name."""
+    from medseg.dicom import is_dicom_input
+
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
+                  and ((p.is_file() and is_nifti(p)) or is_dicom_input(p)))
+
+
 def index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
     """``{case_id: path}``; two files with the same case id are an :class:`InputError` naming both."""
     indexed: dict[str, Path] = {}
@@ -117,12 +128,14 @@ def _follows_naming(path: Path, folder: Path) -> "str | None":
     if rule is None:
         return None
     pattern, shown = rule
-    return None if pattern.match(strip_nifti_suffix(path.name)) else shown
+    stem = strip_nifti_suffix(path.name)
+    stem = stem[:-4] if stem.lower().endswith(".zip") else stem  # a zipped DICOM series
+    return None if pattern.match(stem) else shown
 
 
 def _pair(image_dir: Path, label_dir: "Path | None", skipped: dict) -> list[Case]:
     files = []
-    for path in nifti_files(image_dir):
+    for path in image_files(image_dir):
         expected = _follows_naming(path, image_dir)
         if expected is None:
             files.append(path)

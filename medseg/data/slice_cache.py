@@ -214,7 +214,7 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
             removed again). ConfigError: ``out_dir`` holds a cache made with other settings.
         OutputError: ``out_dir`` cannot be created.
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     label_set = get_label_set(labels)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)

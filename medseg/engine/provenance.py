@@ -6,13 +6,15 @@ Any other existing output is never taken for a finished case.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from medseg.errors import CheckpointError, InputError
 from medseg.io import file_sha256, read_provenance
 
 #: Keys of a prediction's record that must match for an existing output to be reused.
-PREDICTION_KEYS = ("checkpoint_sha256", "input_sha256", "tta", "resize", "amp", "model", "labels", "img_size")
+PREDICTION_KEYS = ("checkpoint_sha256", "input_sha256", "tta", "resize", "amp", "model", "labels", "img_size",
+                   "organs")
 
 
 def checkpoint_sha256(path: "str | Path") -> str:
@@ -26,12 +28,17 @@ def checkpoint_sha256(path: "str | Path") -> str:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
-def expected_record(settings: dict, source: "str | Path") -> dict:
-    """``settings`` (checkpoint hash and label-changing options) plus the input file's SHA-256."""
+def expected_record(settings: dict, source: "str | Path | list") -> dict:
+    """``settings`` (checkpoint hash and label-changing options) plus the input's SHA-256: of the file, or for a
+    list of files (a DICOM series) of their hashes in order."""
+    files = source if isinstance(source, (list, tuple)) else [source]
     try:
-        return dict(settings, input_sha256=file_sha256(source))
+        hashes = [file_sha256(path) for path in files]
     except OSError as exc:
-        raise InputError(f"{source}: cannot read ({exc.strerror or type(exc).__name__})") from None
+        raise InputError(f"{exc.filename or files[0]}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if len(hashes) == 1:
+        return dict(settings, input_sha256=hashes[0])
+    return dict(settings, input_sha256=hashlib.sha256("".join(hashes).encode()).hexdigest())
 
 
 def record_mismatch(target: "str | Path", expected: dict) -> "str | None":
