@@ -46,6 +46,7 @@ _KINDS: dict[str, tuple[type, bool]] = {
     "dice_weight": (float, False),
     "aux_weights": (list, True),
     "augment": (bool, False),
+    "augmentation": (str, False),
     "drop_empty": (bool, False),
     "seed": (int, False),
     "workers": (int, False),
@@ -65,10 +66,11 @@ _KINDS: dict[str, tuple[type, bool]] = {
 
 #: Keys that define the optimisation itself: a resumed run must keep them (see :func:`check_resume_compatible`).
 SCHEDULE_KEYS = ("model", "model_options", "pretrained", "img_size", "batch_size", "epochs", "lr", "momentum",
-                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment", "drop_empty",
-                 "seed")
+                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment", "augmentation",
+                 "drop_empty", "seed")
 
 AMP_CHOICES = ("auto", "bf16", "off")
+AUGMENTATION_CHOICES = ("fused", "paper")  # medseg.data.transforms.AUGMENTATION_MODES
 
 
 @dataclass
@@ -90,7 +92,9 @@ class TrainConfig:
         ce_weight, dice_weight: mix of cross-entropy and soft Dice (0.5 / 0.5).
         aux_weights: loss weight of each model output for models returning a tuple; None uses the model's
             ``aux_loss_weights``.
-        augment: TransUNet's augmentation (rot90 + flip or a rotation in [-20, 20) degrees).
+        augment: TransUNet's augmentation (rot90 + flip, or a rotation by an integer angle in -20..19 degrees).
+        augmentation: how it resamples: ``fused`` (one torch resampling with the resize, the fast default) or
+            ``paper`` (the reference's np.rot90/flip or ndimage.rotate, then ndimage.zoom: its exact arrays).
         drop_empty: train only on slices that hold an organ (the reference trains on all slices).
         seed: seeds weights, shuffling, augmentation and dropout.
         workers: data-loader worker processes (0 loads in the training process).
@@ -126,6 +130,7 @@ class TrainConfig:
     dice_weight: float = 0.5
     aux_weights: "list | None" = None
     augment: bool = True
+    augmentation: str = "fused"
     drop_empty: bool = False
     seed: int = 1234
     workers: int = 2
@@ -186,6 +191,9 @@ class TrainConfig:
             if not self.aux_weights or not all(_is_number(w) and w >= 0 for w in self.aux_weights):
                 raise ConfigError(f"{source}: aux_weights must be a list of numbers >= 0, got {self.aux_weights}")
             self.aux_weights = [float(w) for w in self.aux_weights]
+        if self.augmentation not in AUGMENTATION_CHOICES:
+            raise ConfigError(f"{source}: augmentation must be one of {', '.join(AUGMENTATION_CHOICES)}, "
+                              f"got {self.augmentation!r}")
         if self.amp not in AMP_CHOICES:
             raise ConfigError(f"{source}: amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         device = self.device
