@@ -257,6 +257,7 @@ def run(args) -> dict:
         predict_volume(warm_volume, bf16, batch_size=b)
 
     agreement: dict[str, list[float]] = {name: [] for name in sides}
+    peak_gib: dict[str, float] = {}
 
     def on_round(index, seconds):
         line = ", ".join(f"{name.split(' (')[0] if name == reference_name else name}: {t:.2f} s"
@@ -265,7 +266,13 @@ def run(args) -> dict:
 
     def checked(name, function):
         def call():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)  # both model copies' weights
             labels = function()
+            if device.type == "cuda":
+                used = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
+                peak_gib[name] = max(peak_gib.get(name, 0.0), used)
             agreement[name].append(labels)
             return None
         return call
@@ -280,7 +287,7 @@ def run(args) -> dict:
         seconds = comparison.median_time(name)
         rows.append({"path": name, "seconds": seconds, "slices_per_s": depth / seconds,
                      "ratio": comparison.ratio_text(name), "agreement": min(shares),
-                     "gflops": gflop * depth / seconds, "bf16": "bf16" in name})
+                     "gflops": gflop * depth / seconds, "bf16": "bf16" in name, "peak_gib": peak_gib.get(name)})
     profiles = {}
     if args.profile:
         profiles["fp32"] = profile_forward(fp32, args.img_size, b)
@@ -293,7 +300,8 @@ def run(args) -> dict:
         row["of_peak"] = row["gflops"] / peak
     return {"rows": rows, "volume": volume_text, "gflop": gflop, "depth": depth, "fp32_rate": fp32_rate,
             "bf16_rate": bf16_rate, "bf16_note": bf16_note, "device": device, "profiles": profiles,
-            "machine": machine_line(torch.get_num_threads(), device), "comparison": comparison, "args": args}
+            "machine": machine_line(torch.get_num_threads(), device), "comparison": comparison, "args": args,
+            "model": model}
 
 
 def render(result: dict) -> str:
@@ -316,12 +324,13 @@ def render(result: dict) -> str:
              "smallest and largest round in brackets. Time: the median over rounds.",
              "",
              "| path | time (s) | slices/s | speed-up vs reference loop (range) | voxels equal to reference | "
-             "GFLOP/s | of matmul peak |",
-             "|---|---|---|---|---|---|---|"]
+             "GFLOP/s | of matmul peak | peak GPU memory above the weights (GiB) |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         ratio = "1 (reference)" if row["path"] == comparison.reference else row["ratio"]
+        peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "-"
         lines.append(f"| {row['path']} | {row['seconds']:.2f} | {row['slices_per_s']:.2f} | {ratio} | "
-                     f"{row['agreement']:.6%} | {row['gflops']:.0f} | {row['of_peak']:.0%} |")
+                     f"{row['agreement']:.6%} | {row['gflops']:.0f} | {row['of_peak']:.0%} | {peak} |")
     lines.append("")
     lines.append("- Times cover the whole volume: resizes, forward passes, argmax, label resize back (and for medseg "
                  "orientation, HU window and restoring the input's voxel order). \"voxels equal\" is the lowest "
@@ -334,6 +343,11 @@ def render(result: dict) -> str:
     lines.append("- The default torch path resizes with the training dataset's bicubic resampling (Keys cubic, "
                  "torch) instead of scipy's cubic B-spline, so a few boundary voxels differ; `--resize scipy` "
                  "gives the reference's pixels.")
+    if result["device"].type == "cuda":
+        weights_gib = sum(p.numel() * p.element_size() for p in result["model"].parameters()) / 2**30
+        lines.append(f"- Peak GPU memory: torch's peak allocation during the path minus what was allocated before it "
+                     f"(the weights: {weights_gib:.2f} GiB per fp32 copy of the model; this script holds two, the "
+                     "reference loop's and medseg's).")
     for name, rows in result["profiles"].items():
         lines.append(f"- Profile of one medseg forward, batch {args.batch_size}, {name} (torch.profiler, self CPU "
                      "time): " + "; ".join(f"`{op}` {ms:.0f} ms ({share:.0%})" for op, ms, share in rows) + ".")
