@@ -158,8 +158,9 @@ def render(result: dict) -> str:
               f"- Workers to feed a step of R50-ViT-B_16 at batch {args.batch_size}: ceil(batch / (slices/s per "
               f"worker x step time)) with a step time of {result['step_text']}, assuming each worker has a core of "
               "this speed to itself.",
-              "- `paper` gives the reference's arrays for the same draw (tests/test_transforms.py); `fused` makes the "
-              "same draws but resamples once (bicubic, clamped to [0, 1]), so its pixels differ slightly."]
+              "- `paper` gives the reference's arrays for the same draw (tests/test_transforms.py); `fused` draws "
+              "from the same distribution with a continuous angle (torch generator) and resamples once (bicubic, "
+              "clamped to [0, 1]), so its pixels differ slightly; both draw per sample from the sample's seed."]
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ from medseg.data.cohort import Case
 from medseg.data.orientation import reorient, restore_orientation
 from medseg.data.slice_cache import preprocess_case
 from medseg.data.transforms import (PaperAugmentd, PreprocessingParams, SliceAugmentation, augmentation_generators,
-                                    draw_paper_augmentation, resample_slice)
+                                    draw_fused_augmentation, draw_paper_augmentation, resample_slice)
 from medseg.errors import InputError
 from medseg.io import Volume, write_volume
 from medseg.labels import SYNAPSE8
@@ -162,16 +162,33 @@ def test_augmentation_draws_have_the_reference_distribution():
     assert augmentation_generators(2**40 + 5)[1].randint(0, 2**31) != augmentation_generators(5)[1].randint(0, 2**31)
 
 
-def test_fused_and_paper_modes_make_the_same_draw_and_agree_geometrically():
+def test_fused_mode_draws_the_reference_distribution_with_a_continuous_angle():
+    generator = torch.Generator().manual_seed(0)
+    draws = [draw_fused_augmentation(generator) for _ in range(4000)]
+    kinds = [d.kind for d in draws]
+    assert abs(kinds.count("rot_flip") / 4000 - 0.5) < 0.03
+    assert abs(kinds.count("rotate") / 4000 - 0.25) < 0.03
+    rot_flips = [d for d in draws if d.kind == "rot_flip"]
+    for k in range(4):
+        assert abs(sum(d.k == k for d in rot_flips) / len(rot_flips) - 0.25) < 0.04
+    assert abs(sum(d.flip_axis for d in rot_flips) / len(rot_flips) - 0.5) < 0.04
+    angles = np.array([d.angle_deg for d in draws if d.kind == "rotate"])
+    assert angles.min() >= -20 and angles.max() < 20
+    assert abs(angles.mean()) < 1.5 and abs(angles.std() - 40 / np.sqrt(12)) < 1.0  # uniform on [-20, 20)
+
+
+def test_fused_and_paper_resampling_agree_geometrically():
+    from medseg.data.transforms import paper_resample_slice
+
     yy, xx = np.mgrid[0:96, 0:96]
     image = ((xx - 30) ** 2 / 400 + (yy - 55) ** 2 / 150 < 1).astype(np.float32)  # an off-centre ellipse
     label = image.astype(np.int64)
-    sample = {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(label)}
     for seed in range(8):
-        fused = PaperAugmentd(48, mode="fused")({**sample, "seed": seed})
-        paper = PaperAugmentd(48, mode="paper")({**sample, "seed": seed})
-        # the two resamplings differ only at the border of the ellipse
-        assert (fused["label"] != paper["label"]).float().mean() < 0.03, seed
+        draw = draw_paper_augmentation(*augmentation_generators(seed))
+        _, fused = resample_slice(torch.from_numpy(image)[None], torch.from_numpy(label), 48, draw)
+        _, paper = paper_resample_slice(image, label, 48, draw)
+        # the same draw through the two resamplings differs only at the border of the ellipse
+        assert (fused.numpy() != paper).mean() < 0.03, (seed, draw)
     with pytest.raises(ValueError, match="augmentation mode"):
         PaperAugmentd(48, mode="fast")
 

@@ -17,8 +17,9 @@ Slice chain (one 2D slice, used by the training dataset)::
                                 reshape=False), then ndimage.zoom to the model size (image order 3, no clamp;
                                 label order 0): the same arrays as the reference code for the same draw
                          fused  one torch grid_sample of the slice (rotation/flip and resize together; image
-                                bicubic clamped to [0, 1], label nearest): same draws, one resampling instead of
-                                two, several times faster (benchmarks/loader_speed.py), pixels not identical
+                                bicubic clamped to [0, 1], label nearest): the same branch probabilities, k and
+                                flip axis, a continuous angle in [-20, 20), drawn from a torch generator; one
+                                resampling instead of two, several times faster (benchmarks/loader_speed.py)
     ResizeSliced       resize only (evaluation / no augmentation): image bicubic or bilinear, label nearest
 
 Axis order: volumes ``(i, j, k)`` with ``k`` the slice axis after orientation, rows ``i`` anterior -> posterior,
@@ -221,7 +222,7 @@ class SliceAugmentation:
     angle_deg: float = 0.0
 
 
-#: ``paper`` reproduces the reference's resamplings; ``fused`` is one faster resampling with the same draws.
+#: ``paper`` reproduces the reference's draws and resamplings; ``fused`` is one faster resampling.
 AUGMENTATION_MODES = ("paper", "fused")
 
 
@@ -249,6 +250,23 @@ def draw_paper_augmentation(py_random: random.Random, np_random: np.random.Rando
         return SliceAugmentation("rot_flip", k=k, flip_axis=axis)
     if py_random.random() > 0.5:
         return SliceAugmentation("rotate", angle_deg=float(np_random.randint(-20, 20)))
+    return SliceAugmentation()
+
+
+def draw_fused_augmentation(generator: torch.Generator) -> SliceAugmentation:
+    """One draw of medseg's ``fused`` mode: the reference's distribution with a continuous angle.
+
+    With probability 0.5 a random rot90 (k in 0..3) and a flip on a random axis; otherwise with probability 0.5 a
+    rotation by an angle uniform in [-20, 20) degrees (the reference draws whole degrees, -20..19); otherwise
+    nothing. Kept as it was before the ``paper`` mode existed, so fused runs reproduce earlier results.
+    """
+    u = torch.rand(3, generator=generator)
+    if u[0] > 0.5:
+        k = int(torch.randint(0, 4, (1,), generator=generator))
+        axis = int(torch.randint(0, 2, (1,), generator=generator))
+        return SliceAugmentation("rot_flip", k=k, flip_axis=axis)
+    if u[1] > 0.5:
+        return SliceAugmentation("rotate", angle_deg=float(u[2]) * 40.0 - 20.0)
     return SliceAugmentation()
 
 
@@ -349,9 +367,10 @@ def resample_slice(image: torch.Tensor, label: "torch.Tensor | None", out_size: 
 class PaperAugmentd(MapTransform):
     """TransUNet's training augmentation and the resize to the model size, in ``paper`` or ``fused`` mode.
 
-    Randomness comes from ``data["seed"]`` (an int per sample and epoch, see :func:`augmentation_generators`), so
-    a run is reproducible whatever the number of data-loader workers, and a resumed run draws the same
-    augmentations as an uninterrupted one. Both modes make the same draw for the same seed.
+    Randomness comes from ``data["seed"]`` (an int per sample and epoch), so a run is reproducible whatever the
+    number of data-loader workers, and a resumed run draws the same augmentations as an uninterrupted one.
+    ``paper`` draws with :func:`draw_paper_augmentation` from :func:`augmentation_generators`, ``fused`` with
+    :func:`draw_fused_augmentation` from a torch generator.
 
     Input: ``image`` float ``(1, H, W)`` tensor, ``label`` integer ``(H, W)`` tensor. Output: ``image`` float32
     ``(1, S, S)``, ``label`` int64 ``(S, S)``.
@@ -367,11 +386,12 @@ class PaperAugmentd(MapTransform):
 
     def __call__(self, data):
         d = dict(data)
-        augmentation = draw_paper_augmentation(*augmentation_generators(d["seed"]))
         if self.mode == "fused":
+            augmentation = draw_fused_augmentation(torch.Generator().manual_seed(int(d["seed"])))
             d[IMAGE], d[LABEL] = resample_slice(d[IMAGE], d.get(LABEL), self.out_size, augmentation,
                                                 self.image_interpolation)
             return d
+        augmentation = draw_paper_augmentation(*augmentation_generators(d["seed"]))
         label = d.get(LABEL)
         image, label = paper_resample_slice(d[IMAGE][0].numpy(), None if label is None else label.numpy(),
                                             self.out_size, augmentation)
