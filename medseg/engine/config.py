@@ -92,9 +92,10 @@ class TrainConfig:
         ce_weight, dice_weight: mix of cross-entropy and soft Dice (0.5 / 0.5).
         aux_weights: loss weight of each model output for models returning a tuple; None uses the model's
             ``aux_loss_weights``.
-        augment: TransUNet's augmentation (rot90 + flip, or a rotation by an integer angle in -20..19 degrees).
-        augmentation: how it resamples: ``fused`` (one torch resampling with the resize, the fast default) or
-            ``paper`` (the reference's np.rot90/flip or ndimage.rotate, then ndimage.zoom: its exact arrays).
+        augment: TransUNet's augmentation (rot90 + flip, or a rotation within +-20 degrees).
+        augmentation: its mode: ``fused`` (the fast default: a continuous angle, one torch resampling together
+            with the resize) or ``paper`` (the reference's draws, integer angles -20..19, and its np.rot90/flip or
+            ndimage.rotate then ndimage.zoom steps: the reference's exact arrays).
         drop_empty: train only on slices that hold an organ (the reference trains on all slices).
         seed: seeds weights, shuffling, augmentation and dropout.
         workers: data-loader worker processes (0 loads in the training process).
