@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from results_file import cpu_name, write_section  # noqa: E402  benchmarks/results_file.py
-from side_by_side import alternate, load_average  # noqa: E402
+from side_by_side import alternate, command_text, load_average  # noqa: E402
 
 SECTION_HEADING = "## Inference speed (benchmarks/infer_speed.py)"
 ISSUE_GFLOP_PER_SLICE = 58.0
@@ -312,9 +312,8 @@ def run(args) -> dict:
 def render(result: dict) -> str:
     args = result["args"]
     comparison = result["comparison"]
-    command = "python benchmarks/infer_speed.py " + " ".join(sys.argv[1:])
     lines = [SECTION_HEADING, "",
-             f"Command: `{command.strip()}` (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}). "
+             f"Command: {command_text('infer_speed.py')}. "
              f"Device: {result['device']}. Machine: {result['machine']}; load average (1/5/15 min) "
              f"{comparison.load_before} before, {comparison.load_after} after: the machine was shared with other "
              "jobs, so absolute times are inflated and noisy; the ratios come from alternating rounds.",

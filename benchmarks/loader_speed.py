@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from results_file import cpu_name, write_section  # noqa: E402
-from side_by_side import alternate, load_average  # noqa: E402
+from side_by_side import alternate, command_text, load_average  # noqa: E402
 
 SECTION_HEADING = "## Training input pipeline speed (benchmarks/loader_speed.py)"
 #: R50-ViT-B_16 forward at 224: 57.0 GFLOP per slice (benchmarks/infer_speed.py's counter); a training step is
@@ -139,9 +139,8 @@ def run(args) -> dict:
 def render(result: dict) -> str:
     args = result["args"]
     comparison = result["comparison"]
-    command = "python benchmarks/loader_speed.py " + " ".join(sys.argv[1:])
     lines = [SECTION_HEADING, "",
-             f"Command: `{command.strip()}` (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}). Machine: "
+             f"Command: {command_text('loader_speed.py')}. Machine: "
              f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, 1 thread (one loader "
              f"worker); load average (1/5/15 min) {comparison.load_before} before, {comparison.load_after} after "
              "(shared machine: times are inflated, the alternating rounds keep the ratios fair).",

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
+
+
+def command_text(script: str) -> str:
+    """How this run was started, for a RESULTS.md section: ``python benchmarks/X.py ARGS`` (OMP_WAIT_POLICY=...)."""
+    command = " ".join([f"python benchmarks/{script}"] + sys.argv[1:])
+    return f"`{command}` (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
 
 
 def load_average() -> str:
