@@ -371,7 +371,8 @@ def _target_lines(result: dict) -> list[str]:
     reference = rows[comparison.reference]
 
     def find(resize: str, precision: str):
-        return next((row for name, row in rows.items() if resize in name and precision in name), None)
+        return next((row for name, row in rows.items()
+                     if name != comparison.reference and resize in name and precision in name), None)
 
     lines = []
     if result["device"].type == "cuda":
