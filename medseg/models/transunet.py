@@ -144,7 +144,8 @@ class StdConv2d(nn.Conv2d):
     cache is keyed on the weight tensor's storage, version counter (bumped by every in-place change: optimiser
     steps, ``load_state_dict``), device and dtype, and is dropped by :meth:`train`. Training, and any forward that
     may need the weight's gradient, standardise on every call as the reference does; both paths run the same
-    :meth:`standardized_weight` arithmetic, so the cached weights are bit-identical to freshly computed ones.
+    :meth:`standardized_weight` arithmetic, so the cached weights are bit-identical to freshly computed ones. The
+    cache holds one extra copy of these weights (about 50 MB for R50-ViT-B_16's 52 convolutions in fp32).
     """
 
     def __init__(self, *args, **kwargs):
