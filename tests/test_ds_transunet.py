@@ -217,18 +217,26 @@ def test_loader_fine_branch_from_file(tmp_path):
                        official["layers.1.blocks.0.mlp.fc1.weight"])
     assert torch.equal(state["fine_encoder.layers.2.blocks.1.attn.relative_position_bias_table"],
                        official["layers.2.blocks.1.attn.relative_position_bias_table"])
-    assert torch.equal(state["fine_encoder.out_norms.3.weight"], official["norm.weight"])
     assert torch.equal(state["fine_encoder.patch_embed.proj.weight"], official["patch_embed.proj.weight"])
     assert report.resized == [] and report.skipped == []
-    # Everything but the three per-stage norms the classification model does not have.
-    assert sorted(report.missing) == sorted(f"fine_encoder.out_norms.{i}.{w}" for i in range(3)
+    # As the reference's loader: the classifier's final norm has no place (the encoder's per-stage norms are
+    # norm0..3), so it is unexpected and all four per-stage norms keep their initialisation.
+    assert not torch.equal(state["fine_encoder.out_norms.3.weight"], official["norm.weight"])
+    assert sorted(report.missing) == sorted(f"fine_encoder.out_norms.{i}.{w}" for i in range(4)
                                             for w in ("weight", "bias"))
-    assert {"head.weight", "head.bias", "layers.0.blocks.1.attn_mask"} <= set(report.unused)
-    assert all(key.endswith(("attn_mask", "relative_position_index")) or key.startswith("head.")
-               for key in report.unused)
-    loaded_tensors = sum(1 for key in official if not key.startswith("head.")
+    assert {"head.weight", "head.bias", "norm.weight", "norm.bias", "layers.0.blocks.1.attn_mask"} \
+        <= set(report.unexpected)
+    assert all(key.endswith(("attn_mask", "relative_position_index")) or key.startswith(("head.", "norm."))
+               for key in report.unexpected)
+    loaded_tensors = sum(1 for key in official if not key.startswith(("head.", "norm."))
                          and not key.endswith(("attn_mask", "relative_position_index")))
     assert len(report.loaded) == loaded_tensors
+    assert any("final norm" in note for note in report.notes)
+    # On request the final norm goes where it sits in the classifier: after stage 4.
+    again = tiny()
+    report = load_swin_imagenet(again, path, branch="fine", final_norm=True)
+    assert torch.equal(again.state_dict()["fine_encoder.out_norms.3.weight"], official["norm.weight"])
+    assert "fine_encoder.out_norms.3.weight" in report.loaded
 
 
 def test_loader_coarse_branch_resizes_patch_kernel():
@@ -236,7 +244,7 @@ def test_loader_coarse_branch_resizes_patch_kernel():
                                         CONFIG_TINY.coarse_heads)
     model = tiny()
     report = load_swin_imagenet(model, {"state_dict": official}, branch="coarse")
-    assert report.resized == ["coarse_encoder.patch_embed.proj.weight"]
+    assert len(report.resized) == 1 and report.resized[0].startswith("coarse_encoder.patch_embed.proj.weight: ")
     assert report.skipped == []
     kernel8 = model.coarse_encoder.patch_embed.proj.weight.detach()
     assert kernel8.shape[-2:] == (8, 8)
@@ -252,17 +260,20 @@ def test_loader_coarse_branch_resizes_patch_kernel():
     assert torch.equal(fresh.coarse_encoder.patch_embed.proj.weight, before)
 
 
-def test_loader_reports_shape_mismatches_and_extra_blocks():
-    # Heads 2/4/8/16 instead of 1/2/4/8: every relative-position table is the wrong shape; three blocks per stage.
+def test_loader_refuses_another_swin_size_and_ignores_extra_blocks():
+    # Heads 2/4/8/16 instead of 1/2/4/8: every relative-position table is the wrong shape -> one-line error, and
+    # nothing is copied.
     official = official_swin_state_dict(CONFIG_TINY.fine_embed_dim, (3, 3, 3, 3), (2, 4, 8, 16))
     model = tiny()
-    before = model.fine_encoder.layers[0].blocks[0].attn.relative_position_bias_table.detach().clone()
-    report = load_swin_imagenet(model, official, branch="fine")
-    assert len(report.skipped) == 8  # 2 blocks x 4 stages fit by name, not by shape
-    assert all("relative_position_bias_table" in entry for entry in report.skipped)
-    assert "layers.0.blocks.2.attn.qkv.weight" in report.unused
-    assert "fine_encoder.layers.0.blocks.0.attn.relative_position_bias_table" in report.missing
-    assert torch.equal(model.fine_encoder.layers[0].blocks[0].attn.relative_position_bias_table, before)
+    before = model.fine_encoder.layers[0].blocks[0].attn.qkv.weight.detach().clone()
+    with pytest.raises(CheckpointError, match="does not fit DSTransUNet: fine_encoder.layers.0.blocks.0.attn."
+                                              "relative_position_bias_table"):
+        load_swin_imagenet(model, official, branch="fine")
+    assert torch.equal(model.fine_encoder.layers[0].blocks[0].attn.qkv.weight, before)
+    # Three blocks per stage with the right heads: the third block of each stage has no place and is unexpected.
+    deeper = official_swin_state_dict(CONFIG_TINY.fine_embed_dim, (3, 3, 3, 3), CONFIG_TINY.fine_heads)
+    report = load_swin_imagenet(model, deeper, branch="fine")
+    assert "layers.0.blocks.2.attn.qkv.weight" in report.unexpected
 
 
 def test_loader_errors(tmp_path):
@@ -271,11 +282,11 @@ def test_loader_errors(tmp_path):
         load_swin_imagenet(model, tiny_fine_official(), branch="middle")
     with pytest.raises(CheckpointError, match="not found"):
         load_swin_imagenet(model, tmp_path / "absent.pth", branch="fine")
-    with pytest.raises(CheckpointError, match="no tensor of the checkpoint fits"):
+    with pytest.raises(CheckpointError, match="nothing in the file fits"):
         load_swin_imagenet(model, {"conv1.weight": torch.zeros(3)}, branch="fine")
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"model": tiny_fine_official(), "args": _NotATensor()}, unsafe)
-    with pytest.raises(CheckpointError, match="plain tensor checkpoint"):
+    with pytest.raises(CheckpointError, match="not a plain tensor file"):
         load_swin_imagenet(model, unsafe, branch="fine")
 
 
@@ -302,18 +313,60 @@ def test_loaded_weights_compute_official_swin():
         rows, cols = rows.flatten(), cols.flatten()
         index = (rows[:, None] - rows[None, :] + 6) * 13 + (cols[:, None] - cols[None, :] + 6)  # (49, 49)
         heads = CONFIG_TINY.fine_heads[0]
-        for j in range(2):  # one window: the second block's shift is 0 too
+        # The official block keeps shifting on a grid of one window: the second block rolls the 7x7 grid by -3 and
+        # masks attention between the regions the roll brought together (rows/cols 0-3 and 4-6 after the roll).
+        region = (torch.arange(7) >= 4).long()
+        label = (region[:, None] * 2 + region[None, :]).flatten()  # (49,) region of each rolled token
+        mask = torch.where(label[:, None] == label[None, :], 0.0, -100.0)
+        for j in range(2):
             p = f"layers.0.blocks.{j}."
             h = F.layer_norm(x, (dim,), o[p + "norm1.weight"], o[p + "norm1.bias"])
+            if j == 1:
+                h = h.reshape(2, 7, 7, dim).roll((-3, -3), dims=(1, 2)).reshape(2, 49, dim)
             qkv = F.linear(h, o[p + "attn.qkv.weight"], o[p + "attn.qkv.bias"])
             q, k, v = qkv.reshape(2, 49, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
             bias = o[p + "attn.relative_position_bias_table"][index].permute(2, 0, 1)  # (heads, 49, 49)
-            attention = ((q * (dim // heads) ** -0.5) @ k.transpose(-2, -1) + bias).softmax(-1)
-            h = (attention @ v).transpose(1, 2).reshape(2, 49, dim)
-            x = x + F.linear(h, o[p + "attn.proj.weight"], o[p + "attn.proj.bias"])
+            logits = (q * (dim // heads) ** -0.5) @ k.transpose(-2, -1) + bias + (mask if j == 1 else 0.0)
+            h = (logits.softmax(-1) @ v).transpose(1, 2).reshape(2, 49, dim)
+            h = F.linear(h, o[p + "attn.proj.weight"], o[p + "attn.proj.bias"])
+            if j == 1:
+                h = h.reshape(2, 7, 7, dim).roll((3, 3), dims=(1, 2)).reshape(2, 49, dim)
+            x = x + h
             h = F.layer_norm(x, (dim,), o[p + "norm2.weight"], o[p + "norm2.bias"])
             h = F.linear(F.gelu(F.linear(h, o[p + "mlp.fc1.weight"], o[p + "mlp.fc1.bias"])),
                          o[p + "mlp.fc2.weight"], o[p + "mlp.fc2.bias"])
             x = x + h
         expected = F.layer_norm(x, (dim,)).transpose(1, 2).reshape(2, dim, 7, 7)  # out_norms.0 keeps 1 and 0
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_swin_stage_applies_the_official_rule_at_224():
+    """At 224 px the coarse encoder's last grid is 4x4 (224 / 8 / 2 / 2 / 2, rounded up) and the fine encoder's 7x7:
+    grids the official code only meets at other input sizes (the 64 px parity fixture has 4x4, 2x2 and 1x1 grids).
+    The official Swin block, whatever the input size: LayerNorm, then pad the grid bottom/right to a multiple of the
+    window, full 7x7 window, and in odd blocks the 3-token shift with the mask of the padded grid. Checked here
+    against that rule written out with MONAI's window attention, and the shift is really on."""
+    from monai.networks.nets.swin_unetr import compute_mask, window_partition, window_reverse
+
+    from medseg.models.ds_transunet import SwinStage
+
+    torch.manual_seed(0)
+    stage = SwinStage(dim=16, depth=2, num_heads=2, window_size=7, mlp_ratio=2.0, drop_path=[0.0, 0.0],
+                      downsample=False).eval()
+    x = torch.randn(1, 4, 4, 16)
+    with torch.no_grad():
+        got = stage(x)
+        expected = x
+        mask = compute_mask([7, 7], (7, 7), (3, 3), x.device)
+        for index, block in enumerate(stage.blocks):
+            h = F.pad(block.norm1(expected), (0, 0, 0, 3, 0, 3))  # pad after the norm: pad tokens are zeros
+            shift = 3 if index % 2 else 0
+            h = torch.roll(h, (-shift, -shift), dims=(1, 2))
+            h = block.attn(window_partition(h, (7, 7)), mask=mask if shift else None)
+            h = torch.roll(window_reverse(h.view(-1, 7, 7, 16), (7, 7), [1, 7, 7]), (shift, shift), dims=(1, 2))
+            expected = expected + h[:, :4, :4]
+            expected = expected + block.mlp(block.norm2(expected))
+        assert torch.allclose(got, expected, atol=1e-6)
+        # MONAI's own block would run the second block unshifted on this grid: a different result.
+        stage.blocks[1].shift_size = (0, 0)
+        assert not torch.allclose(stage(x), got, atol=1e-4)

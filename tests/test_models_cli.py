@@ -16,8 +16,8 @@ def test_table_lists_transunet_variants_with_published_counts(capsys):
     assert main(["models", "--family", "transunet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["name", "family", "parameters", "input", "kind"]
-    rows = {line.split()[0]: line for line in lines[1:] if line.strip() and not line.startswith("parameters")}
+    assert lines[0].split()[:6] == ["name", "family", "parameters", "official", "code", "input"]
+    rows = {line.split()[0]: line for line in lines[1:lines.index("")]}  # the table ends at the blank line
     assert set(rows) == {"R50-ViT-B_16", "ViT-B_16", "R50-ViT-L_16", "TransUNet-S", "TransUNet-Tiny"}
     assert "105,277,081" in rows["R50-ViT-B_16"] and "published" in rows["R50-ViT-B_16"]
     assert "91,674,201" in rows["ViT-B_16"] and "224x224" in rows["ViT-B_16"]
@@ -82,3 +82,16 @@ def test_format_table_handles_unknown_counts(value):
            "description": "d"}
     text = models_command.format_table([row])
     assert ("1,234,567" if value else " ?") in text
+
+
+def test_published_counts_equal_the_official_code(capsys):
+    """Every variant with an official count: medseg built at the official configuration has exactly that many
+    parameters, plus those it does not build by construction (listed in the registry)."""
+    assert main(["models", "--json"]) == 0
+    rows = [row for row in json.loads(capsys.readouterr().out) if row["official"]]
+    assert {row["name"] for row in rows} >= {"TopFormer-Tiny", "SegFormer-B0", "BiSeNet-R18", "DS-TransUNet-B",
+                                             "SETR-Naive-L16", "SETR-PUP-L16", "SETR-MLA-L16", "R50-ViT-B_16"}
+    for row in rows:
+        official = row["official"]
+        assert official["equal"], row["name"]
+        assert official["medseg"] + official["not_built"] == official["parameters"]

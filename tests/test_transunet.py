@@ -228,7 +228,7 @@ def test_standardised_weights_are_cached_in_eval_and_refreshed_when_the_weights_
 def test_config_errors():
     with pytest.raises(ConfigError, match="multiple of 16"):
         create("R50-ViT-B_16", num_classes=9, img_size=200)
-    with pytest.raises(ConfigError, match="unknown TransUNet option"):
+    with pytest.raises(ConfigError, match="model TransUNet: unknown option"):
         create("TransUNet-Tiny", num_classes=9, img_size=64, hidden=3)
     with pytest.raises(ConfigError, match="multiple of 32"):
         create("TransUNet-Tiny", num_classes=9, img_size=64, resnet_width_factor=0.25)
@@ -323,9 +323,9 @@ def test_npz_loader_hybrid_same_grid(tmp_path):
             torch.testing.assert_close(target_sd[key], source_sd[key], rtol=0, atol=0, msg=key)
     for key, value in decoder_before.items():
         assert torch.equal(target_sd[key], value), key
-    assert sorted(report.unused) == ["head/bias", "head/kernel"]
+    assert sorted(report.unexpected) == ["head/bias", "head/kernel"]
     assert report.resized == []
-    assert report.not_in_file and all(k.startswith(("decoder.", "segmentation_head.")) for k in report.not_in_file)
+    assert report.missing and all(k.startswith(("decoder.", "segmentation_head.")) for k in report.missing)
     assert len(report.loaded) == sum(1 for k, _ in target.named_parameters() if k.startswith("transformer."))
     assert "loaded" in report.summary()
 
@@ -382,7 +382,7 @@ def test_npz_loader_errors(tmp_path):
     # the rest.
     report = load_vit_npz(model, path, strict=False)
     assert report.loaded and all(".hybrid_model." in key or key.endswith("ffn.fc1.bias") for key in report.loaded)
-    assert any(line.startswith("Transformer/encoderblock_0/") for line in report.mismatched)
+    assert any(line.startswith("Transformer/encoderblock_0/") for line in report.skipped)
     torch.testing.assert_close(model.transformer.embeddings.hybrid_model.root.conv.weight,
                                wrong_width.transformer.embeddings.hybrid_model.root.conv.weight)
 

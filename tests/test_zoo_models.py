@@ -20,14 +20,14 @@ NUM_CLASSES = 9
 # Parameters of create(name, 9, default img_size, in_channels=1): the zoo table. A change here is a change of the
 # architecture; update it deliberately.
 PINNED_PARAMETERS = {
-    "SETR-Naive-B16": 86_842_148,
-    "SETR-PUP-B16": 90_386_989,
+    "SETR-Naive-B16": 86_843_684,
+    "SETR-PUP-B16": 96_679_981,
     "SETR-MLA-B16": 91_016_457,
-    "SETR-Naive-L16": 304_689_188,
-    "SETR-PUP-L16": 308_824_365,
+    "SETR-Naive-L16": 304_691_236,
+    "SETR-PUP-L16": 317_215_021,
     "SETR-MLA-L16": 308_863_497,
-    "SETR-Naive-S": 21_990_820,
-    "SETR-PUP-S": 22_878_509,
+    "SETR-Naive-S": 21_991_588,
+    "SETR-PUP-S": 24_452_141,
     "SETR-MLA-S": 23_045_769,
     "SegFormer-B0": 3_713_321,
     "SegFormer-B1": 13_673_289,
@@ -35,8 +35,8 @@ PINNED_PARAMETERS = {
     "SegFormer-B3": 47_223_113,
     "SegFormer-B4": 63_993_673,
     "SegFormer-B5": 84_593_993,
-    "BiSeNet-R18": 13_376_347,
-    "BiSeNet-R18-Small": 3_349_947,
+    "BiSeNet-R18": 13_409_307,
+    "BiSeNet-R18-Small": 3_358_235,
     "TopFormer-Tiny": 1_371_177,
     "TopFormer-Small": 3_007_161,
     "TopFormer-Base": 5_026_121,
@@ -107,14 +107,15 @@ def test_parameter_count_is_pinned(name):
 
 
 def test_setr_encoders_are_vit_b16_and_vit_l16():
-    # timm's ViT-B/16 classifier at 224 has 86,567,656 parameters; without the 1000-class head (769,000), the class
-    # token and its position row (768 each) and the final LayerNorm (1,536) it is 85,795,584. ViT-L/16: 304,326,632
-    # less 1,025,000, 2 x 1,024 and 2,048.
-    for decoder in ("Naive", "PUP", "MLA"):
+    # timm's ViT-B/16 classifier at 224 has 86,567,656 parameters; without the 1000-class head (769,000) and the
+    # final LayerNorm (1,536) it is 85,797,120 (Naive/PUP keep the class token, as the official SETR); MLA's official
+    # backbone drops the class token, so medseg's MLA has neither it nor its position row (768 each): 85,795,584.
+    # ViT-L/16: 304,326,632 less 1,025,000 and 2,048 (less 2 x 1,024 more for MLA).
+    for decoder, class_token in (("Naive", True), ("PUP", True), ("MLA", False)):
         base = build_on_meta(f"SETR-{decoder}-B16", img_size=224, in_channels=3)
-        assert count(base.encoder) == 85_795_584
+        assert count(base.encoder) == 85_795_584 + class_token * 2 * 768
         large = build_on_meta(f"SETR-{decoder}-L16", img_size=224, in_channels=3)
-        assert count(large.encoder) == 303_297_536
+        assert count(large.encoder) == 303_297_536 + class_token * 2 * 1024
     # MLA taps the quarter points: 6/12/18/24 of ViT-L, 3/6/9/12 of ViT-B.
     assert build_on_meta("SETR-MLA-L16").mla_layers == (6, 12, 18, 24)
     assert build_on_meta("SETR-MLA-B16").mla_layers == (3, 6, 9, 12)
@@ -192,8 +193,10 @@ def test_setr_resizes_its_position_embedding_for_other_inputs():
 def test_wrong_size_and_unknown_override_are_config_errors():
     with pytest.raises(ConfigError, match="multiple of 32"):
         create("TopFormer-Tiny", NUM_CLASSES, 240)
-    for name in ("SETR-PUP-S", "SegFormer-B0", "BiSeNet-R18", "TopFormer-Tiny", "UNet"):
-        with pytest.raises(ConfigError, match="no_such_option"):
+    # One check for every builder: the same error type and message form, naming the model and the option.
+    for name in ("SETR-PUP-S", "SegFormer-B0", "BiSeNet-R18", "TopFormer-Tiny", "UNet", "R50-ViT-B_16",
+                 "DS-TransUNet-Tiny"):
+        with pytest.raises(ConfigError, match=r"^model .*: unknown option\(s\) 'no_such_option' \(known: "):
             build_on_meta(name, no_such_option=1)
     with pytest.raises(ConfigError, match="mla_layers"):
         build_on_meta("SETR-MLA-S", mla_layers=(3, 6))

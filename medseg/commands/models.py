@@ -42,6 +42,31 @@ def count_parameters(name: str, num_classes: int = TABLE_NUM_CLASSES, img_size: 
     return None
 
 
+def official_comparison(name: str) -> "dict | None":
+    """The variant's count in its official implementation beside medseg's at the same configuration, or None.
+
+    medseg's count is taken at the official configuration (classes, channels, input size), restricted to the
+    backbone where only the official backbone was counted; ``not_built`` is what the official model has and medseg
+    builds no counterpart for (see :class:`medseg.models.registry.OfficialCount`).
+    """
+    import torch
+
+    from medseg.models.registry import create, get_spec
+
+    official = get_spec(name).official
+    if official is None:
+        return None
+    with torch.device("meta"), torch.no_grad():
+        model = create(name, num_classes=official.num_classes, img_size=official.img_size,
+                       in_channels=official.in_channels)
+    ours = sum(p.numel() for key, p in model.named_parameters()
+               if not official.counted or key.startswith(official.counted))
+    return {"parameters": official.parameters, "medseg": ours, "not_built": official.not_built,
+            "equal": ours + official.not_built == official.parameters, "scope": official.scope,
+            "num_classes": official.num_classes, "in_channels": official.in_channels,
+            "img_size": official.img_size, "source": official.source}
+
+
 def model_rows(family: "str | None" = None) -> list[dict]:
     """One dict per registered variant (optionally of one family), in the registry's order."""
     from medseg.models.registry import list_models
@@ -57,6 +82,7 @@ def model_rows(family: "str | None" = None) -> list[dict]:
             "img_size": spec.default_img_size,
             "img_size_multiple": spec.img_size_multiple,
             "published": spec.published,
+            "official": official_comparison(spec.name),
             "description": spec.description,
         })
     return rows
@@ -64,14 +90,21 @@ def model_rows(family: "str | None" = None) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """The rows as an aligned text table."""
-    header = ["name", "family", "parameters", "input", "kind", "description"]
+    header = ["name", "family", "parameters", "official code", "input", "kind", "description"]
     lines = [header]
     for row in rows:
         parameters = f"{row['parameters']:,}" if row["parameters"] is not None else "?"
+        official = row.get("official")
+        official_text = "-"
+        if official:
+            official_text = (f"{official['parameters']:,} {'=' if official['equal'] else '!='} "
+                             f"({official['num_classes']} cls, {official['in_channels']} ch"
+                             f"{', backbone' if official['scope'] == 'backbone' else ''})")
         lines.append([
             row["name"],
             row["family"],
             parameters,
+            official_text,
             f"{row['img_size']}x{row['img_size']}",
             "published" if row["published"] else "small",
             row["description"],
@@ -101,5 +134,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
         print(f"\nparameters at the listed input size with {TABLE_NUM_CLASSES} classes; "
-              "any multiple of the variant's size step works as input (img_size).")
+              "any multiple of the variant's size step works as input (img_size).\n"
+              "official code: the official implementation's count at its published configuration (classes, "
+              "channels); '=' means medseg built the same way has exactly that many,\nplus the official "
+              "parameters medseg does not build (unused mmseg conv_seg heads, conv biases folded into BatchNorm).")
     return 0

@@ -28,7 +28,11 @@ def add_arguments(parser) -> None:
                         help="validate on the held-out (test-split) cases every N epochs, keep best.pt (0 = off)")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on CUDA only)")
-    parser.add_argument("--pretrained", help="ImageNet ViT .npz for TransUNet models (R50+ViT-B_16.npz)")
+    parser.add_argument("--pretrained", metavar="FILE",
+                        help="the family's official ImageNet weights: TransUNet R50+ViT-B_16.npz; DS-TransUNet "
+                             "Swin-B and Swin-T .pth (two files, fine first: 'swin_b.pth,swin_t.pth'); SegFormer "
+                             "mit_b*.pth or a Hugging Face folder; SETR timm ViT .pth/.npz; BiSeNet torchvision "
+                             "resnet18 .pth; TopFormer topformer-{T,S,B}-224 .pth (see 'medseg models')")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--drop-empty", action="store_true", default=None,
                         help="train only on slices that hold an organ (the recipe uses all slices)")

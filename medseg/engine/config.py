@@ -82,7 +82,8 @@ class TrainConfig:
         data: slice cache folder written by ``medseg prepare`` (training split = ``train`` cases).
         out: run folder: ``last.pt``, ``best.pt``, ``metrics.csv``, ``config.json``, ``train.log``.
         model_options: architecture overrides passed to :func:`medseg.models.create` (e.g. ``hidden_size``).
-        pretrained: optional ImageNet ViT ``.npz`` (TransUNet family) loaded before training.
+        pretrained: optional official ImageNet weights loaded before training, any family (see
+            :func:`medseg.models.pretrained.load_pretrained`).
         img_size: model input height and width in pixels.
         batch_size: slices per optimiser step over all processes together (the recipe's 24); under torchrun
             each of the N processes takes ``batch_size / N`` slices, so the schedule does not depend on N.

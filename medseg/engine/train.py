@@ -406,8 +406,6 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
     torch.manual_seed(config.seed)
     model = create(config.model, num_classes=label_set.num_classes, img_size=config.img_size, in_channels=1,
                    **config.model_options)
-    if config.pretrained:
-        _load_pretrained(model, spec.family, config.pretrained)
     model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -419,6 +417,8 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
     # ---- where to start
     if context.is_main:
         log_files.append(_attach_log_file(run_dir))
+    if config.pretrained:  # after the log file is attached, so that the load report goes to train.log
+        _load_pretrained(model, spec.family, config.pretrained)
     epoch, batch_in_epoch, iteration = 0, 0, 0
     best_dice, val_history, elapsed_before = None, [], 0.0
     resumed_state = None
@@ -671,12 +671,11 @@ def _python_state():
 
 
 def _load_pretrained(model: torch.nn.Module, family: str, path: str) -> None:
-    if family != "transunet":
-        raise ConfigError(f"pretrained: ImageNet npz weights apply to TransUNet models, not the {family} family")
-    from medseg.models.pretrained import load_vit_npz
+    """The family's official ImageNet weights into ``model``; the report (loaded, resized, missing, unexpected)
+    goes to the log, hence to ``train.log``."""
+    from medseg.models.pretrained import load_pretrained
 
-    report = load_vit_npz(model, path)
-    log.info(report.summary())
+    load_pretrained(model, family, path)
 
 
 def _tensorboard_writer(run_dir: Path, wanted: bool):

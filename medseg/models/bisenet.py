@@ -5,9 +5,10 @@ Context path: ResNet-18 (stem takes ``in_channels``); the global context (global
 1x1 conv to 128) is added to the attention-refined 1/32 stage; attention refinement modules (3x3 conv to 128, then
 channel attention: global pool, 1x1 conv, BN, sigmoid) refine the 1/32 and 1/16 stages; each level is upsampled x2,
 smoothed with a 3x3 conv and added to the next, ending at 1/8 with 128 channels.
-Feature fusion module: concatenation (256), 1x1 conv + BN + ReLU, then ``x + x * attention`` with a squeeze-excite
-style attention (global pool, 1x1 conv to 64, ReLU, 1x1 conv to 256, sigmoid).
-Heads: main head on the fused 1/8 feature (3x3 conv 256 + BN + ReLU, 1x1 conv to the classes); two auxiliary heads
+Feature fusion module: concatenation (256), 1x1 conv + BN + ReLU, then ``x + x * attention`` with the official
+channel attention (global pool, 1x1 conv 256->256 without bias, BN, sigmoid).
+Heads: main head on the fused 1/8 feature (3x3 conv 256 + BN + ReLU, 1x1 conv to the classes, no dropout, as the
+official code); two auxiliary heads
 (3x3 conv 64 + BN + ReLU, 1x1 conv) on the context path's 1/8 and 1/16 features, used in training only, as the paper
 supervises the context path. The paper's joint loss weights every auxiliary loss with alpha = 1, so
 ``aux_loss_weights = (1.0, 1.0, 1.0)``.
@@ -16,16 +17,25 @@ In training mode the forward returns ``(main, aux_1/8, aux_1/16)``, all ``(B, N,
 Inputs must be multiples of 32.
 
 Variants (1 input channel, 9 classes):
-    ``BiSeNet-R18``        ResNet-18 context path (64-512 channels): 13.38M parameters.
-    ``BiSeNet-R18-Small``  every width halved: 3.35M parameters; not published, for tests and CPU demos.
+    ``BiSeNet-R18``        ResNet-18 context path (64-512 channels): 13.41M parameters (with 3 channels:
+                           13,421,851, the official ``BiSeNetV1(9)``'s count).
+    ``BiSeNet-R18-Small``  every width halved: 3.36M parameters; not published, for tests and CPU demos.
+
+The module names differ from the official ones; :func:`from_official` maps a CoinCheung checkpoint onto this model
+(parity with the official outputs, main and both auxiliary heads: ``tests/test_zoo_parity.py``).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.models.registry import register_model
+from medseg.models.options import check_options, constructor_options
+from medseg.models.pretrained import (PretrainedReport, adapt_first_kernel, copy_weights, read_weights,
+                                      register_official_converter, register_pretrained_loader, rename_keys)
+from medseg.models.registry import OfficialCount, register_model
 
 
 class ConvBNReLU(nn.Sequential):
@@ -158,16 +168,19 @@ class SpatialPath(nn.Module):
 
 
 class FeatureFusion(nn.Module):
-    """FFM: ``(B, c1, h, w)`` and ``(B, c2, h, w)`` -> ``(B, out_channels, h, w)``."""
+    """FFM: ``(B, c1, h, w)`` and ``(B, c2, h, w)`` -> ``(B, out_channels, h, w)``.
 
-    def __init__(self, in_channels: int, out_channels: int, reduction: int = 4):
+    Concatenation, 1x1 conv + BN + ReLU, then ``x + x * attention`` with the channel attention of the official
+    implementation (CoinCheung/BiSeNet): global average pool, 1x1 conv (no bias, ``out -> out``), BN, sigmoid.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = ConvBNReLU(in_channels, out_channels, 1)
         self.attention = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(out_channels, out_channels // reduction, 1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels // reduction, out_channels, 1),
+            nn.Conv2d(out_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
             nn.Sigmoid(),
         )
 
@@ -177,12 +190,12 @@ class FeatureFusion(nn.Module):
 
 
 class SegHead(nn.Sequential):
-    """3x3 conv + BN + ReLU then a 1x1 classifier: ``(B, in, h, w)`` -> ``(B, num_classes, h, w)``."""
+    """3x3 conv + BN + ReLU then a 1x1 classifier (with bias; no dropout, as the official ``BiSeNetOutput``):
+    ``(B, in, h, w)`` -> ``(B, num_classes, h, w)``."""
 
-    def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1):
+    def __init__(self, in_channels: int, mid_channels: int, num_classes: int):
         super().__init__(
             ConvBNReLU(in_channels, mid_channels, 3),
-            nn.Dropout(dropout),
             nn.Conv2d(mid_channels, num_classes, 1),
         )
 
@@ -227,9 +240,12 @@ class BiSeNet(nn.Module):
 
 
 @register_model("BiSeNet-R18", family="bisenet", default_img_size=1024, published=True, img_size_multiple=32,
+                official=OfficialCount(13_421_851, 9, 3, 1024,
+                                       source="CoinCheung/BiSeNet BiSeNetV1(9, aux_mode='train')"),
                 description="BiSeNet v1, ResNet-18 context path, spatial path, ARMs, FFM, two auxiliary heads")
 def build_bisenet_r18(num_classes: int, img_size: int = 1024, in_channels: int = 1, **overrides) -> BiSeNet:
     """BiSeNet v1 with the standard ResNet-18 context path; ``overrides`` are :class:`BiSeNet` arguments."""
+    check_options("BiSeNet-R18", overrides, constructor_options(BiSeNet))
     return BiSeNet(num_classes, in_channels, **overrides)
 
 
@@ -237,6 +253,80 @@ def build_bisenet_r18(num_classes: int, img_size: int = 1024, in_channels: int =
                 description="BiSeNet v1 at half width (ResNet-18 32-256 channels), for tests and CPU demos")
 def build_bisenet_r18_small(num_classes: int, img_size: int = 1024, in_channels: int = 1, **overrides) -> BiSeNet:
     """Half-width BiSeNet v1; ``overrides`` are :class:`BiSeNet` arguments."""
+    check_options("BiSeNet-R18-Small", overrides, constructor_options(BiSeNet))
     config = {"base_width": 32, "context_channels": 64, "spatial_width": 32}
     config.update(overrides)
     return BiSeNet(num_classes, in_channels, **config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official checkpoints (CoinCheung/BiSeNet) and torchvision's ImageNet ResNet-18
+# ----------------------------------------------------------------------------------------------------------------
+# torchvision ResNet-18 names (also CoinCheung's ``Resnet18``) -> medseg's ResNet18.
+_RESNET_RULES: list[tuple[str, str | None]] = [
+    (r"conv1\.weight", "stem.0.weight"),
+    (r"bn1\.(.*)", r"stem.1.\1"),
+    (r"(layer[1-4]\.[01])\.(conv1|bn1|conv2|bn2)\.(.*)", r"\1.\2.\3"),
+    (r"(layer[1-4]\.[01])\.downsample\.([01])\.(.*)", r"\1.shortcut.\2.\3"),
+    (r"fc\..*", None),  # the ImageNet classifier
+]
+
+
+def _conv_bn(official: str, ours: str) -> list[tuple[str, str]]:
+    """Rules for an official ``ConvBNReLU`` (``.conv`` + ``.bn``) onto a medseg one (indices 0 and 1)."""
+    return [(rf"{official}\.conv\.(.*)", rf"{ours}.0.\1"), (rf"{official}\.bn\.(.*)", rf"{ours}.1.\1")]
+
+
+def _official_rules() -> list[tuple[str, str | None]]:
+    rules = [(rf"cp\.resnet\.{pattern}", None if target is None else f"context_path.backbone.{target}")
+             for pattern, target in _RESNET_RULES]
+    for arm in ("arm16", "arm32"):
+        rules += _conv_bn(rf"cp\.{arm}\.conv", f"context_path.{arm}.conv")
+        rules += [(rf"cp\.{arm}\.conv_atten\.(.*)", rf"context_path.{arm}.attention.1.\1"),
+                  (rf"cp\.{arm}\.bn_atten\.(.*)", rf"context_path.{arm}.attention.2.\1")]
+    rules += _conv_bn(r"cp\.conv_head32", "context_path.refine32")
+    rules += _conv_bn(r"cp\.conv_head16", "context_path.refine16")
+    rules += _conv_bn(r"cp\.conv_avg", "context_path.global_context.1")
+    for index, name in enumerate(("conv1", "conv2", "conv3", "conv_out")):
+        rules += _conv_bn(rf"sp\.{name}", f"spatial_path.layers.{index}")
+    rules += _conv_bn(r"ffm\.convblk", "fusion.conv")
+    rules += [(r"ffm\.conv\.(.*)", r"fusion.attention.1.\1"), (r"ffm\.bn\.(.*)", r"fusion.attention.2.\1")]
+    for official, ours in (("conv_out", "head"), ("conv_out16", "aux_heads.0"), ("conv_out32", "aux_heads.1")):
+        rules += _conv_bn(rf"{official}\.conv", f"{ours}.0")
+        rules += [(rf"{official}\.conv_out\.(.*)", rf"{ours}.1.\1")]
+    return rules
+
+
+def from_official(state_dict: dict[str, torch.Tensor], model: BiSeNet) -> dict[str, torch.Tensor] | None:
+    """An official BiSeNet v1 (CoinCheung) state_dict in ``model``'s keys, or None if it does not look official.
+
+    A checkpoint saved with ``aux_mode='eval'`` lacks the auxiliary heads (``conv_out16``/``conv_out32``): build
+    the model with ``aux_heads=False`` to load it strictly.
+    """
+    if "cp.resnet.conv1.weight" not in state_dict:
+        return None
+    renamed, _ = rename_keys(state_dict, _official_rules())
+    return renamed
+
+
+def load_resnet18_imagenet(model: BiSeNet, path) -> PretrainedReport:
+    """torchvision's ImageNet ResNet-18 (``resnet18-*.pth``, a plain state_dict) into the context path, as the
+    official ``Resnet18.init_weight`` does (everything but ``fc``).
+
+    Files with or without ``num_batches_tracked`` both load. 1-channel CT: ``conv1`` is summed over RGB (exactly
+    the RGB network on the grey image repeated to three channels). The spatial path, ARMs, fusion and heads keep
+    their initialisation.
+    """
+    report = PretrainedReport(source=Path(path).name, family="bisenet")
+    state = read_weights(path, "torchvision ResNet-18 checkpoint")
+    rules = [(pattern, None if target is None else f"context_path.backbone.{target}")
+             for pattern, target in _RESNET_RULES]
+    renamed, report.unexpected = rename_keys(state, rules)
+    adapt_first_kernel(renamed, "context_path.backbone.stem.0.weight", model.context_path.backbone.stem[0].in_channels,
+                       report)
+    copy_weights(model, renamed, report, prefix="context_path.backbone.", what="torchvision ResNet-18 checkpoint")
+    return report
+
+
+register_official_converter("bisenet", from_official)
+register_pretrained_loader("bisenet", load_resnet18_imagenet)

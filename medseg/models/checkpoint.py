@@ -302,8 +302,12 @@ def load_checkpoint(
         except ConfigError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         state_dict = strip_wrapper_prefix(state_dict)
+        official = _official_layout(name, spec.family, state_dict)  # an official codebase's checkpoint, renamed
+        if official is not None and in_channels is None:
+            in_channels = _infer_in_channels(name, official)
         config = {
-            "num_classes": num_classes if num_classes is not None else _infer_num_classes(path, name, state_dict),
+            "num_classes": num_classes if num_classes is not None else
+            _infer_num_classes(path, name, official if official is not None else state_dict),
             "img_size": img_size if img_size is not None else spec.default_img_size,
             "in_channels": in_channels if in_channels is not None else 1,
             "overrides": {},
@@ -316,6 +320,11 @@ def load_checkpoint(
                        in_channels=config["in_channels"], **config.get("overrides", {}))
     except MedsegError as exc:
         raise CheckpointError(f"{path}: cannot build {name} ({exc})") from None
+    if info.kind != "medseg" and official is not None:
+        from medseg.models.pretrained import convert_official
+
+        state_dict = convert_official(get_spec(name).family, state_dict, model)
+        logger.info("%s: official %s checkpoint, keys mapped to medseg's", path, get_spec(name).family)
     load_model_weights(model, state_dict, source=str(path), hint_img_size=img_size is None)
     if isinstance(map_location, (str, torch.device)):
         model = model.to(map_location)
@@ -477,6 +486,40 @@ def _meta_shapes(model_name: str, config: dict) -> "dict | None":
         logger.debug("cannot build %s on the meta device (%s); shapes not checked", model_name, exc)
         return None
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _official_layout(model_name: str, family: str, state_dict: dict) -> "dict | None":
+    """``state_dict`` renamed by the family's official key map when it is an official codebase's checkpoint.
+
+    The key maps (one per family, beside each model) turn e.g. a CoinCheung BiSeNet or an mmseg SETR checkpoint
+    into medseg's keys; None when the family has none or the keys are not the official ones. Renaming needs only
+    the model's structure, so a meta-device build serves.
+    """
+    from medseg.models.pretrained import convert_official
+    from medseg.models.registry import create, get_spec
+
+    try:
+        with torch.device("meta"):
+            model = create(model_name, num_classes=2, img_size=get_spec(model_name).default_img_size, in_channels=1)
+    except Exception as exc:  # cannot build on meta: no official mapping attempted
+        logger.debug("cannot build %s on the meta device (%s)", model_name, exc)
+        return None
+    if set(state_dict) <= set(model.state_dict()):
+        return None
+    return convert_official(family, state_dict, model)
+
+
+def _infer_in_channels(model_name: str, state_dict: dict) -> "int | None":
+    """Image channels of a state_dict: read from the first tensor whose shape depends on them (None if none does,
+    e.g. models that repeat a grey image to RGB themselves)."""
+    one = _meta_shapes(model_name, {"num_classes": 2, "img_size": 64 * 7, "in_channels": 1, "overrides": {}})
+    three = _meta_shapes(model_name, {"num_classes": 2, "img_size": 64 * 7, "in_channels": 3, "overrides": {}})
+    if one is None or three is None:
+        return None
+    for key, shape in one.items():
+        if three.get(key) != shape and key in state_dict and len(shape) > 1:
+            return int(state_dict[key].shape[1])
+    return None
 
 
 def _infer_num_classes(path: Path, model_name: str, state_dict: dict) -> int:

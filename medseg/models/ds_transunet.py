@@ -11,12 +11,20 @@ Architecture (the facts are in ``shared/reference/README.md``; the code is medse
                -> two conv stages with CNN stem skips (H/2, H) -> main head
       deep supervision: one head on S3 (bottleneck) and one on the H/4 decoder output
 
-In training mode the forward returns ``(main, aux_bottleneck, aux_quarter)``, all bilinearly upsampled to the input
-size and weighted ``aux_loss_weights = (0.6, 0.2, 0.2)``; in eval mode only the main logits.
+In training mode the forward returns ``(main, aux_bottleneck, aux_quarter)``, all at the input size and weighted
+``aux_loss_weights = (0.6, 0.2, 0.2)``; in eval mode only the main logits. The two deep-supervision heads are the
+reference's ``loss1``/``loss2``: 1x1 conv, ReLU, nearest upsampling (option ``aux_head_style="linear"``: no ReLU,
+bilinear, medseg's earlier heads).
 
 The Swin encoders keep the official Swin module layout (``patch_embed``, ``layers.{i}.blocks.{j}``,
 ``layers.{i}.downsample``) and are built from MONAI's ``PatchEmbed``, ``SwinTransformerBlock`` and
-``PatchMerging`` (2D), so :func:`load_swin_imagenet` maps official ImageNet checkpoints almost key for key.
+``PatchMerging`` (2D), so :func:`load_swin_imagenet` maps official ImageNet checkpoints almost key for key, and
+:func:`from_official` maps a checkpoint of the reference code (``lib/DS_TransUNet.py``) onto this model.
+
+Parity: with the reference's weights (key map :func:`from_official`) the outputs, main and auxiliary, equal the
+reference's at 64 px within 1e-4 (``tests/test_zoo_parity.py``; the reference's 512 px output matched to a
+relative 7e-7 before). This needs the official Swin behaviour on small grids, which MONAI's block does not have
+(see :class:`OfficialSwinBlock` and rule 3).
 
 Input sizes (why the reference needs multiples of 64, and why this one does not)
 --------------------------------------------------------------------------------
@@ -28,10 +36,11 @@ by design, with three rules that keep every grid cell in place (all padding is a
    backbone), so the coarse grids at 224 are 28, 14, 7, 4: coarse cell ``i`` always covers fine cells ``2i, 2i+1``.
 2. The fusion upsamples the coarse map x2 and crops it to the fine map's size (8 -> 7 at 224). Because of rule 1
    the crop only removes the padded half-cell; it is exact alignment, not a resize.
-3. Inside a Swin stage a grid that is not a multiple of the window is padded to one (MONAI's block pads after its
-   first norm, as the official Swin segmentation backbone does). A grid smaller than one window (the coarse 4x4 at
-   224, anything small at low resolution) is first zero-padded to a full window: MONAI would otherwise shrink the
-   window to the grid and index the 7x7 relative-position table as if the window were 7 wide.
+3. Inside a Swin block the grid is padded (bottom/right) to a multiple of the window after the block's first norm,
+   the window stays 7x7 and odd blocks keep the half-window shift with the mask of the padded grid, at every grid
+   size: the rule of the official Swin block, which the reference applies at every size it can run (its 64 px run
+   has grids of 4, 2 and 1). At 224, which the reference cannot run, the same rule applies to the coarse 4x4 and
+   the 7x7 grids. (MONAI's block would shrink the window to the grid and drop the shift there.)
 
 The fine branch and the decoder need whole grids at H/32, so any multiple of 32 works (224, 256, 512, ...). The
 model has no position embeddings, so the ``img_size`` it was built for is informative only.
@@ -43,30 +52,35 @@ has 171,450,825 parameters for 9 classes (:func:`parameter_breakdown`): fine enc
 backbone without its classifier, 86,743,224, plus three per-stage output norms), coarse encoder 27,534,522 (Swin-T
 without classifier, 27,519,354, plus per-stage norms, plus 13,824 for the 8x8 instead of 4x4 patch kernel), TIF
 4,516,896, conv fusion 34,479,360, decoder, stem and heads 18,175,031 (1,187 of them per class). That is the
-paper's "about 171M". The layers follow the reference design one for one, but the reference code only builds on
-a GPU, so an exact match with its own count is not checked. Small variants (``-S``, ``-Tiny``) keep the design
-with narrow widths and depths 2/2/2/2, for tests and CPU demos.
+reference code's own count (``UNet(128, 9)``: 171,450,825; its 840 state_dict entries map one for one) and the
+paper's "about 171M". Small variants (``-S``, ``-Tiny``) keep the design with narrow widths and depths 2/2/2/2,
+for tests and CPU demos.
 
-Departures from the reference code, on purpose: the deep-supervision heads have no ReLU on their logits and are
-upsampled bilinearly (the reference clamps them at zero and upsamples nearest); the TIF attention uses
-``torch.nn.functional.scaled_dot_product_attention`` (same maths, less memory at 512).
+Departures from the reference code: the input-size rules 1-2 above (the reference fails at 224); the TIF attention
+uses ``torch.nn.functional.scaled_dot_product_attention`` (same maths, less memory at 512); 1-channel input is
+repeated to 3 channels before both encoders and the CNN stem (the reference only runs 3-channel input).
 """
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import PatchEmbed
-from monai.networks.nets.swin_unetr import PatchMerging, SwinTransformerBlock, compute_mask, get_window_size
+from monai.networks.nets.swin_unetr import (PatchMerging, SwinTransformerBlock, compute_mask, window_partition,
+                                            window_reverse)
 
 from medseg.errors import CheckpointError, ConfigError
-from medseg.models.registry import register_model
+from medseg.models.layers import TransformerLayer
+from medseg.models.pretrained import (PretrainedReport, copy_weights, read_weights, register_official_converter,
+                                      register_pretrained_loader, rename_keys)
+from medseg.models.options import check_options, dataclass_options
+from medseg.models.registry import OfficialCount, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +88,9 @@ __all__ = [
     "DSTransUNet",
     "DSTransUNetConfig",
     "SwinEncoder",
-    "SwinLoadReport",
     "TransformerInteractiveFusion",
+    "from_official",
+    "load_ds_transunet_imagenet",
     "load_swin_imagenet",
     "parameter_breakdown",
 ]
@@ -109,6 +124,9 @@ class DSTransUNetConfig:
         fine_drop_path, coarse_drop_path, decoder_drop_path: stochastic-depth rate of the last block of each
             Swin stack (rising linearly from 0, as in Swin).
         gradient_checkpointing: recompute Swin blocks in the backward pass to save memory (GPU, 512 px).
+        aux_head_style: ``"official"`` (default): the deep-supervision logits pass a ReLU and are upsampled
+            nearest, as the reference's ``loss1``/``loss2``; ``"linear"``: no ReLU, bilinear upsampling (medseg's
+            earlier heads, which let the auxiliary logits go negative).
     """
 
     fine_embed_dim: int = 128
@@ -134,9 +152,12 @@ class DSTransUNetConfig:
     coarse_drop_path: float = 0.2
     decoder_drop_path: float = 0.2
     gradient_checkpointing: bool = False
+    aux_head_style: str = "official"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first inconsistent field."""
+        if self.aux_head_style not in ("official", "linear"):
+            raise ConfigError(f"aux_head_style: 'official' or 'linear', got {self.aux_head_style!r}")
         for branch in ("fine", "coarse"):
             embed = getattr(self, f"{branch}_embed_dim")
             depths = getattr(self, f"{branch}_depths")
@@ -232,6 +253,36 @@ def _init_transformer_weights(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Swin encoder (MONAI blocks, official Swin layout)
 # ----------------------------------------------------------------------------------------------------------------
+class OfficialSwinBlock(SwinTransformerBlock):
+    """MONAI's 2D Swin block with the official Swin behaviour on small grids.
+
+    MONAI shrinks the window to the grid and turns the shift off when a grid is not larger than the window. The
+    official Swin block (the segmentation backbone DS-TransUNet uses) never does: after its first LayerNorm it pads
+    the grid (bottom/right) to a multiple of the window, keeps the full window and, in odd blocks, the half-window
+    shift, with the attention mask of the padded grid. This block does the same, at every grid size; MONAI's
+    parameters and key names are unchanged. Input and output: channels-last tokens (B, H, W, C).
+    """
+
+    def forward_part1(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
+        _, height, width, channels = x.shape
+        window = tuple(self.window_size)
+        shift = tuple(self.shift_size)
+        x = self.norm1(x)
+        pad_b = (window[0] - height % window[0]) % window[0]
+        pad_r = (window[1] - width % window[1]) % window[1]
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # pad tokens come after the norm, as in the official block
+        _, padded_h, padded_w, _ = x.shape
+        shifted = any(size > 0 for size in shift)
+        if shifted:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        windows = window_partition(x, window)  # (B * nW, window_h * window_w, C)
+        attended = self.attn(windows, mask=mask_matrix if shifted else None)
+        x = window_reverse(attended.view(-1, *window, channels), window, [x.shape[0], padded_h, padded_w])
+        if shifted:
+            x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return x[:, :height, :width].contiguous()
+
+
 class SwinStage(nn.Module):
     """One Swin stage: ``depth`` MONAI Swin blocks, every second one shifted by half a window, and optionally the
     patch merging that feeds the next stage (kept here, as ``downsample``, to match the official key layout).
@@ -247,7 +298,7 @@ class SwinStage(nn.Module):
         window = (window_size, window_size)
         shift = (window_size // 2, window_size // 2)
         self.blocks = nn.ModuleList([
-            SwinTransformerBlock(dim=dim, num_heads=num_heads, window_size=window,
+            OfficialSwinBlock(dim=dim, num_heads=num_heads, window_size=window,
                                  shift_size=(0, 0) if j % 2 == 0 else shift, mlp_ratio=mlp_ratio, qkv_bias=True,
                                  drop_path=drop_path[j], use_checkpoint=use_checkpoint)
             for j in range(depth)
@@ -255,23 +306,18 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim=dim, norm_layer=nn.LayerNorm, spatial_dims=2) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) tokens -> (B, H, W, C) tokens after all blocks of the stage."""
-        height, width = x.shape[1], x.shape[2]
-        # A grid smaller than one window is zero-padded (bottom/right) to a full window, so every block attends
-        # over true 7x7 windows; larger grids are padded to a multiple of the window inside MONAI's block.
-        pad_h = max(self.window_size - height, 0)
-        pad_w = max(self.window_size - width, 0)
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        grid = (x.shape[1], x.shape[2])
-        window, shift = get_window_size(grid, (self.window_size,) * 2, (self.window_size // 2,) * 2)
-        mask = None
-        if any(s > 0 for s in shift):
-            padded = [math.ceil(size / w) * w for size, w in zip(grid, window)]
-            mask = compute_mask(padded, window, shift, x.device)
+        """(B, H, W, C) tokens -> (B, H, W, C) tokens after all blocks of the stage.
+
+        Each block pads the grid to a multiple of the window after its first norm (:class:`OfficialSwinBlock`);
+        the mask of the shifted blocks is computed for that padded grid, as the official ``BasicLayer`` does.
+        """
+        window = (self.window_size, self.window_size)
+        shift = (self.window_size // 2, self.window_size // 2)
+        padded = [math.ceil(size / self.window_size) * self.window_size for size in (x.shape[1], x.shape[2])]
+        mask = compute_mask(padded, window, shift, x.device) if self.window_size > 1 else None
         for block in self.blocks:
             x = block(x, mask)
-        return x[:, :height, :width].contiguous()
+        return x
 
 
 class SwinEncoder(nn.Module):
@@ -316,33 +362,6 @@ class SwinEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Transformer Interactive Fusion
 # ----------------------------------------------------------------------------------------------------------------
-class GlobalTransformerLayer(nn.Module):
-    """Pre-norm transformer layer with global multi-head self-attention over all tokens: (B, N, dim) -> (B, N, dim).
-
-    The attention width ``heads * head_dim`` may differ from ``dim`` (the reference keeps it small).
-    """
-
-    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.head_dim = head_dim
-        inner = heads * head_dim
-        self.attn_norm = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.attn_out = nn.Linear(inner, dim)
-        self.mlp_norm = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(self.attn_norm(x)).reshape(batch, tokens, 3, self.heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
-        attended = attended.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim)
-        x = x + self.attn_out(attended)
-        return x + self.mlp(self.mlp_norm(x))
-
-
 class TransformerInteractiveFusion(nn.Module):
     """TIF at one scale: each branch receives a one-token summary of the other branch.
 
@@ -357,10 +376,12 @@ class TransformerInteractiveFusion(nn.Module):
         self.coarse_summary_norm = nn.LayerNorm(coarse_dim)
         self.fine_to_coarse = nn.Linear(fine_dim, coarse_dim)
         self.coarse_to_fine = nn.Linear(coarse_dim, fine_dim)
-        self.fine_layer = GlobalTransformerLayer(fine_dim, config.tif_fine_heads, config.tif_fine_head_dim,
-                                                 config.tif_fine_mlp_dim)
-        self.coarse_layer = GlobalTransformerLayer(coarse_dim, config.tif_coarse_heads, config.tif_coarse_head_dim,
-                                                   config.tif_coarse_mlp_dim)
+        # One pre-norm global transformer layer per branch (the reference's Transformer(depth=1)): the attention
+        # width heads * head_dim differs from the branch width; no qkv bias; PyTorch's LayerNorm epsilon.
+        self.fine_layer = TransformerLayer(fine_dim, config.tif_fine_heads, config.tif_fine_mlp_dim,
+                                           head_dim=config.tif_fine_head_dim, qkv_bias=False, norm_eps=1e-5)
+        self.coarse_layer = TransformerLayer(coarse_dim, config.tif_coarse_heads, config.tif_coarse_mlp_dim,
+                                             head_dim=config.tif_coarse_head_dim, qkv_bias=False, norm_eps=1e-5)
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, fine_dim, fine_h, fine_w = fine.shape
@@ -516,10 +537,16 @@ class DSTransUNet(nn.Module):
         if not self.training:
             return logits
         size = (height, width)
-        aux_bottleneck = F.interpolate(self.aux_head_bottleneck(fused[3]), size=size, mode="bilinear",
-                                       align_corners=False)
-        aux_quarter = F.interpolate(self.aux_head_quarter(quarter), size=size, mode="bilinear", align_corners=False)
-        return logits, aux_bottleneck, aux_quarter
+        return logits, self._aux_logits(self.aux_head_bottleneck, fused[3], size), \
+            self._aux_logits(self.aux_head_quarter, quarter, size)
+
+    def _aux_logits(self, head: nn.Conv2d, feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A deep-supervision head: 1x1 conv, then (official) ReLU and nearest upsampling to ``size``, or (option
+        ``aux_head_style="linear"``) no ReLU and bilinear upsampling."""
+        logits = head(feature)
+        if self.config.aux_head_style == "official":
+            return F.interpolate(F.relu(logits), size=size, mode="nearest")
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def parameter_breakdown(model: DSTransUNet) -> dict[str, int]:
@@ -544,17 +571,14 @@ def parameter_breakdown(model: DSTransUNet) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------------------------
 def _build(base: DSTransUNetConfig, num_classes: int, img_size: int, in_channels: int, overrides: dict):
     """Apply ``overrides`` (lists become tuples, as YAML gives lists) to ``base`` and build the model."""
-    known = {f.name for f in fields(DSTransUNetConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"model DS-TransUNet: unknown override(s) {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(known))})")
+    check_options("DS-TransUNet", overrides, dataclass_options(DSTransUNetConfig))
     values = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
     return DSTransUNet(replace(base, **values), num_classes=num_classes, in_channels=in_channels, img_size=img_size)
 
 
 @register_model("DS-TransUNet-B", family="ds_transunet", default_img_size=224, published=True,
                 img_size_multiple=IMG_SIZE_MULTIPLE,
+                official=OfficialCount(171_450_825, 9, 3, 224, source="TianBaoGe/DS-TransUNet UNet(128, 9)"),
                 description="DS-TransUNet as published: Swin-B fine + Swin-T coarse encoders, TIF, ~171M parameters")
 def ds_transunet_b(num_classes: int, img_size: int = 224, in_channels: int = 1, **overrides) -> DSTransUNet:
     """The published size (Swin-B patch 4 + Swin-T patch 8 encoders, decoder width 128)."""
@@ -578,77 +602,98 @@ def ds_transunet_tiny(num_classes: int, img_size: int = 128, in_channels: int = 
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Official checkpoints (TianBaoGe/DS-TransUNet ``lib/DS_TransUNet.py``)
+# ----------------------------------------------------------------------------------------------------------------
+def _swin_rules(official: str, ours: str) -> list[tuple[str, str | None]]:
+    """Official Swin backbone keys under ``official`` -> a :class:`SwinEncoder` under ``ours``."""
+    return [
+        (rf"{official}\.(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(.*)", rf"{ours}.\1.mlp.linear1.\2"),
+        (rf"{official}\.(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(.*)", rf"{ours}.\1.mlp.linear2.\2"),
+        (rf"{official}\.(layers\.\d+\.blocks\.\d+\.attn\.relative_position_index)", None),  # rebuilt
+        (rf"{official}\.(layers\.\d+\.blocks\.\d+\.(?:norm1|norm2|attn)\..*)", rf"{ours}.\1"),
+        (rf"{official}\.(layers\.\d+\.downsample\..*)", rf"{ours}.\1"),
+        (rf"{official}\.(patch_embed\.(?:proj|norm)\..*)", rf"{ours}.\1"),
+        (rf"{official}\.norm([0-3])\.(.*)", rf"{ours}.out_norms.\1.\2"),
+    ]
+
+
+def _fusion_rules(official: str, ours: str) -> list[tuple[str, str | None]]:
+    """An official ``Cross_Att`` (``_l`` = the fine/large branch, ``_s`` = the coarse/small one) -> TIF."""
+    rules = [(rf"{official}\.norm_l\.(.*)", rf"{ours}.fine_summary_norm.\1"),
+             (rf"{official}\.norm_s\.(.*)", rf"{ours}.coarse_summary_norm.\1"),
+             (rf"{official}\.linear_l\.(.*)", rf"{ours}.fine_to_coarse.\1"),
+             (rf"{official}\.linear_s\.(.*)", rf"{ours}.coarse_to_fine.\1")]
+    for branch, layer in (("l", "fine_layer"), ("s", "coarse_layer")):
+        there = rf"{official}\.transformer_{branch}\.layers\.0"
+        rules += [(rf"{there}\.0\.norm\.(.*)", rf"{ours}.{layer}.norm1.\1"),
+                  (rf"{there}\.0\.fn\.to_qkv\.(.*)", rf"{ours}.{layer}.attn.qkv.\1"),
+                  (rf"{there}\.0\.fn\.to_out\.0\.(.*)", rf"{ours}.{layer}.attn.proj.\1"),
+                  (rf"{there}\.1\.norm\.(.*)", rf"{ours}.{layer}.norm2.\1"),
+                  (rf"{there}\.1\.fn\.net\.0\.(.*)", rf"{ours}.{layer}.mlp.fc1.\1"),
+                  (rf"{there}\.1\.fn\.net\.3\.(.*)", rf"{ours}.{layer}.mlp.fc2.\1")]
+    return rules
+
+
+def _official_rules() -> list[tuple[str, str | None]]:
+    """Key rules from the official ``UNet(128, n_class)`` state_dict to :class:`DSTransUNet`."""
+    rules = _swin_rules("encoder", "fine_encoder") + _swin_rules("encoder2", "coarse_encoder")
+    for scale in range(4):
+        rules += _fusion_rules(rf"cross_att_{scale + 1}", f"interactive_fusions.{scale}")
+        rules += [(rf"change{scale + 1}\.conv\.([0134])\.(.*)", rf"conv_fusions.{scale}.\1.\2")]
+    for stage in range(3):  # Swin decoder stages layer1..3
+        there, here = rf"layer{stage + 1}", f"swin_decoder.{stage}"
+        rules += [(rf"{there}\.up\.up\.up\.([12])\.(.*)", rf"{here}.up.\1.\2"),
+                  (rf"{there}\.up\.layer\.blocks\.(\d+)\.attn\.relative_position_index", None),
+                  (rf"{there}\.up\.layer\.blocks\.(\d+)\.mlp\.fc1\.(.*)", rf"{here}.swin.blocks.\1.mlp.linear1.\2"),
+                  (rf"{there}\.up\.layer\.blocks\.(\d+)\.mlp\.fc2\.(.*)", rf"{here}.swin.blocks.\1.mlp.linear2.\2"),
+                  (rf"{there}\.up\.layer\.blocks\.(\d+)\.(.*)", rf"{here}.swin.blocks.\1.\2"),
+                  (rf"{there}\.up\.conv_relu\.0\.(.*)", rf"{here}.reduce.0.\1"),
+                  (rf"{there}\.conv2\.0\.(.*)", rf"{here}.skip_reduce.0.\1"),
+                  (rf"{there}\.conv_relu\.0\.(.*)", rf"{here}.merge.0.\1")]
+    for stage in range(2):  # convolutional decoder stages layer4, layer5
+        there, here = rf"layer{stage + 4}", f"conv_decoder.{stage}"
+        rules += [(rf"{there}\.up\.up\.([12])\.(.*)", rf"{here}.up.\1.\2"),
+                  (rf"{there}\.conv_relu\.0\.(.*)", rf"{here}.merge.0.\1")]
+    rules += [(r"down1\.(.*)", r"stem_full.\1"),
+              (r"down2\.conv\.([1245])\.(.*)", r"stem_half.\1.\2"),
+              (r"final\.(.*)", r"head.\1"),
+              (r"loss1\.0\.(.*)", r"aux_head_bottleneck.\1"),
+              (r"loss2\.0\.(.*)", r"aux_head_quarter.\1")]
+    return rules
+
+
+def from_official(state_dict: dict[str, torch.Tensor], model: DSTransUNet) -> dict[str, torch.Tensor] | None:
+    """An official DS-TransUNet state_dict in ``model``'s keys, or None if it does not look official.
+
+    The integer ``relative_position_index`` buffers are not learned: the model's own are kept.
+    """
+    if not any(key.startswith("encoder2.") for key in state_dict):
+        return None
+    renamed, _ = rename_keys(state_dict, _official_rules())
+    own = model.state_dict()
+    renamed.update({key: value for key, value in own.items() if key.endswith("relative_position_index")})
+    return renamed
+
+
+register_official_converter("ds_transunet", from_official)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # ImageNet Swin weights
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class SwinLoadReport:
-    """What :func:`load_swin_imagenet` did.
-
-    Attributes:
-        branch: ``"fine"`` or ``"coarse"``.
-        loaded: model keys filled from the checkpoint as they were.
-        resized: model keys filled from a resized checkpoint tensor (the patch-embedding kernel).
-        skipped: ``"checkpoint key: checkpoint shape -> model shape"`` for tensors whose shape does not fit.
-        unused: checkpoint keys with no place in the encoder (classifier head, attention masks and position
-            indices that the model rebuilds, blocks beyond the model's depth).
-        missing: encoder keys the checkpoint did not fill; they keep their initial values.
-    """
-
-    branch: str
-    loaded: list[str] = field(default_factory=list)
-    resized: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line for logs."""
-        return (f"Swin ImageNet weights -> {self.branch} encoder: {len(self.loaded)} loaded, "
-                f"{len(self.resized)} resized, {len(self.skipped)} skipped (shape), {len(self.unused)} unused, "
-                f"{len(self.missing)} missing")
-
-
-def _official_to_encoder_key(key: str) -> str | None:
-    """The encoder key for an official Swin key, or None for entries the encoder has no place for."""
+def _official_to_encoder_key(key: str, final_norm: bool) -> str | None:
+    """The encoder key for an official Swin ImageNet key, or None for entries the encoder has no place for."""
     parts = key.split(".")
-    if parts[0] in ("head", "absolute_pos_embed") or parts[-1] in ("attn_mask", "relative_position_index"):
+    if parts[0] in ("head", "absolute_pos_embed") or parts[-1] in ("attn_mask", "relative_position_index",
+                                                                     "relative_coords_table"):
         return None
     if parts[0] == "norm":  # the final norm after stage 4
-        return "out_norms.3." + ".".join(parts[1:])
+        return "out_norms.3." + ".".join(parts[1:]) if final_norm else None
     if ".mlp.fc1." in key:
         return key.replace(".mlp.fc1.", ".mlp.linear1.")
     if ".mlp.fc2." in key:
         return key.replace(".mlp.fc2.", ".mlp.linear2.")
     return key
-
-
-def _read_swin_state_dict(source) -> dict[str, torch.Tensor]:
-    """A flat {key: tensor} dict from a path (loaded with ``weights_only=True``) or a mapping."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: Swin checkpoint not found")
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling refused or corrupt file
-            raise CheckpointError(f"{path}: cannot be read as a plain tensor checkpoint ({exc})") from None
-        where = str(path)
-    else:
-        where = "Swin state dict"
-    if not isinstance(source, Mapping):
-        raise CheckpointError(f"{where}: expected a dict of tensors, got {type(source).__name__}")
-    for wrapper in ("model", "state_dict"):
-        if isinstance(source.get(wrapper), Mapping):
-            source = source[wrapper]
-            break
-    state = {}
-    for key, value in source.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        state[key[len("module."):] if key.startswith("module.") else key] = value
-    if not state:
-        raise CheckpointError(f"{where}: holds no tensors")
-    return state
 
 
 def _resize_patch_kernel(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
@@ -663,60 +708,104 @@ def _resize_patch_kernel(weight: torch.Tensor, size: tuple[int, int]) -> torch.T
     return resized / (factor * factor)
 
 
-def load_swin_imagenet(model: DSTransUNet, source, branch: str, resize_patch_embed: bool = True) -> SwinLoadReport:
-    """Copy an official Swin ImageNet checkpoint onto one of the two encoders, where shapes allow.
+def load_swin_imagenet(model: DSTransUNet, source, branch: str, resize_patch_embed: bool = True,
+                       final_norm: bool = False) -> PretrainedReport:
+    """Copy an official Swin ImageNet checkpoint onto one of the two encoders.
 
     Args:
         model: a :class:`DSTransUNet`.
         source: path to an official Swin checkpoint (``swin_base_patch4_window7_224_22k.pth`` for the fine branch,
-            ``swin_tiny_patch4_window7_224.pth`` for the coarse one; loaded with ``torch.load(weights_only=True)``),
-            or an already loaded dict. Weights may be wrapped under ``model`` or ``state_dict``.
+            ``swin_tiny_patch4_window7_224.pth`` for the coarse one, as the reference; Microsoft's dict with
+            ``model``, or ``state_dict``, or plain; read with ``torch.load(weights_only=True)``), or a loaded dict.
         branch: ``"fine"`` (patch 4) or ``"coarse"`` (patch 8).
-        resize_patch_embed: the ImageNet patch kernel is 4x4; the coarse branch needs 8x8. When True it is enlarged
-            (each weight repeated 2x2 and divided by 4, i.e. the 4x4 filter applied to the 2x average-pooled
-            image) and reported as resized; when False it is reported as skipped.
+        resize_patch_embed: the ImageNet patch kernel is 4x4; the coarse branch needs 8x8. When True (default) it
+            is enlarged (each weight repeated 2x2 and divided by 4, i.e. the 4x4 filter applied to the 2x
+            average-pooled image) and reported as resized; when False it is skipped, as the reference's loader
+            does (its shape check leaves the coarse patch embedding at its initialisation).
+        final_norm: the checkpoint's final ``norm`` (after stage 4 of the classifier). The reference has no module
+            of that name (its per-stage output norms are ``norm0..3``), so its loader ignores it and ``norm3``
+            stays at its initialisation: that is the default here (``norm.*`` is reported unexpected). True copies
+            it into ``out_norms.3``, the norm at the same place.
 
     Returns:
-        a :class:`SwinLoadReport`; the model's parameters are changed in place.
+        a :class:`~medseg.models.pretrained.PretrainedReport`; the model's parameters are changed in place. The
+        1-channel CT input needs nothing: the model repeats it to 3 channels before both encoders.
 
     Raises:
         ConfigError: ``branch`` is not fine/coarse.
-        CheckpointError: the file is missing, not a plain tensor checkpoint, or holds nothing Swin-shaped.
+        CheckpointError: the file is missing, truncated or not a plain tensor checkpoint, or a tensor of a Swin key
+            does not fit (another Swin size), or nothing of the file is Swin-shaped.
     """
     if not isinstance(model, DSTransUNet):
-        raise TypeError(f"load_swin_imagenet needs a DSTransUNet (unwrapped from DDP), got {type(model).__name__}")
+        raise CheckpointError(f"Swin ImageNet weights load into a DSTransUNet, not a {type(model).__name__}")
     if branch not in ("fine", "coarse"):
         raise ConfigError(f"branch: expected 'fine' or 'coarse', got {branch!r}")
+    if isinstance(source, (str, Path)):
+        name, checkpoint = Path(source).name, read_weights(source, "Swin ImageNet checkpoint")
+    else:
+        name, checkpoint = "Swin state dict", dict(source)
+        for wrapper in ("model", "state_dict"):
+            if isinstance(checkpoint.get(wrapper), Mapping):
+                checkpoint = dict(checkpoint[wrapper])
+                break
     encoder: SwinEncoder = getattr(model, f"{branch}_encoder")
     prefix = f"{branch}_encoder."
-    checkpoint = _read_swin_state_dict(source)
-    targets = {key: value for key, value in encoder.state_dict().items() if not key.endswith("relative_position_index")}
-    report = SwinLoadReport(branch=branch)
-    filled = set()
-    with torch.no_grad():
-        for key, value in checkpoint.items():
-            target_key = _official_to_encoder_key(key)
-            if target_key is None or target_key not in targets:
-                report.unused.append(key)
-                continue
-            target = targets[target_key]
-            if value.shape == target.shape:
-                target.copy_(value.to(target.dtype))
-                report.loaded.append(prefix + target_key)
-                filled.add(target_key)
-                continue
-            if (resize_patch_embed and target_key == "patch_embed.proj.weight" and value.ndim == 4
-                    and value.shape[:2] == target.shape[:2]):
+    report = PretrainedReport(source=name, family="ds_transunet")
+    targets = encoder.state_dict()
+    renamed = {}
+    for key, value in checkpoint.items():
+        target_key = _official_to_encoder_key(key, final_norm)
+        if target_key is None or target_key not in targets or not isinstance(value, torch.Tensor):
+            report.unexpected.append(key)
+            continue
+        target = targets[target_key]
+        if target_key == "patch_embed.proj.weight" and value.shape != target.shape:
+            resized = None
+            if resize_patch_embed and value.ndim == 4 and value.shape[:2] == target.shape[:2]:
                 resized = _resize_patch_kernel(value, tuple(target.shape[-2:]))
-                if resized is not None:
-                    target.copy_(resized.to(target.dtype))
-                    report.resized.append(prefix + target_key)
-                    filled.add(target_key)
-                    continue
-            report.skipped.append(f"{key}: {tuple(value.shape)} -> {tuple(target.shape)}")
-    report.missing = [prefix + key for key in targets if key not in filled]
-    if not report.loaded and not report.resized:
-        raise CheckpointError(f"{branch} encoder: no tensor of the checkpoint fits (is it a Swin checkpoint?); "
-                              f"{len(report.skipped)} shape mismatches, {len(report.unused)} unused keys")
-    logger.info(report.summary())
+            if resized is None:
+                report.skipped.append(f"{key}: {tuple(value.shape)} -> {tuple(target.shape)}")
+                continue
+            report.resized.append(f"{prefix}{target_key}: {tuple(value.shape)} -> {tuple(target.shape)} "
+                                  "(each weight repeated 2x2 and divided by 4)")
+            value = resized
+        renamed[prefix + target_key] = value
+    if not final_norm:
+        report.notes.append(f"{branch} encoder: the checkpoint's final norm is ignored and out_norms.3 keeps its "
+                            "initialisation, as the reference's loader does")
+    wanted = {prefix + key for key in targets if not key.endswith("relative_position_index")}
+    copy_weights(model, renamed, report, expected=wanted, what="Swin ImageNet checkpoint")
     return report
+
+
+def load_ds_transunet_imagenet(model: DSTransUNet, path) -> PretrainedReport:
+    """The reference recipe's initialisation: Swin-B (22k) into the fine encoder, Swin-T into the coarse one.
+
+    ``path`` is two files, fine first (a list, or ``"swin_base.pth,swin_tiny.pth"``), or one file, which goes into
+    every encoder whose width it has (Swin-B: embed 128 = the fine branch of DS-TransUNet-B; Swin-T: embed 96 =
+    the coarse branch). See :func:`load_swin_imagenet` for what is done with each tensor.
+    """
+    paths = [Path(p) for p in (path.split(",") if isinstance(path, str) else
+                               ([path] if isinstance(path, Path) else list(path))) if str(p).strip()]
+    if len(paths) > 2:
+        raise ConfigError(f"pretrained: DS-TransUNet takes one or two Swin checkpoints (fine, coarse), "
+                          f"got {len(paths)}")
+    if len(paths) == 2:
+        return load_swin_imagenet(model, paths[0], "fine").merge(load_swin_imagenet(model, paths[1], "coarse"))
+    state = read_weights(paths[0], "Swin ImageNet checkpoint")
+    kernel = state.get("patch_embed.proj.weight")
+    width = kernel.shape[0] if isinstance(kernel, torch.Tensor) else None
+    branches = [branch for branch in ("fine", "coarse")
+                if width == getattr(model.config, f"{branch}_embed_dim")]
+    if not branches:
+        raise CheckpointError(f"{paths[0]}: not a Swin checkpoint of this model's widths (patch embedding "
+                              f"{tuple(kernel.shape) if kernel is not None else 'missing'}; the fine encoder needs "
+                              f"{model.config.fine_embed_dim} channels, the coarse {model.config.coarse_embed_dim})")
+    report = load_swin_imagenet(model, state, branches[0])
+    for branch in branches[1:]:
+        report = report.merge(load_swin_imagenet(model, state, branch))
+    report.source = paths[0].name
+    return report
+
+
+register_pretrained_loader("ds_transunet", load_ds_transunet_imagenet)

@@ -1,268 +1,358 @@
-"""ImageNet-21k weights for TransUNet from the original ViT release (``R50+ViT-B_16.npz``, ``ViT-B_16.npz``).
+"""ImageNet (and other official) initialisation for every family, through one entry point.
 
-The npz files hold JAX/Flax arrays under slash-separated names. :func:`load_vit_npz` copies them into a
-:class:`~medseg.models.transunet.TransUNet` with the conversions of the reference code:
+Each architecture file holds the loader for its family's official release, beside the model (timm's habit), and
+registers it here with :func:`register_pretrained_loader`; :func:`load_pretrained` is what ``medseg train
+--pretrained FILE`` and the pipelines' ``train.pretrained`` call. Every loader returns one
+:class:`PretrainedReport` (loaded, resized, missing, unexpected), which training writes to ``train.log``.
 
-npz key -> TransUNet parameter (``transformer.`` prefix left out), transform:
+The pieces shared by the loaders live here too: reading a weight file with one-line errors (:func:`read_weights`),
+renaming keys by rules (:func:`rename_keys`), adapting the first convolution to 1-channel CT
+(:func:`adapt_input_channels`) and copying tensors with shape checks (:func:`copy_weights`).
 
-- ``embedding/kernel``, ``embedding/bias`` -> ``embeddings.patch_embeddings``; kernel HWIO -> OIHW
-- ``Transformer/posembed_input/pos_embedding`` (1, 1 + g*g, D) -> ``embeddings.position_embeddings`` (1, G*G, D);
-  class token dropped, grid resized when g != G
-- ``Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value,out}/{kernel,bias}`` ->
-  ``encoder.layer.{i}.attn.{query,key,value,out}``; kernels (D, heads, head_dim) or (heads, head_dim, D) reshaped
-  to (D, D) and transposed, biases flattened
-- ``Transformer/encoderblock_{i}/MlpBlock_3/Dense_{0,1}/{kernel,bias}`` -> ``encoder.layer.{i}.ffn.fc{1,2}``;
-  kernel (in, out) transposed
-- ``Transformer/encoderblock_{i}/LayerNorm_0`` -> ``attention_norm``, ``LayerNorm_2`` -> ``ffn_norm``;
-  ``Transformer/encoder_norm`` -> ``encoder.encoder_norm``; ``scale`` -> ``weight``
-- hybrid only: ``conv_root/kernel``, ``gn_root/{scale,bias}`` -> ``embeddings.hybrid_model.root.{conv,gn}``;
-  ``block{b}/unit{u}/{conv1,conv2,conv3,conv_proj}/kernel`` -> ``...body.block{b}.unit{u}.{conv1,conv2,conv3,
-  downsample}`` (HWIO -> OIHW); ``block{b}/unit{u}/{gn1,gn2,gn3,gn_proj}/{scale,bias}`` -> the GroupNorms
+Families and their files (each loader lives in the family's model file; details in its docstring):
 
-The decoder and segmentation head are not in the file and keep their initialisation. When the model's token grid
-differs from the file's (an input of 512 gives 32x32 tokens, the file has 14x14), the position embedding is
-resized bilinearly over the 2D grid with the corners aligned, which is what the reference's
-``scipy.ndimage.zoom(order=1)`` computes.
+- transunet: ``R50+ViT-B_16.npz`` / ``ViT-B_16.npz`` (Google ViT, ImageNet-21k)
+- ds_transunet: ``swin_base_patch4_window7_224_22k.pth`` and ``swin_tiny_patch4_window7_224.pth`` (Microsoft)
+- segformer: ``mit_b0.pth`` .. ``mit_b5.pth`` (NVlabs), or a local Hugging Face folder
+- setr: timm ``vit_base_patch16_*`` / ``vit_large_patch16_*``, ``.pth`` or Google ``.npz``
+- bisenet: torchvision ``resnet18-*.pth``
+- topformer: ``topformer-T/S/B-224-*.pth`` (hustvl, ImageNet backbones)
 """
 from __future__ import annotations
 
+import importlib
 import logging
-import math
+import re
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from medseg.errors import CheckpointError
-from medseg.models.checkpoint import unwrap_model
+from medseg.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-POSITION_EMBEDDING_KEY = "Transformer/posembed_input/pos_embedding"
+__all__ = [
+    "PretrainedReport",
+    "adapt_first_kernel",
+    "adapt_input_channels",
+    "copy_weights",
+    "load_pretrained",
+    "read_weights",
+    "convert_official",
+    "register_official_converter",
+    "register_pretrained_loader",
+    "rename_keys",
+]
 
-# How an npz array becomes a PyTorch tensor.
-_CONV = "conv"  # HWIO kernel -> OIHW
-_LINEAR = "linear"  # (in, ...) kernel -> (out, in)
-_VECTOR = "vector"  # any shape -> flat
-_POSITION = "position"  # (1, [1 +] g*g, D) -> (1, G*G, D)
+_LOADERS: dict[str, Callable] = {}
+
+# Module that holds each family's loader (imported on first use).
+_LOADER_MODULES = {
+    "transunet": "medseg.models.transunet",
+    "ds_transunet": "medseg.models.ds_transunet",
+    "segformer": "medseg.models.segformer",
+    "setr": "medseg.models.setr",
+    "bisenet": "medseg.models.bisenet",
+    "topformer": "medseg.models.topformer",
+}
 
 
 @dataclass
 class PretrainedReport:
-    """What :func:`load_vit_npz` did.
+    """What a pretrained loader did; the same type for every family.
 
     Attributes:
-        path: the npz file.
-        loaded: model parameter names that were set from the file.
-        resized: the subset of ``loaded`` that was resized (the position embedding when the grid differs).
-        not_in_file: model parameter names the file does not provide (decoder and head, at least).
-        unused: npz keys that no model parameter took (e.g. the classifier ``head/kernel``).
-        mismatched: one line per array skipped because its shape does not fit the model (``strict=False``).
+        source: the file (or folder) name.
+        family: the architecture family it was loaded into.
+        loaded: model keys filled from the file as they were.
+        resized: model keys filled from a transformed tensor, with how (``"key: (3, 4, 4) -> (1, 8, 8) ..."``).
+        missing: model keys the file does not provide; they keep their initialisation (decoders, heads, ...).
+        unexpected: file keys no model key took (classifier heads, buffers the model rebuilds, ...).
+        skipped: file tensors left out because their shape does not fit (only where a loader allows that).
+        notes: decisions worth a line in the log (input-channel adaptation, final norm, ...).
     """
 
-    path: Path
+    source: str
+    family: str
     loaded: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
-    not_in_file: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def merge(self, other: "PretrainedReport") -> "PretrainedReport":
+        """A report covering both loads (two files into one model); a key filled by either is not missing."""
+        filled = set(self.loaded) | set(other.loaded) | {line.split(":")[0] for line in self.resized + other.resized}
+        missing = [key for key in self.missing if key not in filled]
+        missing += [key for key in other.missing if key not in filled and key not in missing]
+        return PretrainedReport(
+            source=f"{self.source} + {other.source}", family=self.family, loaded=self.loaded + other.loaded,
+            resized=self.resized + other.resized, missing=missing, unexpected=self.unexpected + other.unexpected,
+            skipped=self.skipped + other.skipped, notes=self.notes + other.notes,
+        )
 
     def summary(self) -> str:
         """One line for logs."""
-        text = f"{self.path.name}: loaded {len(self.loaded)} tensors"
-        if self.resized:
-            text += f" ({', '.join(self.resized)} resized)"
-        text += f"; {len(self.not_in_file)} model tensors not in the file"
-        if self.unused:
-            shown = ", ".join(self.unused[:3]) + (", ..." if len(self.unused) > 3 else "")
-            text += f"; {len(self.unused)} file arrays unused ({shown})"
-        if self.mismatched:
-            text += f"; {len(self.mismatched)} arrays skipped for their shape"
+        text = (f"{self.source} -> {self.family}: {len(self.loaded)} loaded, {len(self.resized)} resized, "
+                f"{len(self.missing)} missing (kept at init), {len(self.unexpected)} unexpected (ignored)")
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped for their shape"
         return text
 
+    def lines(self) -> list[str]:
+        """The summary, then one line per resized tensor and note, then the first missing/unexpected keys."""
+        out = [self.summary()]
+        out += [f"  resized: {line}" for line in self.resized]
+        out += [f"  note: {line}" for line in self.notes]
+        for name, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("skipped", self.skipped)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
+                out.append(f"  {name}: {shown}")
+        return out
 
-def load_vit_npz(model: nn.Module, path: "str | Path", *, strict: bool = True) -> PretrainedReport:
-    """Copy ImageNet-21k ViT / R50+ViT weights from ``path`` into a TransUNet ``model`` in place.
+
+def register_pretrained_loader(family: str, loader: Callable) -> Callable:
+    """Register ``loader(model, path) -> PretrainedReport`` for ``family``; returns the loader."""
+    _LOADERS[family] = loader
+    return loader
+
+
+def load_pretrained(model: nn.Module, family: str, path: "str | Path | list") -> PretrainedReport:
+    """Initialise ``model`` (of ``family``) from an official pretrained file, in place, and log the report.
 
     Args:
-        model: a :class:`~medseg.models.transunet.TransUNet` (or a DataParallel/DDP wrapper of one).
-        path: ``R50+ViT-B_16.npz`` for the hybrid variants, ``ViT-B_16.npz`` for the pure ViT.
-        strict: when True (default) an array whose shape does not fit is an error; when False it is skipped and
-            listed in ``report.mismatched`` (e.g. ``ViT-L_16.npz``'s 16x16 patch kernel for R50-ViT-L_16).
-
-    Returns:
-        a :class:`PretrainedReport` (also logged at INFO level).
+        model: a model built by :func:`medseg.models.create` (a DataParallel/DDP wrapper is unwrapped).
+        family: its registry family (``medseg models`` lists them).
+        path: the file (or Hugging Face folder for SegFormer). DS-TransUNet takes two files, the Swin-B and the
+            Swin-T checkpoint, as a list or one string ``"swin_b.pth,swin_t.pth"``.
 
     Raises:
-        CheckpointError: the file is missing or unreadable, holds none of the expected arrays, or an array's shape
-            does not fit the model with ``strict`` (e.g. ViT-L weights into a ViT-B model); nothing is copied then.
+        ConfigError: no loader for the family.
+        CheckpointError: missing, truncated or unreadable file, or a file of another family (one line).
     """
-    path = Path(path)
-    model = unwrap_model(model)
-    if not hasattr(model, "transformer") or not hasattr(model.transformer, "embeddings"):
-        raise CheckpointError(f"{path}: {type(model).__name__} has no ViT encoder to load ImageNet weights into")
-    arrays = _open_npz(path)
-    parameters = dict(model.named_parameters())
-    report = PretrainedReport(path=path)
+    from medseg.models.checkpoint import unwrap_model
 
-    converted: dict[str, torch.Tensor] = {}
-    mismatches: list[str] = []
-    for param_name, npz_key, kind in _parameter_map(model):
-        if npz_key not in arrays:
-            continue
-        target = parameters[param_name]
-        value = np.asarray(arrays[npz_key], dtype=np.float32)
-        tensor, was_resized, problem = _convert(value, kind, tuple(target.shape))
-        if problem:
-            mismatches.append(f"{npz_key} {problem}")
-            continue
-        converted[param_name] = tensor
-        if was_resized:
-            report.resized.append(param_name)
-    if mismatches and strict:
-        shown = "; ".join(mismatches[:3]) + (f"; +{len(mismatches) - 3} more" if len(mismatches) > 3 else "")
-        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {shown}")
-    if not converted:
-        raise CheckpointError(f"{path}: none of the expected ViT arrays found (is this a ViT / R50+ViT npz file?)")
-
-    with torch.no_grad():
-        for name, tensor in converted.items():
-            target = parameters[name]
-            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
-    expected_keys = {npz_key for _, npz_key, _ in _parameter_map(model)}
-    report.loaded = list(converted)
-    report.not_in_file = [name for name in parameters if name not in converted]
-    report.unused = sorted(key for key in arrays if key not in expected_keys)
-    report.mismatched = mismatches
-    logger.info("ImageNet weights %s", report.summary())
+    module = _LOADER_MODULES.get(family)
+    if module is None:
+        raise ConfigError(f"pretrained: no pretrained weights are known for the {family} family "
+                          f"(known: {', '.join(sorted(_LOADER_MODULES))})")
+    importlib.import_module(module)
+    report = _LOADERS[family](unwrap_model(model), path)
+    report.notes += [f"sha256 {digest} {name}" for name, digest in _file_digests(path)]
+    for line in report.lines():
+        logger.info("pretrained %s", line)
     return report
 
 
-def _open_npz(path: Path) -> "_LazyArrays":
-    """The arrays of an npz file by name (read lazily); errors name the file."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable npz file ({type(exc).__name__})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path}: not an npz archive of named arrays")
-    return _LazyArrays(archive, path)
+_OFFICIAL_CONVERTERS: dict[str, Callable] = {}
 
 
-class _LazyArrays(dict):
-    """Dict-like view of an open npz archive: arrays are read when indexed, and read errors name the file."""
-
-    def __init__(self, archive, path: Path):
-        super().__init__((key, None) for key in archive.files)
-        self._archive = archive
-        self._path = path
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        try:
-            return self._archive[key]
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise CheckpointError(f"{self._path}: array {key!r} is corrupt ({type(exc).__name__})") from None
+def register_official_converter(family: str, converter: Callable) -> Callable:
+    """Register ``converter(state_dict, model) -> state_dict``: an official codebase's checkpoint in medseg's keys."""
+    _OFFICIAL_CONVERTERS[family] = converter
+    return converter
 
 
-def _parameter_map(model: nn.Module) -> list[tuple[str, str, str]]:
-    """``(model parameter name, npz key, transform)`` for every parameter the ViT npz files can provide."""
-    prefix = "transformer.embeddings."
-    rows = [
-        (prefix + "patch_embeddings.weight", "embedding/kernel", _CONV),
-        (prefix + "patch_embeddings.bias", "embedding/bias", _VECTOR),
-        (prefix + "position_embeddings", POSITION_EMBEDDING_KEY, _POSITION),
-        ("transformer.encoder.encoder_norm.weight", "Transformer/encoder_norm/scale", _VECTOR),
-        ("transformer.encoder.encoder_norm.bias", "Transformer/encoder_norm/bias", _VECTOR),
-    ]
-    for index in range(len(model.transformer.encoder.layer)):
-        ours = f"transformer.encoder.layer.{index}."
-        theirs = f"Transformer/encoderblock_{index}/"
-        attention = theirs + "MultiHeadDotProductAttention_1/"
-        for name in ("query", "key", "value", "out"):
-            rows.append((ours + f"attn.{name}.weight", attention + f"{name}/kernel", _LINEAR))
-            rows.append((ours + f"attn.{name}.bias", attention + f"{name}/bias", _VECTOR))
-        for ours_fc, dense in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
-            rows.append((ours + f"ffn.{ours_fc}.weight", theirs + f"MlpBlock_3/{dense}/kernel", _LINEAR))
-            rows.append((ours + f"ffn.{ours_fc}.bias", theirs + f"MlpBlock_3/{dense}/bias", _VECTOR))
-        for ours_norm, layer_norm in (("attention_norm", "LayerNorm_0"), ("ffn_norm", "LayerNorm_2")):
-            rows.append((ours + f"{ours_norm}.weight", theirs + f"{layer_norm}/scale", _VECTOR))
-            rows.append((ours + f"{ours_norm}.bias", theirs + f"{layer_norm}/bias", _VECTOR))
+def convert_official(family: str, state_dict: Mapping[str, torch.Tensor], model: nn.Module
+                     ) -> "dict[str, torch.Tensor] | None":
+    """``state_dict`` of the family's official codebase renamed (and folded) to ``model``'s keys.
 
-    resnet = model.transformer.embeddings.hybrid_model
-    if resnet is not None:
-        ours = prefix + "hybrid_model."
-        rows += [
-            (ours + "root.conv.weight", "conv_root/kernel", _CONV),
-            (ours + "root.gn.weight", "gn_root/scale", _VECTOR),
-            (ours + "root.gn.bias", "gn_root/bias", _VECTOR),
-        ]
-        for block_name, block in resnet.body.named_children():
-            for unit_name, unit in block.named_children():
-                here = f"{ours}body.{block_name}.{unit_name}."
-                there = f"{block_name}/{unit_name}/"
-                convs = ["conv1", "conv2", "conv3"]
-                norms = ["gn1", "gn2", "gn3"]
-                if unit.has_projection:
-                    convs.append("downsample")
-                    norms.append("gn_proj")
-                for conv in convs:
-                    npz_conv = "conv_proj" if conv == "downsample" else conv
-                    rows.append((here + f"{conv}.weight", there + f"{npz_conv}/kernel", _CONV))
-                for norm in norms:
-                    rows.append((here + f"{norm}.weight", there + f"{norm}/scale", _VECTOR))
-                    rows.append((here + f"{norm}.bias", there + f"{norm}/bias", _VECTOR))
-    return rows
-
-
-def _convert(value: np.ndarray, kind: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, bool, str]:
-    """Turn one npz array into a tensor of ``shape``; returns ``(tensor, resized, problem)``."""
-    resized = False
-    if kind == _CONV:
-        if value.ndim != 4:
-            return None, False, f"is not a 4D kernel (shape {value.shape})"
-        tensor = torch.from_numpy(value.transpose(3, 2, 0, 1).copy())  # HWIO -> OIHW
-    elif kind == _LINEAR:
-        if value.size != math.prod(shape):
-            return None, False, f"has shape {value.shape}, model needs {shape}"
-        tensor = torch.from_numpy(value.reshape(shape[1], shape[0]).T.copy())  # (in, out) -> (out, in)
-    elif kind == _VECTOR:
-        tensor = torch.from_numpy(value.reshape(-1).copy())
-    else:
-        tensor, resized, problem = _position_embedding(value, shape)
-        if problem:
-            return None, False, problem
-    if tuple(tensor.shape) != shape:
-        return None, False, f"gives shape {tuple(tensor.shape)}, model needs {shape}"
-    return tensor, resized, ""
-
-
-def _position_embedding(value: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.Tensor, bool, str]:
-    """``(1, [1 +] g*g, D)`` from the file -> ``(1, G*G, D)`` of the model: class token dropped, grid resized.
-
-    The resize is bilinear with the corners aligned (``align_corners=True``), the same sampling as the
-    reference's ``scipy.ndimage.zoom(grid, (G/g, G/g, 1), order=1)``.
+    Returns None when the family has no converter or ``state_dict`` does not look official (none of its keys
+    has an official name the converter knows). Used by :func:`medseg.models.checkpoint.load_checkpoint` for bare
+    state dicts, so a checkpoint trained with the official code loads with ``--model NAME``.
     """
-    if value.ndim != 3 or value.shape[0] != 1:
-        return None, False, f"is not a (1, tokens, hidden) position embedding (shape {value.shape})"
-    tokens, hidden = value.shape[1], value.shape[2]
-    new_tokens = shape[1]
-    if hidden != shape[2]:
-        return None, False, f"has width {hidden}, model needs {shape[2]}"
-    if math.isqrt(tokens) ** 2 != tokens:  # a class token comes first
-        value = value[:, 1:]
-        tokens -= 1
-    if math.isqrt(tokens) ** 2 != tokens:
-        return None, False, f"holds {value.shape[1]} tokens, not a square grid"
-    grid = torch.from_numpy(value.copy())  # (1, g*g, D)
-    if tokens == new_tokens:
-        return grid, False, ""
-    old_side, new_side = math.isqrt(tokens), math.isqrt(new_tokens)
-    grid = grid.reshape(1, old_side, old_side, hidden).permute(0, 3, 1, 2)  # (1, D, g, g)
-    grid = F.interpolate(grid, size=(new_side, new_side), mode="bilinear", align_corners=True)  # (1, D, G, G)
-    return grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, hidden), True, ""
+    module = _LOADER_MODULES.get(family)
+    if module is not None:
+        importlib.import_module(module)
+    converter = _OFFICIAL_CONVERTERS.get(family)
+    if converter is None:
+        return None
+    return converter(state_dict, model)
+
+
+def _file_digests(path) -> list[tuple[str, str]]:
+    """``(file name, sha256)`` of the weight file(s) behind ``path``, for the record of what initialised a run."""
+    import hashlib
+
+    if isinstance(path, (list, tuple)):
+        paths = [Path(p) for p in path]
+    else:
+        paths = [Path(p) for p in str(path).split(",") if p.strip()] if not Path(path).exists() else [Path(path)]
+    files = []
+    for item in paths:
+        if item.is_dir():
+            files += [item / name for name in ("model.safetensors", "pytorch_model.bin") if (item / name).is_file()]
+        elif item.is_file():
+            files.append(item)
+    digests = []
+    for file in files:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digests.append((file.name, digest.hexdigest()))
+    return digests
+
+
+def __getattr__(name: str):
+    # TransUNet's npz loader moved beside the model; the old import path keeps working.
+    if name == "load_vit_npz":
+        from medseg.models.transunet import load_vit_npz
+
+        return load_vit_npz
+    raise AttributeError(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared pieces of the loaders
+# ----------------------------------------------------------------------------------------------------------------
+WRAPPER_KEYS = ("state_dict_ema", "state_dict", "model", "module")
+
+
+def read_weights(path: "str | Path", what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file as a flat ``{key: float tensor}`` dict.
+
+    ``.npz`` archives are read with numpy (no pickle), ``.safetensors`` with safetensors, anything else with
+    ``torch.load(weights_only=True)``. A dict nested under ``state_dict_ema``, ``state_dict``, ``model`` or
+    ``module`` is unwrapped (the first present, in that order) and a ``module.`` prefix on every key is removed.
+
+    Args:
+        path: the file.
+        what: what the file should be, for error messages (``"Swin ImageNet checkpoint"``).
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt or unsafe file, or no tensors in it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                data = {key: torch.from_numpy(np.array(archive[key])) for key in archive.files}
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data = load_file(str(path))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot be read as a {what} (truncated or corrupt? {reason})") from None
+    except Exception as exc:  # unpickling refused (weights_only) and other loader failures
+        raise CheckpointError(f"{path}: not a plain tensor file ({type(exc).__name__}); expected a {what}") from None
+    for _ in range(2):  # e.g. {'state_dict': {'model': ...}} is not expected, but {'model': {...}} is
+        if isinstance(data, Mapping):
+            for wrapper in WRAPPER_KEYS:
+                if isinstance(data.get(wrapper), Mapping):
+                    data = data[wrapper]
+                    break
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a dict of tensors; expected a {what}")
+    tensors = {}
+    for key, value in data.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key[len("module."):] if str(key).startswith("module.") else str(key)] = value
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no tensors; expected a {what}")
+    return tensors
+
+
+def rename_keys(state: Mapping[str, torch.Tensor], rules: list[tuple[str, "str | None"]]
+                ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename keys by the first matching ``(regex, replacement)`` rule; replacement ``None`` drops the key.
+
+    Returns ``(renamed, unexpected)``: the renamed tensors, and the original keys no rule matched or a rule dropped.
+    """
+    compiled = [(re.compile(pattern), replacement) for pattern, replacement in rules]
+    renamed, unexpected = {}, []
+    for key, value in state.items():
+        for pattern, replacement in compiled:
+            if pattern.fullmatch(key):
+                if replacement is None:
+                    unexpected.append(key)
+                else:
+                    renamed[pattern.sub(replacement, key)] = value
+                break
+        else:
+            unexpected.append(key)
+    return renamed, unexpected
+
+
+def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """An RGB first-layer kernel ``(C, 3, k, k)`` for a model with ``in_channels`` input channels.
+
+    1 channel: the kernel summed over RGB. For a grey image this is exactly the RGB network applied to the image
+    repeated to three channels (``conv(repeat(x)) == conv_summed(x)``), without the cost of three channels.
+    3 channels: unchanged. Other counts: the RGB kernel repeated cyclically and scaled by ``3 / in_channels``
+    (timm's rule), which keeps the activation scale.
+    """
+    if weight.shape[1] == in_channels:
+        return weight
+    if weight.shape[1] != 3:
+        raise ValueError(f"first-layer kernel has {weight.shape[1]} input channels, expected 3 (RGB)")
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // 3)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3.0 / in_channels)
+
+
+def adapt_first_kernel(tensors: dict[str, torch.Tensor], key: str, in_channels: int,
+                       report: PretrainedReport) -> None:
+    """Adapt ``tensors[key]``, an RGB first-layer kernel, to ``in_channels`` in place (see
+    :func:`adapt_input_channels`) and record it in ``report.resized``; nothing if absent or already fitting."""
+    kernel = tensors.get(key)
+    if kernel is None or kernel.ndim != 4 or kernel.shape[1] == in_channels:
+        return
+    tensors[key] = adapt_input_channels(kernel, in_channels)
+    how = ("summed over RGB" if in_channels == 1
+           else f"RGB repeated to {in_channels} channels, scaled by 3/{in_channels}")
+    report.resized.append(f"{key}: {tuple(kernel.shape)} -> {tuple(tensors[key].shape)} ({how})")
+
+
+def copy_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], report: PretrainedReport, *,
+                 prefix: str = "", expected: "set[str] | None" = None, what: str = "checkpoint") -> None:
+    """Copy ``tensors`` (model key -> tensor) into ``model`` in place and fill ``report``.
+
+    Args:
+        model: the model.
+        tensors: tensors already renamed to the model's keys (and already resized where that was intended).
+        report: filled with ``loaded`` and ``missing``; keys not in the model go to ``unexpected``.
+        prefix: only model keys under this prefix count as ``missing`` (the part the file is meant to fill).
+        expected: the model keys the file must fill; one absent from ``tensors`` is ``missing``; default all keys
+            under ``prefix``.
+        what: the kind of file, for the error message.
+
+    Raises:
+        CheckpointError: a tensor whose shape does not fit (names the first), or nothing of the file fits the
+            model (a file of another family); nothing is copied then.
+    """
+    targets = model.state_dict()
+    matched, mismatched = {}, []
+    for key, value in tensors.items():
+        if key not in targets:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(targets[key].shape):
+            mismatched.append(f"{key} {tuple(value.shape)} in the file, {tuple(targets[key].shape)} in the model")
+        else:
+            matched[key] = value
+    if mismatched:
+        more = f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise CheckpointError(f"{report.source}: {what} does not fit {type(model).__name__}: {mismatched[0]}{more}")
+    if not matched:
+        raise CheckpointError(f"{report.source}: nothing in the file fits {type(model).__name__} "
+                              f"(is it a {what}? a file of another family?)")
+    with torch.no_grad():
+        for key, value in matched.items():
+            targets[key].copy_(value.to(dtype=targets[key].dtype))
+    resized = {line.split(":")[0] for line in report.resized}
+    report.loaded += [key for key in matched if key not in resized]
+    wanted = expected if expected is not None else {key for key in targets if key.startswith(prefix)}
+    report.missing += [key for key in targets if key in wanted and key not in matched
+                       and not key.endswith("num_batches_tracked")]

@@ -16,7 +16,33 @@ from typing import Callable
 from medseg.errors import ConfigError
 
 # Modules of this package that hold no architecture.
-_NOT_ARCHITECTURES = {"registry", "checkpoint", "layers", "pretrained"}
+_NOT_ARCHITECTURES = {"registry", "checkpoint", "layers", "pretrained", "options"}
+
+
+@dataclass(frozen=True)
+class OfficialCount:
+    """The parameter count of a variant in its official implementation, at the published configuration.
+
+    Attributes:
+        parameters: what the official code's model has (``sum(p.numel())`` of the instantiated official class).
+        num_classes, in_channels: the configuration it was counted at (e.g. 150 ADE20K classes, RGB).
+        img_size: the input size it was built for (only position embeddings depend on it).
+        not_built: official parameters medseg has no counterpart for, by construction: mmseg's ``conv_seg`` that
+            those heads build but never use, conv biases that medseg folds into the BatchNorm after them
+            (mathematically the same), SETR-MLA's unused class token. ``medseg + not_built == parameters``.
+        scope: ``"model"``, or ``"backbone"`` where only the official backbone could be counted.
+        counted: with scope ``"backbone"``, the medseg module prefixes that make up the backbone.
+        source: the official code it was counted with.
+    """
+
+    parameters: int
+    num_classes: int
+    in_channels: int
+    img_size: int
+    not_built: int = 0
+    scope: str = "model"
+    counted: tuple[str, ...] = ()
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -31,6 +57,7 @@ class ModelSpec:
         default_img_size: the input size the variant was published at.
         published: True for the sizes of the paper; False for small variants (tests, CPU demo).
         img_size_multiple: input height and width must be multiples of this.
+        official: the official implementation's parameter count at the published size, where known.
     """
 
     name: str
@@ -40,6 +67,7 @@ class ModelSpec:
     default_img_size: int = 224
     published: bool = False
     img_size_multiple: int = 16
+    official: OfficialCount | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -47,14 +75,14 @@ _LOADED = False
 
 
 def register_model(name: str, *, family: str, description: str = "", default_img_size: int = 224,
-                   published: bool = False, img_size_multiple: int = 16):
+                   published: bool = False, img_size_multiple: int = 16, official: OfficialCount | None = None):
     """Decorator that registers a builder under ``name``."""
 
     def decorator(builder: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name].builder is not builder:
             raise ValueError(f"model name {name!r} registered twice")
         _REGISTRY[name] = ModelSpec(name, family, builder, description, default_img_size, published,
-                                    img_size_multiple)
+                                    img_size_multiple, official)
         return builder
 
     return decorator
@@ -103,9 +131,5 @@ def create(name: str, num_classes: int, img_size: int = 224, in_channels: int = 
     spec = get_spec(name)
     if img_size % spec.img_size_multiple:
         raise ConfigError(f"img_size: {name} needs a multiple of {spec.img_size_multiple}, got {img_size}")
-    try:
-        return spec.builder(num_classes=num_classes, img_size=img_size, in_channels=in_channels, **overrides)
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise ConfigError(f"model {name}: {exc}") from None
-        raise
+    # Each builder checks its options with medseg.models.options.check_options (one ConfigError for all).
+    return spec.builder(num_classes=num_classes, img_size=img_size, in_channels=in_channels, **overrides)

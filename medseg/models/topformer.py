@@ -1,6 +1,7 @@
 """TopFormer (Zhang et al., CVPR 2022): token pyramid transformer for mobile semantic segmentation.
 
-Token pyramid module: a 3x3 stride-2 stem and a stack of MobileNetV2 inverted-residual blocks (ReLU6); the outputs
+Token pyramid module: a 3x3 stride-2 stem and a stack of MobileNetV2 inverted-residual blocks (ReLU: the official
+``TokenPyramidModule`` is built without ``act_layer``, so its default ``nn.ReLU`` applies); the outputs
 at 1/4, 1/8, 1/16 and 1/32 are the token pyramid.
 Scale-aware semantics extractor: every pyramid level is average-pooled to the 1/64 grid (the 1/32 grid pooled with
 stride 2, rounding up) and the levels are concatenated along channels; a stack of transformer blocks runs on that
@@ -19,18 +20,26 @@ in the paper's ADE20K table):
     ``TopFormer-Tiny``   channels 16/32/64/96, 4 heads, head 128:   1.37M; 1.39M (paper 1.4M)
     ``TopFormer-Small``  channels 24/48/96/128, 6 heads, head 192:  3.01M; 3.03M (paper 3.1M)
     ``TopFormer-Base``   channels 32/64/128/160, 8 heads, head 256: 5.03M; 5.06M (paper 5.1M)
-The Small and Base counts sit 2% and 1% under the paper's although the modules follow the official code.
+The Small and Base counts sit 2% and 1% under the paper's although the modules follow the official code: the
+backbones have exactly the official ``Topformer`` counts (2,968,464 and 4,958,048), and Tiny's whole model the
+official 1,389,654 at 150 classes with RGB input; the official outputs are matched exactly
+(``tests/test_zoo_parity.py``; key map :func:`from_official`).
 Inputs must be multiples of 32.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.models.registry import register_model
+from medseg.models.layers import DropPath
+from medseg.models.options import check_options, constructor_options
+from medseg.models.pretrained import (PretrainedReport, adapt_first_kernel, copy_weights, read_weights,
+                                      register_official_converter, register_pretrained_loader, rename_keys)
+from medseg.models.registry import OfficialCount, register_model
 
 # Inverted-residual stacks, one row per block: (kernel size, expansion ratio, output channels, stride).
 _TINY_BLOCKS = [
@@ -45,6 +54,17 @@ _BASE_BLOCKS = [
     (3, 1, 16, 1), (3, 4, 32, 2), (3, 3, 32, 1), (5, 3, 64, 2), (5, 3, 64, 1),
     (3, 3, 128, 2), (3, 3, 128, 1), (5, 6, 160, 2), (5, 6, 160, 1), (3, 6, 160, 1),
 ]
+
+# Official hustvl/TopFormer counts: the whole Tiny model (ADE20K config, 150 classes, RGB) and, for Small and Base,
+# the backbone (the official Topformer class with its configs; tests/data/zoo/pretrained_formats).
+_BACKBONE = ("pyramid.", "transformer.", "injections.")  # the official Topformer class: tpm, trans, SIM
+OFFICIAL_COUNTS = {
+    "TopFormer-Tiny": OfficialCount(1_389_654, 150, 3, 512, source="hustvl/TopFormer topformer_tiny.py"),
+    "TopFormer-Small": OfficialCount(2_968_464, 150, 3, 512, scope="backbone", counted=_BACKBONE,
+                                     source="hustvl/TopFormer Topformer"),
+    "TopFormer-Base": OfficialCount(4_958_048, 150, 3, 512, scope="backbone", counted=_BACKBONE,
+                                    source="hustvl/TopFormer Topformer"),
+}
 
 VARIANTS = {
     # name: blocks, indices of the blocks whose outputs form the pyramid, heads, head channels, depthwise fuse, paper M
@@ -68,7 +88,10 @@ class ConvBN(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: [1x1 expand + ReLU6] -> kxk depthwise (stride) + ReLU6 -> 1x1 project.
+    """MobileNetV2 block: [1x1 expand + ReLU] -> kxk depthwise (stride) + ReLU -> 1x1 project.
+
+    ReLU, not MobileNetV2's ReLU6: the official ``TokenPyramidModule`` is built without ``act_layer`` and so
+    falls back to ``nn.ReLU``.
 
     The input is added back when the shapes match (stride 1, same channels).
 
@@ -80,9 +103,9 @@ class InvertedResidual(nn.Module):
         hidden = int(round(in_channels * expand_ratio))
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers += [ConvBN(in_channels, hidden, 1), nn.ReLU6(inplace=True)]
+            layers += [ConvBN(in_channels, hidden, 1), nn.ReLU(inplace=True)]
         layers += [
-            ConvBN(hidden, hidden, kernel_size, stride, groups=hidden), nn.ReLU6(inplace=True),
+            ConvBN(hidden, hidden, kernel_size, stride, groups=hidden), nn.ReLU(inplace=True),
             ConvBN(hidden, out_channels, 1),
         ]
         self.conv = nn.Sequential(*layers)
@@ -97,7 +120,7 @@ class TokenPyramid(nn.Module):
 
     def __init__(self, in_channels: int, blocks, pyramid_indices, stem_channels: int = 16):
         super().__init__()
-        self.stem = nn.Sequential(ConvBN(in_channels, stem_channels, 3, 2), nn.ReLU6(inplace=True))
+        self.stem = nn.Sequential(ConvBN(in_channels, stem_channels, 3, 2), nn.ReLU(inplace=True))
         layers = []
         channels = stem_channels
         for kernel_size, expand_ratio, out_channels, stride in blocks:
@@ -114,15 +137,6 @@ class TokenPyramid(nn.Module):
             if index in self.pyramid_indices:
                 pyramid.append(x)
         return pyramid
-
-
-def drop_path(x: torch.Tensor, probability: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: zero the residual branch of whole samples with ``probability`` (training only)."""
-    if probability == 0.0 or not training:
-        return x
-    keep = 1.0 - probability
-    mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
-    return x * mask / keep
 
 
 class Attention(nn.Module):
@@ -164,11 +178,11 @@ class TransformerBlock(nn.Module):
             nn.ReLU6(inplace=True),
             ConvBN(hidden, dim),
         )
-        self.drop_path_rate = drop_path_rate
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + drop_path(self.attn(x), self.drop_path_rate, self.training)
-        return x + drop_path(self.mlp(x), self.drop_path_rate, self.training)
+        x = x + self.drop_path(self.attn(x))
+        return x + self.drop_path(self.mlp(x))
 
 
 class SemanticInjection(nn.Module):
@@ -267,6 +281,7 @@ def _register(name: str) -> None:
     published_m = variant.pop("published_m")
 
     def build(num_classes: int, img_size: int = 512, in_channels: int = 1, **overrides) -> TopFormer:
+        check_options(name, overrides, constructor_options(TopFormer))
         config = dict(variant)
         config.update(overrides)
         return TopFormer(num_classes, in_channels, **config)
@@ -275,9 +290,97 @@ def _register(name: str) -> None:
     build.__doc__ = f"{name}: the official configuration (paper: {published_m}M parameters)."
     channels = "/".join(str(variant["blocks"][i][2]) for i in variant["pyramid_indices"])
     register_model(name, family="topformer", default_img_size=512, published=True, img_size_multiple=32,
+                   official=OFFICIAL_COUNTS[name],
                    description=f"TopFormer {name.split('-')[1]}: token pyramid {channels}, "
                                f"{variant['num_heads']}-head semantics extractor, light head")(build)
 
 
 for _name in VARIANTS:
     _register(_name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official checkpoints (hustvl/TopFormer, mmseg layout) and the official ImageNet backbones
+# ----------------------------------------------------------------------------------------------------------------
+# Backbone keys without the ``backbone.`` prefix; ``{n}`` groups are 0-based here and 1-based in ``tpm.layer{n}``.
+_BACKBONE_RULES: list[tuple[str, str | None]] = [
+    (r"tpm\.stem\.0\.c\.(.*)", r"pyramid.stem.0.0.\1"),
+    (r"tpm\.stem\.0\.bn\.(.*)", r"pyramid.stem.0.1.\1"),
+    (r"trans\.transformer_blocks\.(\d+)\.attn\.(to_q|to_k|to_v)\.c\.(.*)", r"transformer.\1.attn.\2.0.\3"),
+    (r"trans\.transformer_blocks\.(\d+)\.attn\.(to_q|to_k|to_v)\.bn\.(.*)", r"transformer.\1.attn.\2.1.\3"),
+    (r"trans\.transformer_blocks\.(\d+)\.attn\.proj\.1\.c\.(.*)", r"transformer.\1.attn.proj.1.0.\2"),
+    (r"trans\.transformer_blocks\.(\d+)\.attn\.proj\.1\.bn\.(.*)", r"transformer.\1.attn.proj.1.1.\2"),
+    (r"trans\.transformer_blocks\.(\d+)\.mlp\.fc1\.c\.(.*)", r"transformer.\1.mlp.0.0.\2"),
+    (r"trans\.transformer_blocks\.(\d+)\.mlp\.fc1\.bn\.(.*)", r"transformer.\1.mlp.0.1.\2"),
+    (r"trans\.transformer_blocks\.(\d+)\.mlp\.dwconv\.(.*)", r"transformer.\1.mlp.1.\2"),
+    (r"trans\.transformer_blocks\.(\d+)\.mlp\.fc2\.c\.(.*)", r"transformer.\1.mlp.3.0.\2"),
+    (r"trans\.transformer_blocks\.(\d+)\.mlp\.fc2\.bn\.(.*)", r"transformer.\1.mlp.3.1.\2"),
+]
+# Older naming of the same modules (the repo's tools/convert_state_dict.py renames them).
+_OLD_NAMES = [("patch_embed.", "tpm."), ("fuse_blocks.", "SIM."), ("to_feat1.", "local_embedding."),
+              ("to_feat2.", "global_embedding."), ("fuse2.", "global_act.")]
+
+
+def _pyramid_layer_rules(model: TopFormer) -> list[tuple[str, str | None]]:
+    rules = []
+    for index in range(len(model.pyramid.layers)):
+        rules += [(rf"tpm\.layer{index + 1}\.conv\.(\d+)\.c\.(.*)", rf"pyramid.layers.{index}.conv.\1.0.\2"),
+                  (rf"tpm\.layer{index + 1}\.conv\.(\d+)\.bn\.(.*)", rf"pyramid.layers.{index}.conv.\1.1.\2")]
+    for level in range(len(model.injections)):  # official SIM.1..3 (SIM.0, the 1/4 level, is not built)
+        for part in ("local_embedding", "global_embedding", "global_act"):
+            rules += [(rf"SIM\.{level + 1}\.{part}\.conv\.(.*)", rf"injections.{level}.{part}.0.\1"),
+                      (rf"SIM\.{level + 1}\.{part}\.bn\.(.*)", rf"injections.{level}.{part}.1.\1")]
+    return rules
+
+
+def _backbone_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without ``backbone.``, in the current naming."""
+    out = {}
+    for key, value in state.items():
+        key = key[len("backbone."):] if key.startswith("backbone.") else key
+        for old, new in _OLD_NAMES:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def from_official(state_dict: dict[str, torch.Tensor], model: TopFormer) -> dict[str, torch.Tensor] | None:
+    """An official TopFormer (mmseg) state_dict in ``model``'s keys, or None if it does not look official."""
+    if not any(key.startswith(("backbone.tpm.", "tpm.")) for key in state_dict):
+        return None
+    rules = _BACKBONE_RULES + _pyramid_layer_rules(model) + [
+        (r"decode_head\.conv_seg\.(.*)", r"classifier.\1"),
+        (r"decode_head\.linear_fuse\.conv\.(.*)", r"fuse.0.\1"),
+        (r"decode_head\.linear_fuse\.bn\.(.*)", r"fuse.1.\1"),
+    ]
+    state = {("decode_head." + key[len("decode_head."):]) if key.startswith("decode_head.") else key: value
+             for key, value in state_dict.items()}
+    backbone = _backbone_names({k: v for k, v in state.items() if not k.startswith("decode_head.")})
+    backbone.update({k: v for k, v in state.items() if k.startswith("decode_head.")})
+    renamed, _ = rename_keys(backbone, rules)
+    return renamed
+
+
+def load_topformer_imagenet(model: TopFormer, path) -> PretrainedReport:
+    """The official ImageNet TopFormer backbone (``topformer-T/S/B-224-*.pth``) into ``model``'s token pyramid and
+    semantics extractor, as the official ``Topformer.init_weights`` does.
+
+    The weights are read from ``state_dict_ema``, else ``state_dict``, else ``model``, else the file itself (the
+    official order); ``backbone.``/``module.`` prefixes and the older module names (``patch_embed``,
+    ``fuse_blocks``, ``to_feat1/2``, ``fuse2``) are accepted. The official loader ignores mismatches silently; this
+    one reports them: a tensor of the right name but another shape is an error (a Small file into a Tiny model).
+    The classifier of the ImageNet file is unexpected; the injection modules (``SIM``) and the head keep their
+    initialisation unless the file has them. 1-channel CT: the stem kernel is summed over RGB (exactly the RGB
+    network on the grey image repeated to three channels).
+    """
+    report = PretrainedReport(source=Path(path).name, family="topformer")
+    state = _backbone_names(read_weights(path, "TopFormer ImageNet checkpoint"))
+    renamed, report.unexpected = rename_keys(state, _BACKBONE_RULES + _pyramid_layer_rules(model))
+    adapt_first_kernel(renamed, "pyramid.stem.0.0.weight", model.pyramid.stem[0][0].in_channels, report)
+    expected = {key for key in model.state_dict() if key.startswith(("pyramid.", "transformer."))}
+    copy_weights(model, renamed, report, expected=expected, what="TopFormer ImageNet checkpoint")
+    return report
+
+
+register_official_converter("topformer", from_official)
+register_pretrained_loader("topformer", load_topformer_imagenet)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
+from medseg.models.options import check_options, constructor_options
 from medseg.models.registry import register_model
 
 
@@ -59,6 +60,7 @@ class UNet2D(nn.Module):
                 description="MONAI residual 2D U-Net, channels 32-512, 2 residual units (classic baseline)")
 def build_unet(num_classes: int, img_size: int = 224, in_channels: int = 1, **overrides) -> UNet2D:
     """The baseline U-Net; ``overrides`` are :class:`UNet2D` arguments (``channels``, ``norm``, ...)."""
+    check_options("UNet", overrides, constructor_options(UNet2D))
     return UNet2D(num_classes, in_channels, **overrides)
 
 
@@ -66,6 +68,7 @@ def build_unet(num_classes: int, img_size: int = 224, in_channels: int = 1, **ov
                 description="MONAI residual 2D U-Net at half width (channels 16-256), for tests and CPU demos")
 def build_unet_small(num_classes: int, img_size: int = 224, in_channels: int = 1, **overrides) -> UNet2D:
     """Half-width U-Net; ``overrides`` are :class:`UNet2D` arguments."""
+    check_options("UNet-Small", overrides, constructor_options(UNet2D))
     config = {"channels": (16, 32, 64, 128, 256)}
     config.update(overrides)
     return UNet2D(num_classes, in_channels, **config)
