@@ -60,7 +60,8 @@ ISSUE_GFLOP_PER_SLICE = 58.0
 
 
 def benchmark_volume(slices: int, seed: int = 0):
-    """A 512 x 512 x ``slices`` CT (int16 HU) with its affine: the middle of a full-size phantom case."""
+    """A 512 x 512 x ``slices`` CT (int16 HU) with its affine: the middle of the first full-size phantom case
+    that has at least ``slices`` axial slices."""
     from medseg.data.orientation import orientation_transform
     from medseg.io import Volume
 
@@ -73,10 +74,15 @@ def benchmark_volume(slices: int, seed: int = 0):
         array = rng.normal(40, 30, (512, 512, slices)).astype(np.int16)
         affine = np.diag([-0.8, -0.8, 3.0, 1.0])
         return Volume(array, affine), "synthetic 512 x 512 noise volume (phantom module not available)"
-    image, _ = generate_case(1, seed, "full")
-    transform = orientation_transform(image.affine)
-    slice_axis = int(np.flatnonzero(transform[:, 0] == 2)[0])  # the stored axis that becomes the axial one
-    depth = image.shape[slice_axis]
+    for case_index in range(1, 9):  # the first full-size phantom case with enough axial slices
+        image, _ = generate_case(case_index, seed, "full")
+        transform = orientation_transform(image.affine)
+        slice_axis = int(np.flatnonzero(transform[:, 0] == 2)[0])  # the stored axis that becomes the axial one
+        depth = image.shape[slice_axis]
+        if depth >= slices:
+            break
+    else:
+        raise SystemExit(f"--slices {slices}: no full-size phantom case among the first 8 has that many slices")
     start = max(0, depth // 2 - slices // 2)
     index = [slice(None)] * 3
     index[slice_axis] = slice(start, start + slices)
@@ -84,7 +90,7 @@ def benchmark_volume(slices: int, seed: int = 0):
     shift[slice_axis, 3] = start
     cut = Volume(np.ascontiguousarray(image.array[tuple(index)]), image.affine @ shift)
     spacing = " x ".join(f"{s:.2f}" for s in cut.spacing)
-    return cut, f"phantom case 1 (seed {seed}, size full), slices {start}..{start + slices - 1} of {depth}, " \
+    return cut, f"phantom case {case_index} (seed {seed}, size full), slices {start}..{start + slices - 1} of {depth}, " \
                 f"stored shape {cut.shape}, spacing {spacing} mm"
 
 
