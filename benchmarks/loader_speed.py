@@ -147,7 +147,8 @@ def render(result: dict) -> str:
              f"{args.samples} training samples per side and round ({args.slices} different 512 x 512 phantom slices, "
              f"sample seeds 0..{args.samples - 1}, the same for every side) augmented and resized to "
              f"{args.img_size} x {args.img_size}; {comparison.rounds} alternating rounds, speed-up = median of the "
-             "per-round ratios (range in brackets).",
+             "per-round ratios (range in brackets); slices/s comes from each side's median time over the rounds, so under a "
+             "moving load the two columns need not agree.",
              "",
              "| pipeline | slices/s per worker | speed-up vs reference (range) | workers to feed one GPU step |",
              "|---|---:|---|---:|"]
