@@ -243,11 +243,13 @@ def render(train: dict, ddp: "dict | None", command: str) -> str:
                      f"{row['min_ms']:.1f}-{row['max_ms']:.1f} | {row['images_per_s']:.0f} | {peak} |")
     loader = train.get("loader")
     if loader:
-        verdict = "keeps up" if loader["ratio"] < 1.1 else "does NOT keep up"
-        lines += ["", f"- Loader: the {loader['model']} step fed by a real DataLoader ({loader['workers']} workers, "
-                      f"fused augmentation, pinned memory) takes {loader['loader_ms']:.1f} ms against "
+        verdict = ("keeps up (within 10 %)" if loader["ratio"] < 1.1 else
+                   "does NOT keep up (the fed step is more than 10 % slower)")
+        pinned = ", pinned memory" if train["device"].startswith("cuda") else ""
+        lines += ["", f"- Loader: the {loader['model']} step fed by a real DataLoader ({loader['workers']} worker "
+                      f"processes, fused augmentation{pinned}) takes {loader['loader_ms']:.1f} ms against "
                       f"{loader['prefilled_ms']:.1f} ms on a pre-filled batch ({loader['ratio']:.2f}x): the loader "
-                      f"{verdict} (within 10 %)."]
+                      f"{verdict}."]
     if ddp:
         lines.append(f"- DDP through torchrun (one process, {ddp['backend']}): {ddp['model']} "
                      f"{ddp['step_ms']:.1f} ms per step (world size {ddp['world_size']}).")
