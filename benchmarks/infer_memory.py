@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from results_file import cpu_name, write_section  # benchmarks/results_file.py
+from results_file import cpu_name, publish  # benchmarks/results_file.py
 from side_by_side import load_average
 
 SECTION_HEADING = "## Inference memory (benchmarks/infer_memory.py)"
@@ -132,10 +132,7 @@ def main(argv=None) -> int:
         return 0
     load_before = load_average()
     results = [measure(run, args.batch_size, args.threads) for run in (args.run or DEFAULT_RUNS)]
-    section = render(results, args, (load_before, load_average()))
-    print(section)
-    if args.write:
-        write_section(args.write, SECTION_HEADING, section)
+    publish(render(results, args, (load_before, load_average())), SECTION_HEADING, args.write)
     return 0
 
 

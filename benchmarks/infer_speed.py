@@ -48,7 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from results_file import cpu_name, write_section  # noqa: E402  benchmarks/results_file.py
+from results_file import cpu_name, publish  # noqa: E402  benchmarks/results_file.py
 from side_by_side import alternate, command_text, load_average  # noqa: E402
 
 SECTION_HEADING = "## Inference speed (benchmarks/infer_speed.py)"
@@ -452,11 +452,7 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile one batched forward (top operators)")
     parser.add_argument("--write", type=Path, help="(re)write this script's section of a RESULTS.md")
     args = parser.parse_args(argv)
-    result = run(args)
-    section = render(result)
-    print(section)
-    if args.write:
-        write_section(args.write, SECTION_HEADING, section)
+    publish(render(run(args)), SECTION_HEADING, args.write)
     return 0
 
 

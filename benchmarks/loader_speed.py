@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from results_file import cpu_name, write_section  # noqa: E402
+from results_file import cpu_name, publish  # noqa: E402
 from side_by_side import alternate, command_text, load_average  # noqa: E402
 
 SECTION_HEADING = "## Training input pipeline speed (benchmarks/loader_speed.py)"
@@ -174,10 +174,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gpu-step-ms", type=float, default=None, help="measured GPU step time in ms")
     parser.add_argument("--write", type=Path, help="(re)write this script's section of a RESULTS.md")
     args = parser.parse_args(argv)
-    section = render(run(args))
-    print(section)
-    if args.write:
-        write_section(args.write, SECTION_HEADING, section)
+    publish(render(run(args)), SECTION_HEADING, args.write)
     return 0
 
 
