@@ -273,6 +273,10 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     keys: dict[str, str] = {}
     upstream = {"medseg": __version__, "data": _data_fingerprint(pipeline.data)}
     for name, params in pipeline.stages.items():
+        if name == "synth":  # a new phantom generator makes a different cohort from the same parameters
+            from medseg.data.phantom import GENERATOR_VERSION
+
+            upstream = {**upstream, "phantom_generator": GENERATOR_VERSION}
         payload = json.dumps({"stage": name, "params": params, "upstream": upstream}, sort_keys=True, default=str)
         keys[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
         upstream = {"previous": keys[name]}

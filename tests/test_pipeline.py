@@ -83,6 +83,16 @@ def test_stage_keys_chain_downstream(tmp_path):
     assert base["synth"] == only_prepare["synth"] and base["prepare"] != only_prepare["prepare"]
 
 
+def test_a_new_phantom_generator_reruns_synth(tmp_path, monkeypatch):
+    from medseg.data import phantom
+
+    path = _write(tmp_path, "stages:\n  synth: {cases: 3}\n  prepare: {split: seeded}\n")
+    base = stage_keys(load_pipeline(path))
+    monkeypatch.setattr(phantom, "GENERATOR_VERSION", phantom.GENERATOR_VERSION + "-next")
+    changed = stage_keys(load_pipeline(path))
+    assert base["synth"] != changed["synth"] and base["prepare"] != changed["prepare"]
+
+
 def test_cached_stages_are_skipped_and_changes_rerun(tmp_path):
     text = f"run_dir: {tmp_path / 'run'}\nstages:\n  synth: {{cases: 2, seed: 3}}\n  prepare: {{split: seeded}}\n"
     path = _write(tmp_path, text)

@@ -36,11 +36,13 @@ class SliceDataset(Dataset):
         drop_empty: keep only slices that hold an organ.
         seed: base seed of the augmentation draws.
         image_interpolation: ``bicubic`` (paper) or ``bilinear``.
+        domain_randomisation: with ``augment``, also vary intensity, contrast, noise, blur and scale
+            (:mod:`medseg.data.domain_randomisation`).
     """
 
     def __init__(self, prepared_dir, split="train", img_size: int = 224, augment: bool = True,
                  drop_empty: bool = False, seed: int = 1234, image_interpolation: str = "bicubic",
-                 augmentation: str = "fused"):
+                 augmentation: str = "fused", domain_randomisation: bool = False):
         self.prepared_dir = Path(prepared_dir)
         self.manifest = load_manifest(self.prepared_dir)
         self.label_set = LabelSet.from_dict(self.manifest["label_set"])
@@ -70,6 +72,12 @@ class SliceDataset(Dataset):
             self.transform = PaperAugmentd(self.img_size, image_interpolation, mode=augmentation)
         else:
             self.transform = ResizeSliced(self.img_size, image_interpolation)
+        if augment and domain_randomisation:
+            from monai.transforms import Compose
+
+            from medseg.data.domain_randomisation import DomainRandomisationd
+
+            self.transform = Compose([self.transform, DomainRandomisationd()])
 
     def __len__(self) -> int:
         return len(self.index)

@@ -4,8 +4,8 @@
 
     OUT_DIR/img/img0001.nii.gz      int16 CT numbers (HU), -1024 .. 3071
     OUT_DIR/label/label0001.nii.gz  uint8 raw BTCV label values 0..13 (numbering of medseg.labels.BTCV_ORGANS)
-    OUT_DIR/phantom.json            generator version, seed, size and, per case, shape, spacing, axis codes and
-                                    omitted organs
+    OUT_DIR/phantom.json            generator version, seed, size and, per case, shape, spacing, axis codes,
+                                    omitted organs, contrast phase, oral contrast, noise and blur
     OUT_DIR/preview.png             a montage of a few cases with the label overlay
 
 How a case is made
@@ -15,14 +15,28 @@ How a case is made
    The origin is on the midline at the centre of the vertebral body, at about the level of the renal hila (L1/L2).
    A shape is an ellipsoid with a random low-order radial deformation (:class:`Blob`), a tube along a polyline
    (:class:`Tube`), or a union of those (:class:`Union`). Each has a *level function*: below 1 inside, 1 on the
-   surface, growing outwards. Sizes and positions vary per case (a patient scale of +-7 % and per-organ factors of
-   about +-10 %), and so do the CT numbers; some cases miss the gallbladder or one kidney (:func:`omitted_organs`).
-2. **Scan geometry** (:func:`case_geometry`): field of view, voxel size, number of slices, and how the voxels are
-   stored (axis order and flips of the affine, e.g. LPS like most BTCV files, RAS, slice axis flipped or first).
+   surface, growing outwards. Sizes and positions vary per case (a patient scale of 0.9-1.15, per-organ factors of
+   about +-10 %); organ volumes match those of adults of different build (liver about 1.1-2.4 l, spleen 100-380 ml,
+   kidneys 100-250 ml each, pancreas 30-80 ml, gallbladder 25-50 ml). Neighbours are anatomical: the liver's
+   right lobe runs down lateral and anterior to the right kidney and the IVC lies in its posterior surface; the
+   kidneys sit at L1-L3 behind the bowel; the pancreas runs along the splenic vein; the gallbladder lies under
+   the liver; the spleen lies against the ribs; the ribs are separate arcs. Contents: small-bowel loops (fluid, gas, positive oral contrast in one
+   case in four, collapsed loops), colon with stool and a varying amount of gas, stomach with fluid or food and an
+   air-fluid level, mesenteric fat, the portal, splenic, mesenteric, renal and iliac vessels, fatty lobules in the
+   pancreas of some patients, and a fine soft-tissue texture. Some cases miss the gallbladder or one kidney
+   (:func:`omitted_organs`).
+   **Contrast phase** (:func:`contrast_phase`): unenhanced, arterial or portal venous, every phase in every block of
+   five cases; each tissue's CT number is drawn from the published range for that phase
+   (:mod:`medseg.data.phantom_contrast`).
+2. **Scan geometry** (:func:`case_geometry`): field of view (fitted to the patient, the skin sometimes cut off as
+   on clinical reconstructions), voxel size, number of slices and their range (from the lung bases, or an
+   abdomen-pelvis window whose last slices hold no labelled organ), and how the voxels are stored (axis order and
+   flips of the affine, e.g. LPS like most BTCV files, RAS, slice axis flipped or first).
 3. **Rendering** (:func:`render_anatomy`): the level functions are evaluated at the voxel centres of an axis-aligned
    grid in patient coordinates, each only inside its shape's bounding box, and painted in a fixed priority order
-   (later organs win; some carve a thin fat plane around themselves). The label stays crisp. The image then gets a
-   partial-volume blur, correlated noise and a circular reconstruction field of view (:func:`form_image`).
+   (later organs win; some carve a thin fat plane around themselves). The label stays crisp. The image then gets
+   the scanner's reconstruction (:func:`draw_scanner`, :func:`form_image`): a kernel and partial-volume blur of
+   0.5-1.5 mm, noise of 6-26 HU with a kernel-dependent grain, and a circular reconstruction field of view.
 4. **Storage**: the grid is painted in RAS voxel order; the arrays are then permuted/flipped into the case's stored
    voxel order with :func:`medseg.data.orientation.reorient`, which also gives the stored affine (plus a small
    random origin shift). The affines are exact axis permutations and flips, so this *is* the world-placed anatomy
@@ -39,7 +53,7 @@ Determinism
 -----------
 Case ``k`` of seed ``s`` depends only on ``(s, k, size)``, never on how many cases are written. The anatomy depends
 only on ``(s, k)``, so the small and the full version of a case show the same patient. Random numbers come from
-separate numpy streams per purpose (anatomy, scan geometry, noise, omissions).
+separate numpy streams per purpose (anatomy, scan geometry, noise, omissions, contrast).
 """
 from __future__ import annotations
 
@@ -54,13 +68,14 @@ import numpy as np
 
 from medseg.errors import ConfigError
 from medseg.io import Volume, read_json, write_json, write_volume
+from medseg.data.phantom_contrast import block_phase, draw_ct_numbers
 from medseg.labels import BTCV13, BTCV_ORGANS, ORGAN_COLOURS
 from medseg.visualize import label_overlay
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the same (seed, case, size) would give different volumes.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SIZES = ("small", "full")
 
 #: Raw BTCV label value of each organ key.
@@ -74,7 +89,7 @@ HU_MIN, HU_MAX = -1024, 3071
 FAR = 99.0
 
 # Separate random streams, so that e.g. the noise draw never shifts the anatomy.
-_STREAM_ANATOMY, _STREAM_GEOMETRY, _STREAM_NOISE, _STREAM_OMISSION = 1, 2, 3, 4
+_STREAM_ANATOMY, _STREAM_GEOMETRY, _STREAM_NOISE, _STREAM_OMISSION, _STREAM_CONTRAST = 1, 2, 3, 4, 5
 
 #: Voxel storage orders (nibabel axis codes of the stored array) and how often each is used.
 #: LPS is what most BTCV files use (negative x and y diagonal in the RAS affine).
@@ -375,7 +390,9 @@ class Anatomy:
             (surface bumpiness).
         omitted: organ keys this patient does not have.
         params: other drawn values: stomach air-fluid level ``stomach_air_y`` (mm), aortic bifurcation height
-            ``z_bifurcation`` (mm), ``esophagus_air`` (bool), ``table_gap`` (mm).
+            ``z_bifurcation`` (mm), ``esophagus_air`` (bool), ``table_gap`` (mm), contrast ``phase``,
+            ``stomach_food`` and ``oral_contrast`` (bool), ``pancreas_fat`` (share of fatty lobules),
+            ``colon_gas`` (share of the colon lumen), ``texture_hu`` (amplitude of the soft-tissue texture).
     """
 
     scale: float
@@ -435,6 +452,17 @@ def omitted_organs(seed: int, case_index: int) -> tuple[str, ...]:
     return tuple(omitted)
 
 
+def contrast_phase(seed: int, case_index: int) -> str:
+    """Contrast phase of case ``case_index`` of ``seed`` (``non_contrast``, ``arterial`` or ``portal_venous``).
+
+    Cases come in blocks of five (1-5, 6-10, ...) holding every phase (see
+    :func:`medseg.data.phantom_contrast.block_phase`).
+    """
+    block, position = divmod(case_index - 1, 5)
+    return block_phase(_rng(seed, _STREAM_CONTRAST, 1_000_000 + block), position,
+                       _rng(seed, _STREAM_CONTRAST, 2_000_000 + case_index))
+
+
 def make_anatomy(seed: int, case_index: int) -> Anatomy:
     """Draw the anatomy of case ``case_index`` of ``seed`` (depends on nothing else).
 
@@ -442,7 +470,7 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     z superior; origin at the vertebral body centre at renal-hilum level), then scaled and jittered.
     """
     rng = _rng(seed, _STREAM_ANATOMY, case_index)
-    s = float(rng.uniform(0.93, 1.07))
+    s = float(rng.uniform(0.9, 1.15))
 
     def point(x, y, z, jitter=4.0):
         """A landmark (mm) for an average patient, scaled to this one and jittered by ``jitter`` mm (sd)."""
@@ -466,7 +494,7 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     # Body: the cavity inside the abdominal wall muscle, then the wall, then subcutaneous fat.
     cavity = BodyOutline(
         centre_y=30.0 * s,
-        half_width=118.0 * s * rng.normal(1.0, 0.03),
+        half_width=118.0 * s * rng.normal(1.0, 0.04),
         half_depth_anterior=95.0 * s * rng.normal(1.0, 0.04),
         half_depth_posterior=80.0 * s,
         exponent=float(rng.uniform(2.2, 2.8)),
@@ -498,6 +526,10 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     organs["liver"] = Union([
         blob(point(58, 40, 85), np.array([66, 78, 82]) * s * liver_size, yaw=0, bumpiness=0.04),
         blob(point(-5, 92, 110), np.array([48, 28, 35]) * s * left_lobe_size, yaw=-10, bumpiness=0.05),
+        # Inferior right lobe: runs down lateral and anterior to the right kidney (the kidney, painted later,
+        # sits in its renal impression), to about the kidney's lower half; longer in some patients.
+        blob(point(78, 22, 8), np.array([34, 44, 48 * rng.uniform(0.8, 1.25)]) * s * liver_size, roll=-10,
+             bumpiness=0.05),
     ])
     hepatic_confluence = (20, 28, 128)
     extras["hepatic_veins"] = Union([
@@ -584,25 +616,11 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     for key in omitted:
         organs.pop(key, None)
 
-    # CT numbers (HU) for this patient (portal venous phase like most BTCV scans).
-    liver_hu = rng.uniform(100, 130)
-    aorta_hu = rng.uniform(200, 300)
-    ivc_hu = rng.uniform(130, 170)
-    cortex_hu = rng.uniform(160, 200)
-    hu = {
-        "fat": rng.uniform(-110, -90), "visceral_fat": rng.uniform(-100, -80), "muscle": rng.uniform(40, 60),
-        "lung": rng.uniform(-870, -820), "bone": rng.uniform(250, 380), "cortical_bone": rng.uniform(650, 900),
-        "disc": rng.uniform(70, 100), "csf": rng.uniform(5, 20), "bowel_wall": rng.uniform(70, 100),
-        "bowel_fluid": rng.uniform(0, 20),
-        "liver": liver_hu, "spleen": liver_hu + rng.uniform(-5, 15), "kidney_cortex": cortex_hu,
-        "kidney_medulla": cortex_hu - rng.uniform(15, 35), "gallbladder": rng.uniform(5, 25),
-        "stomach_wall": rng.uniform(50, 80), "stomach_fluid": rng.uniform(10, 30), "gas": rng.uniform(-950, -880),
-        "pancreas": rng.uniform(85, 110), "adrenal": rng.uniform(30, 60), "aorta": aorta_hu, "artery": aorta_hu,
-        "inferior_vena_cava": ivc_hu, "vein": ivc_hu + rng.uniform(0, 20),
-        "portal_splenic_vein": rng.uniform(150, 190), "esophagus": rng.uniform(35, 55),
-        "hepatic_vessels": liver_hu + rng.uniform(20, 45), "myocardium": rng.uniform(40, 60),
-        "blood_pool": 0.5 * (aorta_hu + ivc_hu), "urine": rng.uniform(0, 15), "table": rng.uniform(80, 200),
-    }
+    # CT numbers (HU) for this patient in its contrast phase (medseg.data.phantom_contrast), from its own stream so
+    # that the phase never shifts the anatomy.
+    contrast_rng = _rng(seed, _STREAM_CONTRAST, case_index)
+    phase = contrast_phase(seed, case_index)
+    hu = draw_ct_numbers(contrast_rng, phase)
     fields = {
         "bowel": _smooth_field(rng, 5.5, _BOWEL_LO, _BOWEL_HI, _BOWEL_STEP),
         "content": _smooth_field(rng, 6.0),
@@ -613,6 +631,18 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
         "z_bifurcation": z_bifurcation,
         "esophagus_air": bool(rng.uniform() < 0.4),
         "table_gap": float(rng.uniform(0.0, 15.0)),
+        "phase": phase,
+        # Arms down beside the body (trauma, elderly patients) in one case in four; otherwise raised out of view.
+        "arms_down": bool(contrast_rng.uniform() < 0.25),
+        "stomach_food": bool(contrast_rng.uniform() < 0.4),
+        "oral_contrast": bool(contrast_rng.uniform() < 0.25),
+        # Fatty replacement of the pancreas (in about half of adults, more with age): fraction of lobules that are
+        # fat, mostly mild.
+        "pancreas_fat": float(contrast_rng.uniform(0.0, 0.7) ** 1.5) if contrast_rng.uniform() < 0.5 else 0.0,
+        # Share of the colon lumen that is gas (the rest stool and fluid).
+        "colon_gas": float(contrast_rng.uniform(0.05, 0.45)),
+        # Amplitude (HU) of the parenchymal texture.
+        "texture_hu": float(contrast_rng.uniform(3.0, 10.0)),
     }
     return Anatomy(scale=s, cavity=cavity, muscle=muscle, skin=skin, dome_right=dome_right, dome_left=dome_left,
                    dome_drop=90.0 * s, spine=spine, organs=organs, extras=extras,
@@ -657,8 +687,9 @@ def case_geometry(seed: int, case_index: int, size: str, anatomy: "Anatomy | Non
     """Field of view, voxel size, slice count and storage order of case ``case_index`` of ``seed``.
 
     ``small``: 128 x 128 pixels of 2.5-3.0 mm, 44-56 slices of at most 5 mm from the lung bases to below the
-    kidneys. ``full``: 512 x 512 pixels of 0.6-0.9 mm, 85-198 slices of 2.5, 3 or 5 mm from the lung bases into the
-    pelvis. The field of view follows the patient's width.
+    kidneys, or (one case in three) from below the dome apex to below the aortic bifurcation. ``full``: 512 x 512
+    pixels of 0.6-0.9 mm, 85-198 slices of 2.5, 3 or 5 mm from the lung bases into the pelvis. The field of view
+    follows the patient's width (30 mm less to 40 mm more for ``small``).
     """
     _check_size(size)
     if anatomy is None:
@@ -679,14 +710,22 @@ def case_geometry(seed: int, case_index: int, size: str, anatomy: "Anatomy | Non
 
     if size == "small":
         n_inplane = 128
-        fov = float(np.clip(body_width + rng.uniform(15.0, 50.0), 320.0, 384.0))
+        # A tight field of view: the skin may touch or leave it, as on many clinical reconstructions.
+        fov = float(np.clip(body_width + rng.uniform(-30.0, 40.0), 320.0, 384.0))
         n_slices = int(rng.integers(44, 57))
-        extent = float(rng.uniform(225.0, 255.0))
+        extent = float(rng.uniform(225.0, 280.0))
         dz = float(np.clip(extent / n_slices, 2.5, 5.0))
-        organ_low = -50.0 * anatomy.scale
-        organ_high = dome + 8.0
-        z_centre = 0.5 * (organ_low + organ_high) + float(rng.uniform(-6.0, 6.0))
-        z_first = z_centre - 0.5 * (n_slices - 1) * dz
+        # Usually from the lung bases (0-45 mm above the right dome) down at least to below the kidneys. One case
+        # in three is an abdomen-pelvis window of 5 mm slices instead: from below the dome apex (the top of the
+        # liver and spleen cut off) to below the aortic bifurcation, so that its last slices hold no organ of the
+        # label set (only bowel, iliac vessels and bone).
+        organ_low = -58.0 * anatomy.scale
+        if rng.uniform() < 1.0 / 3.0:
+            dz = 5.0
+            z_top = dome - float(rng.uniform(25.0, 60.0))
+        else:
+            z_top = min(dome + float(rng.uniform(0.0, 45.0)), organ_low + (n_slices - 1) * dz)
+        z_first = z_top - (n_slices - 1) * dz
     else:
         n_inplane = 512
         fov = float(np.clip(body_width + rng.uniform(20.0, 90.0), 0.6 * 512, 0.9 * 512))
@@ -782,6 +821,33 @@ def _paint_table(canvas: Canvas, anatomy: Anatomy) -> None:
     canvas.hu[plate] = table[plate][:, None]
 
 
+def _paint_arms(canvas: Canvas, anatomy: Anatomy) -> None:
+    """Arms down beside the trunk (when ``params["arms_down"]``): an oval of fat around muscle around the humerus
+    (above the elbow, about 80 mm below the renal hila) or the two forearm bones (below it), a few mm from the
+    skin. Unlabelled; they lie at the edge of (or outside) a small field of view."""
+    if not anatomy.params["arms_down"]:
+        return
+    s = anatomy.scale
+    hu = anatomy.hu
+    skin = anatomy.skin
+    x_arm = skin.half_width_max() + 8.0 + 42.0 * s
+    y_arm = skin.centre_y - 10.0 * s
+    xs, ys = canvas.xs[:, None], canvas.ys[None, :]
+    for side in (1.0, -1.0):
+        dx, dy = xs - side * x_arm, ys - y_arm
+        outer = (dx / (42.0 * s)) ** 2 + (dy / (50.0 * s)) ** 2 < 1
+        muscle = (dx / (32.0 * s)) ** 2 + (dy / (40.0 * s)) ** 2 < 1
+        humerus = dx ** 2 + dy ** 2 < (11.0 * s) ** 2
+        forearm = ((dx - 9.0 * s) ** 2 + (dy + 6.0 * s) ** 2 < (6.0 * s) ** 2) | (
+            (dx + 9.0 * s) ** 2 + (dy - 6.0 * s) ** 2 < (6.0 * s) ** 2)
+        for k, z in enumerate(canvas.zs):
+            slice_hu = canvas.hu[:, :, k]
+            slice_hu[outer] = hu["fat"]
+            slice_hu[muscle] = hu["muscle"]
+            slice_hu[humerus if z > -80.0 * s else forearm] = hu["cortical_bone"] * 0.8
+            canvas.bone[:, :, k] |= humerus if z > -80.0 * s else forearm
+
+
 def _paint_body(canvas: Canvas, anatomy: Anatomy) -> None:
     """Subcutaneous fat inside the skin, the wall muscle, and visceral fat filling the cavity."""
     canvas.hu[canvas.body] = anatomy.hu["fat"]
@@ -812,8 +878,12 @@ def _paint_bowel(canvas: Canvas, anatomy: Anatomy) -> None:
         lumen = allowed & (bowel > 0.45)
         region = canvas.hu[box]
         region[loop] = hu["bowel_wall"]
-        fluid = (hu["bowel_fluid"] + 10.0 * content)
-        fluid[content < -1.0] = hu["muscle"]  # collapsed loops
+        if anatomy.params["oral_contrast"]:  # positive oral contrast, unevenly mixed with the bowel fluid
+            mixing = np.clip(0.6 + 0.4 * content, 0.0, 1.0)
+            fluid = hu["bowel_fluid"] + mixing * (hu["oral_contrast"] - hu["bowel_fluid"])
+        else:
+            fluid = hu["bowel_fluid"] + 10.0 * content
+        fluid[content < -1.0] = hu["bowel_wall"]  # collapsed loops
         fluid[content > 2.0] = hu["gas"]
         region[lumen] = fluid[lumen]
     _paint_hollow_tube(canvas, anatomy, anatomy.extras["duodenum"], wall_level=0.7, gas_threshold=1.5)
@@ -839,7 +909,8 @@ def _paint_hollow_tube(canvas: Canvas, anatomy: Anatomy, shape, wall_level: floa
     region[inside] = hu["bowel_wall"]
     if gas_threshold is None:
         mottle = np.sin(4.0 * content)  # finer than the field itself: stool mixed with gas
-        stool = np.where(mottle > 0.35, hu["gas"], 25.0 + 25.0 * mottle)
+        gas_above = np.float32(math.cos(math.pi * anatomy.params["colon_gas"]))  # that share of the lumen is gas
+        stool = np.where(mottle > gas_above, hu["gas"], 25.0 + 25.0 * mottle)
         region[lumen] = stool[lumen]
     else:
         region[lumen] = hu["stomach_fluid"]
@@ -887,11 +958,18 @@ def _paint_ribs(canvas: Canvas, anatomy: Anatomy) -> None:
     if k0 >= len(canvas.zs):
         return
     z = canvas.zs[None, None, k0:]
-    period, thickness, drop = 28.0 * s, 9.0 * s, 150.0 * s
+    period, thickness, drop = 28.0 * s, 7.0 * s, 150.0 * s
     phase = np.mod(z + drop * (angle / np.pi)[:, :, None] - dome, period)
     rib = (phase < thickness) & (z > costal_margin[:, :, None]) & away_from_midline[:, :, None]
     rib &= canvas.wall[:, :, k0:]
-    canvas.hu[:, :, k0:][rib] = anatomy.hu["cortical_bone"] * 0.75
+    # Separate ribs: each is interrupted between its costal cartilage and the next rib's angle, so that an axial
+    # slice cuts a few short arcs, not a ring. Marrow inside, cortex at the upper and lower edges.
+    rib_number = np.floor((z + drop * (angle / np.pi)[:, :, None] - dome) / period)
+    gap_centre = np.mod(0.9 + 0.37 * rib_number, 1.0) * np.pi
+    rib &= np.abs(angle[:, :, None] - gap_centre) > 0.35
+    cortex = rib & ((phase < 1.5 * s) | (phase > thickness - 1.5 * s))
+    canvas.hu[:, :, k0:][rib] = anatomy.hu["bone"]
+    canvas.hu[:, :, k0:][cortex] = anatomy.hu["cortical_bone"] * 0.75
     canvas.bone[:, :, k0:] |= rib
 
 
@@ -969,21 +1047,27 @@ def _paint_spine_and_back(canvas: Canvas, anatomy: Anatomy) -> None:
 
 
 def _paint_unlabelled_vessels(canvas: Canvas, anatomy: Anatomy) -> None:
-    """Iliac and mesenteric vessels and the renal veins (not BTCV organs), inside the cavity."""
+    """Iliac and mesenteric vessels and the renal veins and arteries (not BTCV organs), inside the cavity."""
     hu = anatomy.hu
     s = anatomy.scale
-    renal_veins = []
+    renal_veins, renal_arteries = [], []
     ivc_targets = {"kidney_right": np.array([22, 32, 8]) * s, "kidney_left": np.array([22, 34, 14]) * s}
     for key in ("kidney_right", "kidney_left"):
         if key in anatomy.organs:
             hilum = anatomy.extras[f"{key}_hilum"]
             via = [np.array([-20, 45, 16]) * s] if key == "kidney_left" else []
             renal_veins.append(Tube([hilum, *via, ivc_targets[key]], [5 * s] * (2 + len(via))))
+            # Renal artery: from the side of the aorta, behind the renal vein (the right one behind the IVC).
+            origin = np.array([-11.0, 28.0, hilum[2] / s + 12.0]) * s
+            behind = np.array([0.0, -6.0, 4.0]) * s
+            renal_arteries.append(Tube([origin, 0.5 * (origin + hilum) + behind, hilum + behind * 0.5],
+                                       [3.2 * s, 3.0 * s, 2.6 * s]))
     shapes = [("iliac_arteries", anatomy.extras["iliac_arteries"], hu["artery"]),
               ("mesenteric_arteries", anatomy.extras["mesenteric_arteries"], hu["artery"]),
               ("iliac_veins", anatomy.extras["iliac_veins"], hu["vein"]),
               ("mesenteric_vessels", anatomy.extras["mesenteric_vessels"], hu["vein"])]
     shapes += [("renal_vein", vein, hu["vein"]) for vein in renal_veins]
+    shapes += [("renal_artery", artery, hu["artery"]) for artery in renal_arteries]
     for _, shape, value in shapes:
         found = canvas.evaluate(shape)
         if found is None:
@@ -1034,7 +1118,12 @@ def _paint_organs(canvas: Canvas, anatomy: Anatomy) -> None:
             vessel = (vlevel < 1) & (canvas.label[vbox] == LABEL["liver"])
             canvas.hu[vbox][vessel] = hu["hepatic_vessels"]
 
-    _paint_organ(canvas, anatomy, "spleen", hu["spleen"], halo=0.06)
+    painted = _paint_organ(canvas, anatomy, "spleen", hu["spleen"], halo=0.06)
+    if painted is not None and anatomy.params["phase"] == "arterial":
+        # Arciform (zebra) enhancement of the spleen in the arterial phase: bands of +-35 HU.
+        box, _, inside = painted
+        bands = np.sin(5.0 * anatomy.fields["shape"].sample(*canvas.coords(box)))
+        canvas.hu[box][inside] += (35.0 * bands)[inside]
 
     painted = _paint_organ(canvas, anatomy, "stomach", hu["stomach_wall"], halo=0.05, roughness=0.04)
     if painted is not None:
@@ -1042,6 +1131,10 @@ def _paint_organs(canvas: Canvas, anatomy: Anatomy) -> None:
         lumen = inside & (level < 0.84)
         air = lumen & (canvas.ys[box[1]][None, :, None] > np.float32(anatomy.params["stomach_air_y"]))
         canvas.hu[box][lumen] = hu["stomach_fluid"]
+        if anatomy.params["stomach_food"]:  # a recent meal: mottled food with small gas pockets
+            mottle = np.sin(5.0 * anatomy.fields["content"].sample(*canvas.coords(box)))
+            food = np.where(mottle > 0.8, hu["gas"], 20.0 + 30.0 * mottle)
+            canvas.hu[box][lumen] = food[lumen]
         canvas.hu[box][air] = hu["gas"]
 
     for key in ("kidney_right", "kidney_left"):
@@ -1056,7 +1149,13 @@ def _paint_organs(canvas: Canvas, anatomy: Anatomy) -> None:
         canvas.hu[box][sinus] = hu["visceral_fat"]
         canvas.hu[box][sinus & (sinus_level < 0.5)] = hu["urine"]
 
-    _paint_organ(canvas, anatomy, "pancreas", hu["pancreas"], halo=0.06, roughness=0.1)
+    painted = _paint_organ(canvas, anatomy, "pancreas", hu["pancreas"], halo=0.06, roughness=0.1)
+    if painted is not None and anatomy.params["pancreas_fat"] > 0.01:
+        # Fatty lobules between the acini (label unchanged): half fat at the voxel scale, by partial volume.
+        box, _, inside = painted
+        lobules = np.sin(7.0 * anatomy.fields["content"].sample(*canvas.coords(box)))
+        fat = inside & (lobules > np.float32(math.cos(math.pi * anatomy.params["pancreas_fat"])))
+        canvas.hu[box][fat] = 0.5 * (hu["pancreas"] + hu["visceral_fat"])
     _paint_organ(canvas, anatomy, "gallbladder", hu["gallbladder"], roughness=0.03)
     _paint_organ(canvas, anatomy, "adrenal_right", hu["adrenal"], halo=0.3, roughness=0.05)
     _paint_organ(canvas, anatomy, "adrenal_left", hu["adrenal"], halo=0.3, roughness=0.05)
@@ -1078,6 +1177,7 @@ def render_anatomy(anatomy: Anatomy, geometry: CaseGeometry) -> tuple[np.ndarray
     """
     canvas = _new_canvas(anatomy, geometry)
     _paint_table(canvas, anatomy)
+    _paint_arms(canvas, anatomy)
     _paint_body(canvas, anatomy)
     _paint_bowel(canvas, anatomy)
     _paint_thorax(canvas, anatomy)
@@ -1085,7 +1185,22 @@ def render_anatomy(anatomy: Anatomy, geometry: CaseGeometry) -> tuple[np.ndarray
     _paint_spine_and_back(canvas, anatomy)
     _paint_unlabelled_vessels(canvas, anatomy)
     _paint_organs(canvas, anatomy)
+    _add_texture(canvas, anatomy)
     return canvas.hu, canvas.label
+
+
+def _add_texture(canvas: Canvas, anatomy: Anatomy) -> None:
+    """Soft-tissue texture: a fine smooth pattern of +-``texture_hu`` HU on every non-fat, non-bone voxel.
+
+    The pattern lives in patient coordinates (from the anatomy's smooth fields), so it is the same tissue pattern
+    whatever the scan's voxel size.
+    """
+    box = _box(np.array([-1e9, -1e9, -1e9]), np.array([1e9, 1e9, 1e9]), canvas.xs, canvas.ys, canvas.zs)
+    content = anatomy.fields["content"].sample(*canvas.coords(box))
+    shape = anatomy.fields["shape"].sample(*canvas.coords(box))
+    pattern = np.sin(6.0 * content + 4.0 * shape)
+    soft = (canvas.hu > -30.0) & (canvas.hu < 300.0) & ~canvas.bone
+    canvas.hu[soft] += (np.float32(anatomy.params["texture_hu"]) * pattern)[soft]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1100,30 +1215,60 @@ def _gaussian_weights(sigma: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def form_image(hu: np.ndarray, geometry: CaseGeometry, rng: np.random.Generator, noise_sd: float) -> np.ndarray:
+@dataclass(frozen=True)
+class Scanner:
+    """How one case was reconstructed (drawn per case by :func:`draw_scanner`).
+
+    Attributes:
+        noise_sd: image noise standard deviation in HU (about 6 for a smooth standard-dose 5 mm image, 25 and more
+            for a low-dose or thin-slice one).
+        blur_mm: in-plane Gaussian sigma (mm) of the reconstruction kernel and partial volume (soft kernels blur
+            more).
+        blur_z: Gaussian sigma along z in voxels (slice profile).
+        grain: in-plane correlation of the noise (Gaussian sigma in voxels; coarser grain with soft kernels).
+    """
+
+    noise_sd: float = 15.0
+    blur_mm: float = 0.75
+    blur_z: float = 0.6
+    grain: float = 0.6
+
+
+def draw_scanner(rng: np.random.Generator) -> Scanner:
+    """Reconstruction settings of one case, varying as they do between clinical scans."""
+    softness = float(rng.uniform(0.0, 1.0))  # 0: sharp kernel, 1: soft kernel
+    return Scanner(noise_sd=float(rng.uniform(6.0, 26.0)), blur_mm=0.5 + 1.0 * softness,
+                   blur_z=float(rng.uniform(0.45, 0.8)), grain=0.5 + 0.5 * softness)
+
+
+def form_image(hu: np.ndarray, geometry: CaseGeometry, rng: np.random.Generator, noise_sd: float,
+               scanner: "Scanner | None" = None) -> np.ndarray:
     """Turn painted CT numbers into a CT-like image.
 
-    Partial-volume blur: Gaussian, sigma max(0.5 voxel, 0.75 mm) in-plane and 0.6 voxel along z (so 1.5-3 mm:
-    stronger than in-plane, as the slices are thick). Then noise: Gaussian, correlated in-plane (sigma 0.6 voxel),
-    with standard deviation ``noise_sd`` HU. Outside the circular reconstruction field of view the value is -1024.
+    Partial-volume and kernel blur: Gaussian, sigma max(0.5 voxel, ``scanner.blur_mm``) in-plane and
+    ``scanner.blur_z`` voxel along z (the slices are thick). Then noise: Gaussian, correlated in-plane (sigma
+    ``scanner.grain`` voxel), with standard deviation ``noise_sd`` HU. Outside the circular reconstruction field of
+    view the value is -1024.
 
     Args:
         hu: float32 noise-free CT numbers on the painting grid (x, y, z); not modified.
         geometry: the grid's spacing.
         rng: noise generator.
         noise_sd: noise standard deviation in HU.
+        scanner: blur and grain (default: :class:`Scanner`'s defaults; its ``noise_sd`` is not used).
 
     Returns:
         int16 CT numbers clipped to -1024 .. 3071.
     """
     from scipy.ndimage import gaussian_filter
 
+    scanner = scanner or Scanner()
     dx, _, _ = geometry.spacing
-    sigma_inplane = max(0.5, 0.75 / dx)
-    image = gaussian_filter(hu, (sigma_inplane, sigma_inplane, 0.6), mode="nearest")
+    sigma_inplane = max(0.5, scanner.blur_mm / dx)
+    image = gaussian_filter(hu, (sigma_inplane, sigma_inplane, scanner.blur_z), mode="nearest")
     noise = rng.standard_normal(hu.shape, dtype=np.float32)
-    gaussian_filter(noise, (0.6, 0.6, 0.0), output=noise, mode="nearest")
-    gain = float(np.sum(_gaussian_weights(0.6) ** 2))  # variance kept per axis
+    gaussian_filter(noise, (scanner.grain, scanner.grain, 0.0), output=noise, mode="nearest")
+    gain = float(np.sum(_gaussian_weights(scanner.grain) ** 2))  # variance kept per axis
     noise *= np.float32(noise_sd / math.sqrt(gain * gain))
     image += noise
     del noise
@@ -1157,8 +1302,8 @@ def _generate(case_index: int, seed: int, size: str) -> tuple[Volume, Volume, di
     geometry = case_geometry(seed, case_index, size, anatomy)
     hu, label = render_anatomy(anatomy, geometry)
     noise_rng = _rng(seed, _STREAM_NOISE, case_index)
-    noise_sd = float(noise_rng.uniform(10.0, 20.0))
-    image = form_image(hu, geometry, noise_rng, noise_sd)
+    scanner = draw_scanner(noise_rng)
+    image = form_image(hu, geometry, noise_rng, scanner.noise_sd, scanner)
     del hu
     from medseg.data.orientation import reorient
 
@@ -1171,7 +1316,10 @@ def _generate(case_index: int, seed: int, size: str) -> tuple[Volume, Volume, di
         "spacing": [round(float(v), 4) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))],
         "axcodes": "".join(geometry.axcodes),
         "omitted_organs": list(anatomy.omitted),
-        "noise_sd_hu": round(noise_sd, 2),
+        "contrast_phase": anatomy.params["phase"],
+        "oral_contrast": anatomy.params["oral_contrast"],
+        "noise_sd_hu": round(scanner.noise_sd, 2),
+        "blur_mm": round(scanner.blur_mm, 2),
         "patient_scale": round(anatomy.scale, 4),
     }
     return Volume(image, affine), Volume(label, affine), info
@@ -1355,7 +1503,7 @@ def _preview_views(image: Volume, label: Volume) -> list[tuple[str, np.ndarray, 
     return views
 
 
-def render_preview(source, path: "str | Path", max_cases: int = 4) -> Path:
+def render_preview(source, path: "str | Path", max_cases: int = 4, title: "str | None" = None) -> Path:
     """Save a PNG montage: per case three axial slices (most liver/spleen/stomach, most kidney, half-way from
     there to the lowest slice) and a coronal view, with the label overlay in medseg's organ colours.
 
@@ -1364,6 +1512,7 @@ def render_preview(source, path: "str | Path", max_cases: int = 4) -> Path:
             ``(case_id, image Volume, label Volume)``.
         path: the PNG to write (atomically).
         max_cases: at most this many cases are shown (the first ones).
+        title: the figure's title (default: the phantom cohort's).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -1385,14 +1534,15 @@ def render_preview(source, path: "str | Path", max_cases: int = 4) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(cases), 4, squeeze=False)
     for row, (case_id, image, label) in enumerate(cases):
-        for col, (title, img2d, lab2d, aspect) in enumerate(_preview_views(image, label)):
+        for col, (view, img2d, lab2d, aspect) in enumerate(_preview_views(image, label)):
             ax = axes[row, col]
             ax.imshow(label_overlay(img2d, lab2d, BTCV13), aspect=aspect, interpolation="nearest")
-            ax.set_title(f"{case_id}: {title}", fontsize=8)
+            ax.set_title(f"{case_id}: {view}", fontsize=8)
             ax.set_axis_off()
     handles = [Patch(color=np.array(ORGAN_COLOURS[key]) / 255.0, label=name) for key, name in BTCV_ORGANS.values()]
     figure.legend(handles=handles, loc="outside lower center", ncol=7, fontsize=8, frameon=False)
-    figure.suptitle("medseg phantom cohort (window L40 W400; patient's right on the image left)", fontsize=10)
+    figure.suptitle(title or "medseg phantom cohort (window L40 W400; patient's right on the image left)",
+                    fontsize=10)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png")

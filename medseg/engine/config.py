@@ -47,6 +47,7 @@ _KINDS: dict[str, tuple[type, bool]] = {
     "aux_weights": (list, True),
     "augment": (bool, False),
     "augmentation": (str, False),
+    "domain_randomisation": (bool, False),
     "drop_empty": (bool, False),
     "seed": (int, False),
     "workers": (int, False),
@@ -67,7 +68,7 @@ _KINDS: dict[str, tuple[type, bool]] = {
 #: Keys that define the optimisation itself: a resumed run must keep them (see :func:`check_resume_compatible`).
 SCHEDULE_KEYS = ("model", "model_options", "pretrained", "img_size", "batch_size", "epochs", "lr", "momentum",
                  "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment", "augmentation",
-                 "drop_empty", "seed")
+                 "domain_randomisation", "drop_empty", "seed")
 
 AMP_CHOICES = ("auto", "bf16", "off")
 AUGMENTATION_CHOICES = ("fused", "paper")  # medseg.data.transforms.AUGMENTATION_MODES
@@ -97,6 +98,8 @@ class TrainConfig:
         augmentation: its mode: ``fused`` (the fast default: a continuous angle, one torch resampling together
             with the resize) or ``paper`` (the reference's draws, integer angles -20..19, and its np.rot90/flip or
             ndimage.rotate then ndimage.zoom steps: the reference's exact arrays).
+        domain_randomisation: with ``augment``, also randomise intensity, contrast, noise, blur and in-plane scale
+            per slice (:mod:`medseg.data.domain_randomisation`; for training on phantoms or one scanner).
         drop_empty: train only on slices that hold an organ (the reference trains on all slices).
         seed: seeds weights, shuffling, augmentation and dropout.
         workers: data-loader worker processes (0 loads in the training process).
@@ -133,6 +136,7 @@ class TrainConfig:
     aux_weights: "list | None" = None
     augment: bool = True
     augmentation: str = "fused"
+    domain_randomisation: bool = False
     drop_empty: bool = False
     seed: int = 1234
     workers: int = 2
@@ -196,6 +200,8 @@ class TrainConfig:
         if self.augmentation not in AUGMENTATION_CHOICES:
             raise ConfigError(f"{source}: augmentation must be one of {', '.join(AUGMENTATION_CHOICES)}, "
                               f"got {self.augmentation!r}")
+        if self.domain_randomisation and not self.augment:
+            raise ConfigError(f"{source}: domain_randomisation needs augment: true (it is part of the augmentation)")
         if self.amp not in AMP_CHOICES:
             raise ConfigError(f"{source}: amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         device = self.device
