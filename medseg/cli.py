@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "preprocess a cohort into a 2D slice cache"),
     "models": ("models", "list the model zoo"),
     "train": ("train", "train a model on a prepared slice cache"),
-    "predict": ("predict", "segment NIfTI volumes with a checkpoint"),
+    "predict": ("predict", "segment CT volumes (NIfTI, TransUNet h5 or DICOM series) with a checkpoint"),
     "evaluate": ("evaluate", "per-organ Dice / HD95 / ASSD / NSD of predictions against references"),
     "run": ("run", "run a YAML pipeline"),
 }

@@ -113,13 +113,17 @@ def read_volume(path: "str | Path", *, dtype=None) -> Volume:
     return Volume(array=array, affine=affine)
 
 
-def write_volume(path: "str | Path", volume: Volume, *, dtype=None) -> Path:
+def write_volume(path: "str | Path", volume: Volume, *, dtype=None, intent: "tuple[str, str] | None" = None,
+                 descrip: "str | None" = None) -> Path:
     """Write ``volume`` as NIfTI atomically (temp file in the same folder, then rename).
 
     Args:
         path: destination ``.nii`` or ``.nii.gz``.
         volume: the array and affine to store; the header's qform and sform are both set to the affine.
         dtype: on-disk data type (e.g. ``np.uint8`` for label maps); default keeps the array's.
+        intent: optional ``(intent code, intent name)`` for the header, e.g. ``("label", "synapse8")``
+            (the name is at most 15 characters).
+        descrip: optional header description (at most 79 characters).
     """
     import nibabel as nib
 
@@ -129,6 +133,10 @@ def write_volume(path: "str | Path", volume: Volume, *, dtype=None) -> Path:
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(volume.affine, code=1)
     image.set_sform(volume.affine, code=1)
+    if intent is not None:
+        image.header.set_intent(intent[0], name=intent[1][:15])
+    if descrip is not None:
+        image.header["descrip"] = descrip[:79].encode("ascii", "replace")
     suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:
         nib.save(image, str(tmp))

@@ -395,10 +395,9 @@ def _test_cases(outputs) -> list[dict]:
 
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from tqdm.auto import tqdm
-
     from medseg.engine.inference import load_predictor, predict_volume
-    from medseg.io import write_volume
+    from medseg.outputs import write_label_map, write_labels_nifti
+    from medseg.progress import progress_bar as tqdm
 
     checkpoint = outputs["train"].get(params["checkpoint"]) or outputs["train"]["last"]
     predictor = load_predictor(checkpoint, params["device"])
@@ -409,7 +408,8 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
         if target.exists():  # resumed stage: this case was finished before the interruption
             continue
         labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"])
-        write_volume(target, labels, dtype="uint8")
+        write_labels_nifti(target, labels, predictor.label_set)
+    write_label_map(labels_dir, predictor.label_set)
     return {"predictions": str(labels_dir), "checkpoint": str(checkpoint), "cases": len(entries)}
 
 
@@ -453,7 +453,9 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     summary = read_json(outputs["evaluate"]["summary"])
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
-                          extra_figures={"training_curve": curve} if curve else None)
+                          extra_figures={"training_curve": curve} if curve else None,
+                          provenance=_report_provenance(pipeline, outputs),
+                          images={e["case_id"]: e["source_image"] for e in _test_cases(outputs)})
     stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
     write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
                                              "stages": stage_info, "outputs": outputs})
@@ -462,6 +464,32 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     if curve is not None:
         result["training_curve"] = str(paths["training_curve"])
     return result
+
+
+def _report_provenance(pipeline, outputs) -> dict:
+    """What the report evaluates: model, checkpoint (with its sha256), training settings, data, pipeline record."""
+    train = pipeline.stages.get("train", {})
+    checkpoint = (outputs.get("predict") or {}).get("checkpoint")
+    sha = None
+    if checkpoint and Path(checkpoint).is_file():
+        digest = hashlib.sha256()
+        with open(checkpoint, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        sha = digest.hexdigest()
+    trained = outputs.get("train") or {}
+    settings = {key: train[key] for key in ("epochs", "batch_size", "lr", "img_size", "seed", "augmentation")
+                if key in train}
+    if trained.get("epochs") is not None:
+        settings["epochs completed"] = trained["epochs"]
+    if trained.get("final_loss") is not None:
+        settings["last batch loss"] = round(float(trained["final_loss"]), 4)
+    prepare = pipeline.stages.get("prepare", {})
+    data = str(pipeline.data) if pipeline.data else f"phantom cohort {(outputs.get('synth') or {}).get('cohort')}"
+    if prepare:
+        data += f" (label set {prepare.get('labels')}, split {prepare.get('split')})"
+    return {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
+            "data": data, "pipeline_record": "pipeline.json"}
 
 
 def _training_curve(outputs) -> "bytes | None":

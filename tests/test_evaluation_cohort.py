@@ -202,7 +202,8 @@ def test_reports_contents(flat, tmp_path):
     assert "![DSC per organ](dice_boxplot.png)" in markdown
 
     page = paths["html"].read_text()
-    assert page.count('src="data:image/png;base64,') == 2
+    thumbnails = sorted((tmp_path / "report").glob("worst_*.png"))
+    assert page.count('src="data:image/png;base64,') == 2 + len(thumbnails)  # the box plots and the thumbnails
     assert "<th>Aorta</th><th>Gallbladder</th>" in page
     for name in ("dice_boxplot", "hd95_boxplot"):
         assert paths[name].read_bytes().startswith(b"\x89PNG")

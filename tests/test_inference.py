@@ -185,8 +185,8 @@ def test_label_statistics():
     image = np.full((4, 4, 2), -100.0)
     image[:2, :2, 0] = [[50.0, 70.0], [60.0, 60.0]]
     stats = label_statistics(Volume(labels, affine), Volume(image, affine), get_synapse8())
-    assert stats["organs"]["liver"] == {"voxels": 4, "volume_ml": 0.04, "mean_hu": 60.0}
-    assert stats["organs"]["spleen"] == {"voxels": 0, "volume_ml": 0.0, "mean_hu": None}
+    assert stats["organs"]["liver"] == {"voxels": 4, "volume_ml": 0.04, "mean_hu": 60.0, "std_hu": 7.071}
+    assert stats["organs"]["spleen"] == {"voxels": 0, "volume_ml": 0.0, "mean_hu": None, "std_hu": None}
 
 
 def get_synapse8():

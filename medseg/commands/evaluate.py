@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="raw: references hold raw BTCV values 0..13 (remapped to the label set); classes: "
                              "they hold the label set's classes; auto (default): raw for a label/ or labelsTr/ "
                              "cohort, else decided per file from its values")
+    parser.add_argument("--extended-metrics", action="store_true",
+                        help="also report IoU, precision, recall and TP / FP / FN volumes per organ")
+    parser.add_argument("--thumbnails", type=int, default=4, metavar="N",
+                        help="overlay thumbnails of the N worst (case, organ) results (default 4; 0: none)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         reference_format=args.reference_format,
         progress=not args.no_progress,
     )
-    paths = write_reports(summary, args.output)
+    paths = write_reports(summary, args.output, extended=args.extended_metrics, thumbnails=max(args.thumbnails, 0))
     _log_summary(summary)
     logger.info("reports written to %s (%s)", args.output, ", ".join(p.name for p in paths.values()))
     counts = summary["counts"]

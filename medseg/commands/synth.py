@@ -5,7 +5,6 @@ See :mod:`medseg.data.phantom` for what the phantom holds and how it is made.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -26,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.data.phantom import write_cohort
 
     summary = write_cohort(args.out_dir, cases=args.cases, seed=args.seed, size=args.size, workers=args.workers,
-                           progress=sys.stderr.isatty(), preview=not args.no_preview)
+                           progress=True, preview=not args.no_preview)
     noun = "case" if summary["cases"] == 1 else "cases"
     print(f"wrote {summary['cases']} {summary['size']} phantom {noun} (seed {summary['seed']}) to "
           f"{summary['out_dir']} in {summary['seconds']:.1f} s")

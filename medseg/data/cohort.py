@@ -7,6 +7,9 @@ Three folder layouts are recognised (labels are optional: images alone are an in
 * plain: ``images/`` with ``labels/`` holding files of the same case, or one flat folder of NIfTI files where a
   label file is named like its image with a ``_label``/``_seg``/``_gt`` suffix.
 
+An image may also be a DICOM series: a sub-folder (``img/img0001/``) or ``.zip`` (``img/img0001.zip``) in the
+image folder, with its label as NIfTI on the series' grid (the grid :func:`medseg.dicom.read_series` gives).
+
 Every case gets an id in the ``case0001`` style: the last run of digits in the file name, zero-padded to four.
 A name without digits keeps its stem as the id.
 """
@@ -42,7 +45,7 @@ class Case:
 
     Attributes:
         case_id: ``case0001`` style identifier.
-        image: path of the CT volume (NIfTI).
+        image: path of the CT volume (NIfTI, or a DICOM series folder / .zip: see :func:`medseg.dicom.read_image`).
         label: path of the reference label volume, or None for an inference-only case.
     """
 
@@ -71,6 +74,14 @@ def nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images directly in ``folder``: NIfTI files and DICOM series (sub-folders or ``.zip`` files), by name."""
+    from medseg.dicom import is_dicom_input
+
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
+                  and ((p.is_file() and is_nifti(p)) or is_dicom_input(p)))
+
+
 def index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
     """``{case_id: path}``; two files with the same case id are an :class:`InputError` naming both."""
     indexed: dict[str, Path] = {}
@@ -83,7 +94,7 @@ def index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
 
 
 def _pair(image_dir: Path, label_dir: "Path | None") -> list[Case]:
-    images = index_by_case(nifti_files(image_dir), image_dir)
+    images = index_by_case(image_files(image_dir), image_dir)
     if not images:
         raise InputError(f"{image_dir}: no NIfTI images (.nii or .nii.gz) found")
     labels = index_by_case(nifti_files(label_dir), label_dir) if label_dir is not None else {}

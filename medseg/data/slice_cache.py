@@ -151,7 +151,7 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
     Raises:
         InputError: the cohort folder is unusable. ConfigError: ``out_dir`` holds a cache made with other settings.
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     label_set = get_label_set(labels)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)

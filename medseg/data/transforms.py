@@ -39,7 +39,7 @@ from monai.transforms import Compose, MapTransform, Orientationd, ScaleIntensity
 
 from medseg.data.orientation import SLICE_AXCODES
 from medseg.errors import InputError, MedsegError
-from medseg.io import read_volume
+from medseg.dicom import read_image
 from medseg.labels import LabelSet, remap_labels
 
 IMAGE, LABEL = "image", "label"
@@ -76,7 +76,8 @@ class PreprocessingParams:
 class LoadVolumed(MapTransform):
     """Read NIfTI files named by ``data[key]`` (paths) into channel-first MetaTensors ``(1, i, j, k)``.
 
-    Uses :func:`medseg.io.read_volume`, so a missing, truncated or non-3D file raises an :class:`InputError` that
+    Uses :func:`medseg.dicom.read_image` (NIfTI through :func:`medseg.io.read_volume`, or a DICOM series folder or zip),
+    so a missing, truncated or non-3D file raises an :class:`InputError` that
     names it. The source path, shape and affine are kept under ``<key>_source``, ``<key>_source_shape`` and
     ``<key>_source_affine`` so a prediction can be put back onto the file's grid.
     """
@@ -89,7 +90,7 @@ class LoadVolumed(MapTransform):
         for key in self.key_iterator(d):
             path = d[key]
             dtype = np.float32 if key == IMAGE else None
-            volume = read_volume(path, dtype=dtype)
+            volume = read_image(path, dtype=dtype)
             d[f"{key}_source"] = str(path)
             d[f"{key}_source_shape"] = tuple(int(s) for s in volume.shape)
             d[f"{key}_source_affine"] = volume.affine

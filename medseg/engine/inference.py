@@ -336,7 +336,7 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     Returns:
         ``(labels uint8 (H, W, D), probabilities float16 (H, W, D, C) or None)``.
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     if oriented.ndim != 3:
         raise InputError(f"expected a 3D volume, got shape {oriented.shape}")
@@ -467,37 +467,6 @@ def orient_view(array: np.ndarray, affine: np.ndarray, axcodes="PLS") -> np.ndar
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Statistics
+# Statistics: one implementation, in medseg.outputs (kept importable from here).
 
-
-def label_statistics(labels: Volume, image: "Volume | None", label_set: LabelSet, hu: bool = True) -> dict:
-    """Per-organ volume (ml) and mean image value of a label volume.
-
-    Args:
-        labels: predicted classes on the image's grid.
-        image: the CT on the same grid (HU), or None.
-        label_set: the classes' organs.
-        hu: the image holds HU (False for h5 input in [0, 1]: the mean is reported as ``mean_intensity``).
-
-    Returns:
-        ``{"voxel_volume_ml": v, "organs": {organ: {"voxels": n, "volume_ml": ml, "mean_hu": x or None}}}``; the
-        voxel volume is ``|det(affine[:3, :3])|`` mm^3 / 1000.
-    """
-    voxel_ml = abs(float(np.linalg.det(np.asarray(labels.affine)[:3, :3]))) / 1000.0
-    num_classes = label_set.num_classes
-    counts = np.zeros(num_classes, dtype=np.int64)
-    sums = np.zeros(num_classes, dtype=np.float64)
-    depth = labels.array.shape[-1]
-    for start in range(0, depth, 32):  # in chunks of slices, so a long volume is never copied as float64
-        chunk = np.asarray(labels.array[..., start:start + 32]).reshape(-1).astype(np.int64)
-        counts += np.bincount(chunk, minlength=num_classes)[:num_classes]
-        if image is not None:
-            values = np.asarray(image.array[..., start:start + 32], dtype=np.float64).reshape(-1)
-            sums += np.bincount(chunk, weights=values, minlength=num_classes)[:num_classes]
-    key = "mean_hu" if hu else "mean_intensity"
-    organs = {}
-    for index, organ in enumerate(label_set.organs, start=1):
-        count = int(counts[index])
-        mean = round(float(sums[index] / count), 3) if image is not None and count else None
-        organs[organ] = {"voxels": count, "volume_ml": round(count * voxel_ml, 4), key: mean}
-    return {"voxel_volume_ml": voxel_ml, "organs": organs}
+from medseg.outputs import organ_statistics as label_statistics  # noqa: E402,F401

@@ -340,7 +340,7 @@ def train(config: TrainConfig) -> RunResult:
     try:
         stop.install()
         if config.progress and context.is_main:
-            from tqdm.contrib.logging import logging_redirect_tqdm
+            from medseg.progress import logging_redirect as logging_redirect_tqdm
 
             with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
                 return _train(config, context, device, stop, started, log_files)
@@ -357,7 +357,7 @@ def train(config: TrainConfig) -> RunResult:
 
 def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: _StopRequest,
            started: float, log_files: list) -> RunResult:
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     from medseg.models import create, get_spec
     from medseg.models.checkpoint import load_checkpoint, save_checkpoint

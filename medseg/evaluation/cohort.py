@@ -245,7 +245,7 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
         InputError: a folder is missing or unusable, or no prediction matches a reference.
         ConfigError: bad protocol, tolerance, workers or reference format.
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     label_set = get_label_set(labels)
     protocols_of(protocol)
