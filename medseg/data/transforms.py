@@ -17,7 +17,15 @@ so a model sees exactly the values the slice cache holds.
 
 Slice chain (one 2D slice, used by the training dataset)::
 
-    PaperAugmentd      TransUNet's augmentation distribution, fused with the resize to the model size
+    PaperAugmentd      TransUNet's training augmentation (the reference RandomGenerator's draws), in one of two
+                       resampling modes (AUGMENTATION_MODES):
+                         paper  the reference's two resamplings: np.rot90 + np.flip, or ndimage.rotate(order=0,
+                                reshape=False), then ndimage.zoom to the model size (image order 3, no clamp;
+                                label order 0): the same arrays as the reference code for the same draw
+                         fused  one torch grid_sample of the slice (rotation/flip and resize together; image
+                                bicubic clamped to [0, 1], label nearest): the same branch probabilities, k and
+                                flip axis, a continuous angle in [-20, 20), drawn from a torch generator; one
+                                resampling instead of two, several times faster (benchmarks/loader_speed.py)
     ResizeSliced       resize only (evaluation / no augmentation): image bicubic or bilinear, label nearest
 
 Axis order: volumes ``(i, j, k)`` with ``k`` the slice axis after orientation, rows ``i`` anterior -> posterior,
@@ -26,6 +34,7 @@ columns ``j`` patient right -> left. Slices are ``(H, W) = (rows, columns)``.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -279,11 +288,43 @@ class SliceAugmentation:
     angle_deg: float = 0.0
 
 
-def draw_paper_augmentation(generator: torch.Generator) -> SliceAugmentation:
-    """Draw an augmentation with the TransUNet paper's distribution.
+#: ``paper`` reproduces the reference's draws and resamplings; ``fused`` is one faster resampling.
+AUGMENTATION_MODES = ("paper", "fused")
+
+
+def augmentation_generators(seed: int) -> tuple[random.Random, np.random.RandomState]:
+    """The two random streams the reference draws from, seeded from one sample seed (any int >= 0).
+
+    The reference ``RandomGenerator`` picks its branch with Python's ``random.random()`` and draws its parameters
+    with numpy's legacy global ``np.random``; here each sample gets its own instance of both, so the draws depend
+    only on the seed (not on the loader worker that serves the sample).
+    """
+    seed = int(seed)
+    return random.Random(seed), np.random.RandomState([seed % 2**32, seed // 2**32 % 2**32])
+
+
+def draw_paper_augmentation(py_random: random.Random, np_random: np.random.RandomState) -> SliceAugmentation:
+    """One draw of the TransUNet reference ``RandomGenerator``, in its order of calls.
+
+    ``py_random.random() > 0.5`` (probability 1/2): rot90 by ``k = np_random.randint(0, 4)`` then a flip along
+    ``axis = np_random.randint(0, 2)``; else ``py_random.random() > 0.5`` (1/4): a rotation by the integer angle
+    ``np_random.randint(-20, 20)`` degrees (-20..19); else (1/4) nothing.
+    """
+    if py_random.random() > 0.5:
+        k = int(np_random.randint(0, 4))
+        axis = int(np_random.randint(0, 2))
+        return SliceAugmentation("rot_flip", k=k, flip_axis=axis)
+    if py_random.random() > 0.5:
+        return SliceAugmentation("rotate", angle_deg=float(np_random.randint(-20, 20)))
+    return SliceAugmentation()
+
+
+def draw_fused_augmentation(generator: torch.Generator) -> SliceAugmentation:
+    """One draw of medseg's ``fused`` mode: the reference's distribution with a continuous angle.
 
     With probability 0.5 a random rot90 (k in 0..3) and a flip on a random axis; otherwise with probability 0.5 a
-    rotation by an angle uniform in [-20, 20) degrees; otherwise nothing.
+    rotation by an angle uniform in [-20, 20) degrees (the reference draws whole degrees, -20..19); otherwise
+    nothing. Kept as it was before the ``paper`` mode existed, so fused runs reproduce earlier results.
     """
     u = torch.rand(3, generator=generator)
     if u[0] > 0.5:
@@ -293,6 +334,42 @@ def draw_paper_augmentation(generator: torch.Generator) -> SliceAugmentation:
     if u[1] > 0.5:
         return SliceAugmentation("rotate", angle_deg=float(u[2]) * 40.0 - 20.0)
     return SliceAugmentation()
+
+
+def paper_resample_slice(image: np.ndarray, label: "np.ndarray | None", out_size: int,
+                         augmentation: SliceAugmentation = SliceAugmentation()
+                         ) -> tuple[np.ndarray, "np.ndarray | None"]:
+    """The reference's augmentation and resize of one slice, step by step (``paper`` mode).
+
+    Args:
+        image: ``(H, W)`` float32 slice (values in [0, 1]).
+        label: ``(H, W)`` integer label slice or None.
+        out_size: output height and width in pixels.
+        augmentation: the draw to apply.
+
+    Returns:
+        ``(image (out, out) float32, label (out, out) or None)``: ``np.rot90(k)`` then ``np.flip(axis)``, or
+        ``ndimage.rotate(angle, order=0, reshape=False)`` (nearest neighbour, zeros outside), then, when the size
+        differs, ``ndimage.zoom`` by ``(out / H, out / W)`` with order 3 for the image (cubic B-spline, not
+        clamped, so values can leave [0, 1] a little) and order 0 for the label, as the reference does.
+    """
+    from scipy import ndimage
+
+    if augmentation.kind == "rot_flip":
+        image = np.flip(np.rot90(image, augmentation.k), axis=augmentation.flip_axis).copy()
+        if label is not None:
+            label = np.flip(np.rot90(label, augmentation.k), axis=augmentation.flip_axis).copy()
+    elif augmentation.kind == "rotate":
+        image = ndimage.rotate(image, augmentation.angle_deg, order=0, reshape=False)
+        if label is not None:
+            label = ndimage.rotate(label, augmentation.angle_deg, order=0, reshape=False)
+    height, width = image.shape
+    if (height, width) != (out_size, out_size):
+        factors = (out_size / height, out_size / width)
+        image = ndimage.zoom(image, factors, order=3)
+        if label is not None:
+            label = ndimage.zoom(label, factors, order=0)
+    return image.astype(np.float32, copy=False), label
 
 
 def _sampling_matrix(augmentation: SliceAugmentation) -> torch.Tensor:
@@ -354,23 +431,38 @@ def resample_slice(image: torch.Tensor, label: "torch.Tensor | None", out_size: 
 
 
 class PaperAugmentd(MapTransform):
-    """TransUNet's training augmentation fused with the resize to the model size (one resampling per slice).
+    """TransUNet's training augmentation and the resize to the model size, in ``paper`` or ``fused`` mode.
 
     Randomness comes from ``data["seed"]`` (an int per sample and epoch), so a run is reproducible whatever the
     number of data-loader workers, and a resumed run draws the same augmentations as an uninterrupted one.
+    ``paper`` draws with :func:`draw_paper_augmentation` from :func:`augmentation_generators`, ``fused`` with
+    :func:`draw_fused_augmentation` from a torch generator.
+
+    Input: ``image`` float ``(1, H, W)`` tensor, ``label`` integer ``(H, W)`` tensor. Output: ``image`` float32
+    ``(1, S, S)``, ``label`` int64 ``(S, S)``.
     """
 
-    def __init__(self, out_size: int, image_interpolation: str = "bicubic"):
+    def __init__(self, out_size: int, image_interpolation: str = "bicubic", mode: str = "fused"):
         super().__init__([IMAGE, LABEL])
+        if mode not in AUGMENTATION_MODES:
+            raise ValueError(f"augmentation mode: expected one of {', '.join(AUGMENTATION_MODES)}, got {mode!r}")
         self.out_size = out_size
         self.image_interpolation = image_interpolation
+        self.mode = mode
 
     def __call__(self, data):
         d = dict(data)
-        generator = torch.Generator().manual_seed(int(d["seed"]))
-        augmentation = draw_paper_augmentation(generator)
-        d[IMAGE], d[LABEL] = resample_slice(d[IMAGE], d.get(LABEL), self.out_size, augmentation,
-                                            self.image_interpolation)
+        if self.mode == "fused":
+            augmentation = draw_fused_augmentation(torch.Generator().manual_seed(int(d["seed"])))
+            d[IMAGE], d[LABEL] = resample_slice(d[IMAGE], d.get(LABEL), self.out_size, augmentation,
+                                                self.image_interpolation)
+            return d
+        augmentation = draw_paper_augmentation(*augmentation_generators(d["seed"]))
+        label = d.get(LABEL)
+        image, label = paper_resample_slice(d[IMAGE][0].numpy(), None if label is None else label.numpy(),
+                                            self.out_size, augmentation)
+        d[IMAGE] = torch.from_numpy(image)[None]
+        d[LABEL] = None if label is None else torch.from_numpy(label.astype(np.int64))
         return d
 
 

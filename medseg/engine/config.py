@@ -46,6 +46,7 @@ _KINDS: dict[str, tuple[type, bool]] = {
     "dice_weight": (float, False),
     "aux_weights": (list, True),
     "augment": (bool, False),
+    "augmentation": (str, False),
     "domain_randomisation": (bool, False),
     "drop_empty": (bool, False),
     "seed": (int, False),
@@ -66,10 +67,11 @@ _KINDS: dict[str, tuple[type, bool]] = {
 
 #: Keys that define the optimisation itself: a resumed run must keep them (see :func:`check_resume_compatible`).
 SCHEDULE_KEYS = ("model", "model_options", "pretrained", "img_size", "batch_size", "epochs", "lr", "momentum",
-                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment",
+                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment", "augmentation",
                  "domain_randomisation", "drop_empty", "seed")
 
 AMP_CHOICES = ("auto", "bf16", "off")
+AUGMENTATION_CHOICES = ("fused", "paper")  # medseg.data.transforms.AUGMENTATION_MODES
 
 
 @dataclass
@@ -92,7 +94,10 @@ class TrainConfig:
         ce_weight, dice_weight: mix of cross-entropy and soft Dice (0.5 / 0.5).
         aux_weights: loss weight of each model output for models returning a tuple; None uses the model's
             ``aux_loss_weights``.
-        augment: TransUNet's augmentation (rot90 + flip or a rotation in [-20, 20) degrees).
+        augment: TransUNet's augmentation (rot90 + flip, or a rotation within +-20 degrees).
+        augmentation: its mode: ``fused`` (the fast default: a continuous angle, one torch resampling together
+            with the resize) or ``paper`` (the reference's draws, integer angles -20..19, and its np.rot90/flip or
+            ndimage.rotate then ndimage.zoom steps: the reference's exact arrays).
         domain_randomisation: with ``augment``, also randomise intensity, contrast, noise, blur and in-plane scale
             per slice (:mod:`medseg.data.domain_randomisation`; for training on phantoms or one scanner).
         drop_empty: train only on slices that hold an organ (the reference trains on all slices).
@@ -130,6 +135,7 @@ class TrainConfig:
     dice_weight: float = 0.5
     aux_weights: "list | None" = None
     augment: bool = True
+    augmentation: str = "fused"
     domain_randomisation: bool = False
     drop_empty: bool = False
     seed: int = 1234
@@ -191,6 +197,9 @@ class TrainConfig:
             if not self.aux_weights or not all(_is_number(w) and w >= 0 for w in self.aux_weights):
                 raise ConfigError(f"{source}: aux_weights must be a list of numbers >= 0, got {self.aux_weights}")
             self.aux_weights = [float(w) for w in self.aux_weights]
+        if self.augmentation not in AUGMENTATION_CHOICES:
+            raise ConfigError(f"{source}: augmentation must be one of {', '.join(AUGMENTATION_CHOICES)}, "
+                              f"got {self.augmentation!r}")
         if self.domain_randomisation and not self.augment:
             raise ConfigError(f"{source}: domain_randomisation needs augment: true (it is part of the augmentation)")
         if self.amp not in AMP_CHOICES:

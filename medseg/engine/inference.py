@@ -160,16 +160,24 @@ def load_predictor(checkpoint: "str | Path | Predictor", device: "str | torch.de
     preprocessing["img_size"] = int(info.model_config["img_size"])
     params = PreprocessingParams.from_dict(preprocessing)
     return make_predictor(model, info.model_name, label_set, params, torch_device, amp=amp, source=str(checkpoint),
-                          info=info)
+                          info=info, channels_last=True)
 
 
 def make_predictor(model: nn.Module, model_name: str, label_set: LabelSet, preprocessing: PreprocessingParams,
                    device: "str | torch.device" = "auto", *, amp: "str | bool | None" = None, source: str = "",
-                   info=None) -> Predictor:
-    """Wrap an already built model (e.g. during training) as a :class:`Predictor` (moved to ``device``, eval)."""
+                   info=None, channels_last: "bool | None" = None) -> Predictor:
+    """Wrap an already built model (e.g. during training) as a :class:`Predictor` (moved to ``device``, eval).
+
+    ``channels_last`` converts the model's weights to the channels-last memory format (faster convolutions on CPU
+    and GPU; the model is converted in place). Default: on CUDA only, so that a CPU training run that validates
+    with its own model keeps its weights' layout (and its exact resume); :func:`load_predictor`, which owns its
+    model, passes True.
+    """
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
-    if torch_device.type == "cuda":
+    if channels_last is None:
+        channels_last = torch_device.type == "cuda"
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Predictor(model=model, model_name=model_name, label_set=get_label_set(label_set),
                      preprocessing=preprocessing, device=torch_device, amp=resolve_amp(amp, torch_device),
@@ -295,8 +303,7 @@ def forward_probabilities(predictor: Predictor, images: torch.Tensor, tta: bool 
     back first).
     """
     model = predictor.model
-    if predictor.device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=torch.channels_last)  # (B, 1, S, S): the layout is the same either way
     flips = [None, (3,), (2,)] if tta else [None]
     total = None
     with _autocast(predictor):

@@ -384,7 +384,7 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
     preprocessing = PreprocessingParams.from_dict({**manifest.get("preprocessing", {}), "img_size": config.img_size})
     dataset = SliceDataset(config.data, split="train", img_size=config.img_size, augment=config.augment,
                            drop_empty=config.drop_empty, seed=config.seed,
-                           image_interpolation=preprocessing.image_interpolation,
+                           image_interpolation=preprocessing.image_interpolation, augmentation=config.augmentation,
                            domain_randomisation=config.domain_randomisation)
     if config.batch_size % context.world_size:
         raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {context.world_size} processes")
