@@ -127,10 +127,11 @@ def write_viewer_tables(folder: "str | Path", label_set, organs: "list[str] | No
             write_text(folder / "labels_itksnap.txt", itksnap_label_file(label_set, organs))]
 
 
-def write_labels_nifti(path: "str | Path", labels: Volume, label_set) -> Path:
-    """Write a uint8 label NIfTI whose header names the label set (intent NIFTI_INTENT_LABEL, intent_name, descrip)."""
+def write_labels_nifti(path: "str | Path", labels: Volume, label_set, provenance: "dict | None" = None) -> Path:
+    """Write a uint8 label NIfTI whose header names the label set (intent NIFTI_INTENT_LABEL, intent_name, descrip);
+    ``provenance`` (what made it) goes into a header extension (:func:`medseg.io.read_provenance`)."""
     return write_volume(path, labels, dtype=np.uint8, intent=("label", label_set.name[:15]),
-                        descrip=f"medseg labels {label_set.name}; see labels.json")
+                        descrip=f"medseg labels {label_set.name}; see labels.json", provenance=provenance)
 
 
 def write_split_masks(folder: "str | Path", labels: Volume, label_set, organs: "list[str] | None" = None) -> list[Path]:

@@ -341,8 +341,10 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
                              workers=params["workers"], progress=progress)
     if not (summary.written or summary.already_done):
         raise ConfigError(f"prepare: no usable case in {cohort}")
+    for path, reason in summary.skipped_files.items():
+        log.warning("%s: skipped: %s", path, reason)
     return {"cohort": str(cohort), "prepared": str(prepared), "cases": len(summary.written + summary.already_done),
-            "skipped": summary.failed}
+            "skipped": summary.failed, "skipped_files": summary.skipped_files}
 
 
 def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
@@ -378,20 +380,26 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
     from medseg.outputs import write_label_map, write_labels_nifti
     from medseg.progress import progress_bar as tqdm
 
+    from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
+
     checkpoint = outputs["train"][params["checkpoint"]]
     if checkpoint is None:  # validation was on but found no labelled held-out case to choose best.pt by
         raise ConfigError(f"{pipeline.source}: stages.predict.checkpoint: the train stage wrote no best.pt (no "
                           "labelled test-split case to validate on); use last")
     predictor = load_predictor(checkpoint, params["device"], amp=params["amp"])
+    settings = {"checkpoint_sha256": checkpoint_sha256(checkpoint), "tta": bool(params["tta"]),
+                "resize": params["resize"], "amp": predictor.amp, "model": None, "labels": None, "img_size": None}
     labels_dir = stage_dir / "labels"
     entries = _test_cases(outputs)
     for entry in tqdm(entries, desc="predict", unit="case", disable=not progress):
         target = labels_dir / f"{entry['case_id']}.nii.gz"
-        if target.exists():  # resumed stage: this case was finished before the interruption
-            continue
+        expected = expected_record(settings, entry["source_image"])
+        if target.exists() and record_mismatch(target, expected) is None:
+            continue  # resumed stage: this case was finished, by this checkpoint, before the interruption
         labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"],
                                 resize=params["resize"])
-        write_labels_nifti(target, labels, predictor.label_set)
+        write_labels_nifti(target, labels, predictor.label_set,
+                           provenance=dict(expected, checkpoint=str(checkpoint), input=entry["source_image"]))
     write_label_map(labels_dir, predictor.label_set)
     return {"predictions": str(labels_dir), "checkpoint": str(checkpoint), "cases": len(entries)}
 
@@ -413,7 +421,8 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
                                protocol=params["protocol"], tolerance_mm=params["tolerance_mm"],
                                workers=params["workers"], reference_format="raw", progress=progress)
     write_json(stage_dir / "summary.json", summary)
-    return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary)}
+    return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
+            "failed": summary["counts"]["failed"]}
 
 
 def headline(summary: dict) -> list[str]:
@@ -427,6 +436,7 @@ def headline(summary: dict) -> list[str]:
         means = summary["transunet"]["foreground_mean"]
         lines.append(f"mean Dice {means['dice']:.4f}, HD95 {means['hd95_voxels']:.2f} voxels "
                      "(TransUNet paper protocol)")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return lines
 
 

@@ -60,6 +60,18 @@ def test_run_comparison_statistics(tiny_runs):
     assert bootstrap_ci([0.5, 0.7, 0.9], resamples=500, seed=1) == (low, high)
 
 
+def test_repository_paths_work_from_the_notebooks_folder(monkeypatch):
+    from medseg.paths import repo_path, repository_root
+
+    root = NOTEBOOKS.parent
+    for where in (root, NOTEBOOKS):
+        monkeypatch.chdir(where)
+        assert repository_root() == root.resolve()
+        assert repo_path("pipelines/demo.yaml").resolve() == (root / "pipelines" / "demo.yaml").resolve()
+        assert repo_path("runs/demo") == root.resolve() / "runs" / "demo"  # not there yet: from the root
+    assert repo_path("/abs/where") == Path("/abs/where")
+
+
 def _run_notebook(name: str, env: dict, tmp_path: Path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -69,8 +81,9 @@ def _run_notebook(name: str, env: dict, tmp_path: Path):
     old = {key: os.environ.get(key) for key in env}
     os.environ.update({key: str(value) for key, value in env.items()})
     try:
+        # Jupyter starts a notebook's kernel in the notebook's own folder: run them there
         nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+                                resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     finally:
         for key, value in old.items():
             if value is None:

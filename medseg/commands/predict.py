@@ -8,11 +8,17 @@ folder (see :mod:`medseg.dicom`). OUTPUT is a file name
 (``img0001.nii.gz`` -> ``img0001.nii.gz``; ``BTCV_01_0000.nii.gz`` -> ``BTCV_01.nii.gz``; ``case0001.npy.h5`` ->
 ``case0001.nii.gz``). Each prediction has exactly its input's shape and affine.
 
-Folder runs: a bad case is reported and skipped, the others complete; outputs that already exist are skipped
-(unless ``--overwrite``), so an interrupted run can simply be restarted; ``--num-parts N --part-id K`` processes
-every N-th case of the sorted list from K (run the N parts on N machines or GPUs). A summary is printed and written
-to ``predict_summary.json`` (``predict_summary.partKofN.json`` for a part). Exit code 0 when at least one case was
-predicted or already done, 2 otherwise.
+Every NIfTI prediction records what made it inside the file (a header extension, see
+:func:`medseg.io.read_provenance`): the SHA-256 of the checkpoint and of the input (file, or a DICOM series' files),
+and the settings that change the labels (``--tta``, ``--resize``, amp, ``--organs``, and the bare-state_dict
+options). Folder runs: a bad case is reported and skipped, the others complete; an output that already exists is
+skipped only when its record matches this run exactly, so an interrupted run can simply be restarted; an output made
+by another checkpoint, other settings or another version of the input (or one without a record, such as a DICOM-only
+output) stops the run before anything is written, with a one-line error naming ``--overwrite``. ``--num-parts N
+--part-id K`` processes every N-th case of the sorted list from K (run the N parts on N machines or GPUs; a part
+with no inputs says so and exits 0). A summary is printed and written to ``predict_summary.json``
+(``predict_summary.partKofN.json`` for a part). Exit code 0 when every case was predicted or already done, 1 when
+some cases failed (listed), 2 when nothing could be predicted.
 
 Outputs a viewer understands (see :mod:`medseg.outputs`): ``--output-type nifti,dicom-seg,rtstruct`` (one or several;
 DICOM outputs need a DICOM input), ``labels.json`` in every output folder (and the label set named in each NIfTI
@@ -187,7 +193,27 @@ def sidecar(output: Path, what: str, suffix: str) -> Path:
     return output.with_name(f"{name}_{what}{suffix}")
 
 
-def predict_one(source: Path, target: Path, predictor, args) -> dict:
+def run_settings(args, checkpoint_sha256: str) -> dict:
+    """The settings of this run that change the predicted labels (compared with each existing output's record)."""
+    from medseg.engine.inference import resolve_amp, resolve_device
+
+    return {"checkpoint_sha256": checkpoint_sha256, "tta": bool(args.tta), "resize": args.resize,
+            "amp": resolve_amp(args.amp, resolve_device(args.device)), "model": args.model, "labels": args.labels,
+            "img_size": args.img_size, "organs": getattr(args, "organs", None)}
+
+
+def _source_files(source) -> list[Path]:
+    """The files an input is read from (a DICOM series' slices, or the input file)."""
+    return list(source.series.files) if isinstance(source, DicomCase) else [source]
+
+
+def done_marker(target: Path, types: list[str]) -> Path:
+    """The file whose record decides whether a case is done: the NIfTI when one is written, else the first output."""
+    files = output_files(target, types)
+    return files["nifti"] if "nifti" in files else files[types[0]]
+
+
+def predict_one(source: Path, target: Path, predictor, args, provenance: "dict | None" = None) -> dict:
     """Predict one input and write its outputs (extras first, the main output last, each atomically)."""
     import numpy as np
 
@@ -228,7 +254,8 @@ def predict_one(source: Path, target: Path, predictor, args) -> dict:
         stats.update({"input": _input_text(source), "prediction": str(target), "label_set": predictor.label_set.name,
                       "shape": list(prediction.shape), "geometry": "unknown (h5 input)" if h5_input else "affine"})
         write_json(sidecar(target, "statistics", ".json"), stats)
-    record = write_case_outputs(source, target, volume, prediction, predictor.label_set, args, hu=not h5_input)
+    record = write_case_outputs(source, target, volume, prediction, predictor.label_set, args, hu=not h5_input,
+                                provenance=provenance)
     return {"status": "predicted", "seconds": round(time.perf_counter() - started, 3),
             "shape": list(prediction.shape), **record}
 
@@ -249,7 +276,8 @@ def output_files(target: Path, types: list[str]) -> dict[str, Path]:
             for kind in types}
 
 
-def write_case_outputs(source, target: Path, image, prediction, label_set, args, hu: bool = True) -> dict:
+def write_case_outputs(source, target: Path, image, prediction, label_set, args, hu: bool = True,
+                       provenance: "dict | None" = None) -> dict:
     """The optional per-case files (preview, split masks), then each requested output type, the first one last.
 
     The first output type is the file whose existence marks the case as done, so it is written after the others.
@@ -272,7 +300,7 @@ def write_case_outputs(source, target: Path, image, prediction, label_set, args,
     files = output_files(target, types)
     for kind in reversed(types):
         if kind == "nifti":
-            outputs.write_labels_nifti(files[kind], prediction, label_set)
+            outputs.write_labels_nifti(files[kind], prediction, label_set, provenance=provenance)
         elif kind == "dicom-seg":
             from medseg import __version__
             from medseg.dicom import write_dicom_seg
@@ -305,9 +333,11 @@ def run(args) -> int:
 
 
 def _run(args, stack: contextlib.ExitStack) -> int:
+    from medseg import __version__
     from medseg.engine.inference import load_predictor
-    from medseg.errors import ConfigError, MedsegError
-    from medseg.io import is_nifti, write_json
+    from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
+    from medseg.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, ConfigError, MedsegError, OutputError
+    from medseg.io import check_output_path, is_nifti, remove_stale_temps, write_json
     from medseg.outputs import parse_output_types
 
     args.output_types = parse_output_types(getattr(args, "output_type", None))
@@ -321,11 +351,32 @@ def _run(args, stack: contextlib.ExitStack) -> int:
         raise ConfigError(f"{args.output}: --output-type {dicom_outputs[0]} needs an output folder")
     single = args.input.is_file() and not dicom_input
     single_output = single or (dicom_input and len(inputs) == 1 and is_nifti(args.output))
-    pairs = plan_outputs(inputs, args.output, single_output)[args.part_id::args.num_parts]
-    todo = [(s, t) for s, t in pairs
-            if args.overwrite or not output_files(t, args.output_types)[args.output_types[0]].exists()]
-    records: dict[str, dict] = {s.name: {"status": "exists", "output": str(t)} for s, t in pairs
-                                if (s, t) not in todo}
+    check_output_path(args.output, "output file" if single_output else "output folder", folder=not single_output)
+    all_pairs = plan_outputs(inputs, args.output, single_output)
+    pairs = all_pairs[args.part_id::args.num_parts]
+    if not pairs:
+        print(f"part {args.part_id} of {args.num_parts} has no inputs ({len(all_pairs)} input(s) in all): "
+              "nothing to do")
+        return EXIT_OK
+    remove_stale_temps(args.output.parent if single_output else args.output)
+    settings = run_settings(args, checkpoint_sha256(args.checkpoint))
+    expected = {source.name: expected_record(settings, _source_files(source)) for source, _ in pairs}
+    todo, records, conflicts = [], {}, []
+    for source, target in pairs:
+        marker = done_marker(target, args.output_types)
+        if args.overwrite or not marker.exists():
+            todo.append((source, target))
+            continue
+        why = record_mismatch(marker, expected[source.name])
+        if why is None:
+            records[source.name] = {"status": "exists", "output": str(target)}
+        else:
+            conflicts.append((marker, why))
+    if conflicts:
+        marker, why = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more output(s) there)" if len(conflicts) > 1 else ""
+        raise OutputError(f"{marker}: exists and {why}{more}; pass --overwrite to replace it, or choose another "
+                          "output folder")
     started = time.perf_counter()
     if todo:
         predictor = load_predictor(args.checkpoint, args.device, model_name=args.model, labels=args.labels,
@@ -339,7 +390,10 @@ def _run(args, stack: contextlib.ExitStack) -> int:
     folders_done: set = set()
     for number, (source, target) in enumerate(todo, start=1):
         try:
-            record = predict_one(source, target, predictor, args)
+            provenance = dict(expected[source.name], checkpoint=str(args.checkpoint), input=_input_text(source),
+                              medseg_version=__version__, model_name=predictor.model_name,
+                              label_set=predictor.label_set.name, preprocessing=predictor.preprocessing.to_dict())
+            record = predict_one(source, target, predictor, args, provenance)
         except MedsegError as exc:
             if single_output:
                 raise
@@ -362,7 +416,8 @@ def _run(args, stack: contextlib.ExitStack) -> int:
         name = "predict_summary.json" if args.num_parts == 1 else \
             f"predict_summary.part{args.part_id}of{args.num_parts}.json"
         write_json(args.output / name, {
-            "checkpoint": str(args.checkpoint), "input": str(args.input), "output": str(args.output),
+            "checkpoint": str(args.checkpoint), "checkpoint_sha256": settings["checkpoint_sha256"],
+            "settings": settings, "input": str(args.input), "output": str(args.output),
             "num_parts": args.num_parts, "part_id": args.part_id, "counts": counts,
             "output_types": args.output_types, "organs": getattr(args, "organ_list", None),
             "dicom_series": [s.series.summary() | {"name": s.name} for s, _ in pairs] if dicom_input else [],
@@ -373,7 +428,9 @@ def _run(args, stack: contextlib.ExitStack) -> int:
     for name, record in records.items():
         if record["status"] == "failed":
             print(f"failed {name}: {record['error']}", file=sys.stderr)
-    return 0 if counts["predicted"] or counts["exists"] else 2
+    if not (counts["predicted"] or counts["exists"]):
+        return EXIT_BAD_INPUT
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
 
 
 def write_folder_files(args, label_set, folder: Path) -> None:

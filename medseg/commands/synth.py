@@ -23,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the cohort and print where it went, how long it took and the preview's path."""
     from medseg.data.phantom import write_cohort
+    from medseg.io import check_output_path, remove_stale_temps
 
+    check_output_path(args.out_dir, "output folder", folder=True)
+    remove_stale_temps(args.out_dir, recursive=True)
     summary = write_cohort(args.out_dir, cases=args.cases, seed=args.seed, size=args.size, workers=args.workers,
                            progress=True, preview=not args.no_preview)
     noun = "case" if summary["cases"] == 1 else "cases"

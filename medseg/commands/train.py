@@ -26,11 +26,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from medseg.engine.config import TrainConfig, load_config
     from medseg.engine.train import train
+    from medseg.io import check_output_path, remove_stale_temps
     from medseg.schema import flag_values
 
     overrides = {**flag_values(args, TrainConfig), "progress": args.progress}
     config = load_config(args.config, args.set, overrides)
     config.check_ready()
+    check_output_path(config.out, "run folder", folder=True)
+    remove_stale_temps(config.out)
     result = train(config)
     if result.rank == 0:
         if result.finished:

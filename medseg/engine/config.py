@@ -33,10 +33,9 @@ from medseg.schema import setting
 
 #: Keys that define the optimisation itself: a resumed run must keep them (see :func:`check_resume_compatible`).
 SCHEDULE_KEYS = ("model", "model_options", "pretrained", "img_size", "batch_size", "epochs", "lr", "momentum",
-                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment",
+                 "weight_decay", "poly_power", "ce_weight", "dice_weight", "aux_weights", "augment", "augmentation",
                  "domain_randomisation", "drop_empty", "seed")
 
-AMP_CHOICES = ("auto", "bf16", "off")
 
 
 @dataclass
@@ -77,7 +76,11 @@ class TrainConfig:
     dice_weight: float = setting(0.5, minimum=0, help="weight of the soft Dice loss")
     aux_weights: "list | None" = setting(None, help="loss weight of each output of a model returning a tuple "
                                                     "(null: the model's aux_loss_weights)")
-    augment: bool = setting(True, help="TransUNet's augmentation (rot90 + flip or a rotation in [-20, 20) degrees)")
+    augment: bool = setting(True, help="TransUNet's augmentation (rot90 + flip, or a rotation within +-20 degrees)")
+    augmentation: Literal["fused", "paper"] = setting(
+        "fused", help="its mode: fused (the fast default: a continuous angle, one torch resampling together with the "
+                      "resize) or paper (the reference's draws, integer angles -20..19, and its np.rot90/flip or "
+                      "ndimage.rotate then ndimage.zoom steps: the reference's exact arrays)")
     domain_randomisation: bool = setting(
         False, help="with augment, also randomise intensity, contrast, noise, blur and in-plane scale per slice "
                     "(medseg.data.domain_randomisation; for training on phantoms or one scanner)")

@@ -5,7 +5,7 @@ Steps for one NIfTI volume (the same preprocessing as training, see :mod:`medseg
     read (keeps the stored dtype, e.g. int16 HU)
     orient to the checkpoint's axis codes (P, L, S by default): a permuted/flipped *view*, no copy, no resampling
     for each batch of ``batch_size`` axial slices (only these are ever in floating point):
-        move to the device; HU window: clip to [hu_min, hu_max], scale to [0, 1]
+        move to the device; HU window: clip to [hu_min, hu_max], scale to [0, 1] (the prepare chain's hu_window)
         resize to img_size x img_size: bicubic, align_corners=True, clamped to [0, 1]
             (torch grid_sample, exactly the resampling of the training dataset)
         forward (optional bf16 autocast, optional flip test-time augmentation), softmax, argmax
@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.data.orientation import orientation_transform
-from medseg.data.transforms import PreprocessingParams
+from medseg.data.orientation import orient_view as _orient
+from medseg.data.transforms import PreprocessingParams, hu_window
 from medseg.engine.rebuild import nearest_index_map, restore_to_source
 from medseg.errors import CheckpointError, ConfigError, InputError
 from medseg.io import Volume, is_nifti, read_volume
@@ -171,16 +171,24 @@ def load_predictor(checkpoint: "str | Path | Predictor", device: "str | torch.de
     except ConfigError as exc:  # e.g. a key this medseg does not know: never predict with a default instead
         raise CheckpointError(str(exc)) from None
     return make_predictor(model, info.model_name, label_set, params, torch_device, amp=amp, source=str(checkpoint),
-                          info=info)
+                          info=info, channels_last=True)
 
 
 def make_predictor(model: nn.Module, model_name: str, label_set: LabelSet, preprocessing: PreprocessingParams,
                    device: "str | torch.device" = "auto", *, amp: "str | bool | None" = None, source: str = "",
-                   info=None) -> Predictor:
-    """Wrap an already built model (e.g. during training) as a :class:`Predictor` (moved to ``device``, eval)."""
+                   info=None, channels_last: "bool | None" = None) -> Predictor:
+    """Wrap an already built model (e.g. during training) as a :class:`Predictor` (moved to ``device``, eval).
+
+    ``channels_last`` converts the model's weights to the channels-last memory format (faster convolutions on CPU
+    and GPU; the model is converted in place). Default: on CUDA only, so that a CPU training run that validates
+    with its own model keeps its weights' layout (and its exact resume); :func:`load_predictor`, which owns its
+    model, passes True.
+    """
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
-    if torch_device.type == "cuda":
+    if channels_last is None:
+        channels_last = torch_device.type == "cuda"
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Predictor(model=model, model_name=model_name, label_set=get_label_set(label_set),
                      preprocessing=preprocessing, device=torch_device, amp=resolve_amp(amp, torch_device),
@@ -288,8 +296,7 @@ def forward_probabilities(predictor: Predictor, images: torch.Tensor, tta: bool 
     back first).
     """
     model = predictor.model
-    if predictor.device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=torch.channels_last)  # (B, 1, S, S): the layout is the same either way
     flips = [None, (3,), (2,)] if tta else [None]
     total = None
     with _autocast(predictor):
@@ -340,7 +347,6 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     probs_out = None
     if probabilities:
         probs_out = np.empty((height, width, depth, predictor.num_classes), dtype=np.float16)
-    hu_min, hu_range = float(params.hu_min), float(params.hu_max) - float(params.hu_min)
 
     bar = tqdm(total=depth, desc=description, unit="slice", disable=not progress, leave=False)
     for start in range(0, depth, batch_size):
@@ -352,12 +358,12 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
                 slices = slices.pin_memory().to(device, non_blocking=True)
             slices = slices.float()
             if not scaled:
-                slices = ((slices - hu_min) / hu_range).clamp_(0.0, 1.0)
+                slices = hu_window(slices, params.hu_min, params.hu_max)
             images = resize_to_model(slices, size, params.image_interpolation)
         else:
             chunk = chunk.astype(np.float32)
             if not scaled:
-                chunk = np.clip((chunk - np.float32(hu_min)) / np.float32(hu_range), 0.0, 1.0)
+                chunk = hu_window(chunk, params.hu_min, params.hu_max)
             images = resize_to_model_scipy(chunk, size).to(device)
         batch_probs = forward_probabilities(predictor, images, tta=tta)  # (b, C, S, S)
         batch_labels = batch_probs.argmax(dim=1)  # (b, S, S)
@@ -447,10 +453,9 @@ def predict_volume(image: "Volume | str | Path", checkpoint: "str | Path | Predi
 
 
 def orient_view(array: np.ndarray, affine: np.ndarray, axcodes="PLS") -> np.ndarray:
-    """``array`` permuted/flipped into ``axcodes`` order as a numpy view (no copy; see :mod:`medseg.data.orientation`)."""
-    import nibabel.orientations as nio
-
-    return nio.apply_orientation(array, orientation_transform(affine, tuple(axcodes)))
+    """``array`` permuted/flipped into ``axcodes`` order as a numpy view: the prepare chain's orientation step
+    (:func:`medseg.data.orientation.orient_view`)."""
+    return _orient(array, affine, tuple(axcodes))[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------

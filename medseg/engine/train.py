@@ -377,7 +377,7 @@ def load_training_data(config: TrainConfig, context: D.DistContext, device: torc
                                                   source=f"{Path(config.data) / MANIFEST}: preprocessing")
     dataset = SliceDataset(config.data, split="train", img_size=config.img_size, augment=config.augment,
                            drop_empty=config.drop_empty, seed=config.seed,
-                           image_interpolation=preprocessing.image_interpolation,
+                           image_interpolation=preprocessing.image_interpolation, augmentation=config.augmentation,
                            domain_randomisation=config.domain_randomisation)
     val_entries = validation_entries(manifest, config.val_max_cases) if config.val_every else []
     training_ids = set(dataset.case_ids)

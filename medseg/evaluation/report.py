@@ -297,7 +297,7 @@ def organ_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     counts = []
     for organ in organs:
         c = summary[protocol]["organs"][organ]["status_counts"]
-        failures = c["pred_empty"] + c["ref_empty"] + c["missing_prediction"]
+        failures = c["pred_empty"] + c["ref_empty"] + c["missing_prediction"] + c.get("unscorable_prediction", 0)
         counts.append(f"{c['scored']} / {failures} / {c['both_empty']}")
     rows.append(["scored / failures / both empty", ""] + counts)
     return header, rows
@@ -537,6 +537,7 @@ def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes]
     parts.append(f"<p>{esc(_intro(summary))}</p>")
     parts += [f'<p class="note"><b>Protocol.</b> {esc(line)}</p>' for line in protocol_lines(summary)]
     parts.append(f"<p><b>Counts.</b> {esc(_counts_line(summary))}</p>")
+    parts += [f'<p class="warning"><b>Warning.</b> {esc(w)}</p>' for w in summary.get("warnings", [])]
     header, rows = organ_table(summary)
     parts.append("<h2>Per-organ results (mean over cases)</h2>")
     parts.append(_html_table(header, rows))
@@ -567,7 +568,7 @@ def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes]
         parts.append("<h2>Missing predictions (scored as failures)</h2>")
         parts.append("<ul>" + "".join(f"<li>{esc(c)}</li>" for c in summary["missing_predictions"]) + "</ul>")
     if summary["errors"]:
-        parts.append("<h2>Errors (cases not scored)</h2>")
+        parts.append("<h2>Errors (unscorable predictions are scored as failures)</h2>")
         parts.append("<ul>" + "".join(f"<li><b>{esc(e['case_id'])}</b>: {esc(e['message'])}</li>"
                                       for e in summary["errors"]) + "</ul>")
     if summary.get("unmatched_predictions"):
@@ -592,8 +593,9 @@ def _counts_line(summary: dict) -> str:
     counts = summary["counts"]
     organ = counts["organ_status"]
     return (f"{counts['cases']} reference cases, {counts['evaluated']} evaluated, "
-            f"{counts['missing_predictions']} missing predictions (scored as failures), "
-            f"{counts['errors']} errors (not scored). Organ results: {organ['scored']} scored, "
+            f"{counts['missing_predictions']} missing and {counts.get('unscorable_predictions', 0)} unscorable "
+            f"predictions (scored as failures), {counts.get('reference_errors', counts['errors'])} unreadable "
+            f"references (not scored). Organ results: {organ['scored']} scored, "
             f"{organ['pred_empty']} empty predictions, {organ['ref_empty']} predictions of an organ absent from the "
             f"reference, {organ['missing_prediction']} from missing predictions, {organ['both_empty']} both empty "
             "(not scored).")
@@ -620,11 +622,13 @@ def _worst_markdown(summary: dict, worst_rows: list[dict]) -> list[str]:
 
 def _problems_markdown(summary: dict) -> list[str]:
     lines = []
+    if summary.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- **{w}**" for w in summary["warnings"]] + [""]
     if summary["missing_predictions"]:
         lines += ["## Missing predictions (scored as failures)", ""]
         lines += [f"- {case_id}" for case_id in summary["missing_predictions"]] + [""]
     if summary["errors"]:
-        lines += ["## Errors (cases not scored)", ""]
+        lines += ["## Errors (unscorable predictions are scored as failures)", ""]
         lines += [f"- **{e['case_id']}**: {e['message']}" for e in summary["errors"]] + [""]
     if summary.get("unmatched_predictions"):
         lines += ["## Predictions without a reference (ignored)", ""]
