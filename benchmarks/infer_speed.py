@@ -96,10 +96,11 @@ def benchmark_volume(slices: int, seed: int = 0):
 
 def windowed_stack(volume, params) -> np.ndarray:
     """The reference loop's input: oriented, HU-windowed, slice-first ``(D, H, W)`` float32 in [0, 1]."""
-    from medseg.engine.inference import orient_view
+    from medseg.data.orientation import orient_view
+    from medseg.data.transforms import hu_window
 
-    oriented = orient_view(volume.array, volume.affine, params.axcodes).astype(np.float32)
-    scaled = np.clip((oriented - np.float32(params.hu_min)) / np.float32(params.hu_max - params.hu_min), 0.0, 1.0)
+    oriented, _ = orient_view(volume.array, volume.affine, tuple(params.axcodes))
+    scaled = hu_window(oriented, params.hu_min, params.hu_max)
     return np.ascontiguousarray(np.moveaxis(scaled, -1, 0))
 
 
