@@ -37,7 +37,7 @@ from typing import Callable, Literal
 from medseg import __version__, schema
 from medseg.engine.config import PredictConfig, TrainConfig
 from medseg.errors import ConfigError, TrainingStopped
-from medseg.io import read_json, read_yaml_mapping, write_json
+from medseg.io import file_sha256, read_json, read_yaml_mapping, write_json
 from medseg.schema import setting
 
 log = logging.getLogger(__name__)
@@ -463,13 +463,7 @@ def _report_provenance(pipeline, outputs) -> dict:
     """What the report evaluates: model, checkpoint (with its sha256), training settings, data, pipeline record."""
     train = pipeline.stages.get("train", {})
     checkpoint = (outputs.get("predict") or {}).get("checkpoint")
-    sha = None
-    if checkpoint and Path(checkpoint).is_file():
-        digest = hashlib.sha256()
-        with open(checkpoint, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        sha = digest.hexdigest()
+    sha = file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     trained = outputs.get("train") or {}
     settings = {key: train[key] for key in ("epochs", "batch_size", "lr", "img_size", "seed", "augmentation")
                 if key in train}
