@@ -264,6 +264,9 @@ def load_checkpoint(
 ) -> "tuple[nn.Module, CheckpointInfo]":
     """Rebuild a model from a checkpoint and load its weights strictly; the model is returned in eval mode.
 
+    (Over 80 lines with this docstring: the two kinds of file, medseg checkpoint and bare state_dict, differ only
+    in where the create-arguments come from and share the build-and-load tail, which reads best in one place.)
+
     Args:
         path: a medseg checkpoint, or a bare state_dict (e.g. the reference TransUNet's ``.pth``).
         model_name: registry name; required for a bare state_dict, checked against a medseg checkpoint.
