@@ -16,10 +16,12 @@ same arrays; their values are compared and their times measured side by side, pe
 
 Usage::
 
-    python benchmarks/eval_speed.py                     # 3 cases, medpy and MONAI on the first
+    python benchmarks/eval_speed.py                     # 3 cases, medpy and MONAI on the first (3 rounds)
     python benchmarks/eval_speed.py --write-results     # also write the section of benchmarks/RESULTS.md
 
-The medpy path takes one to a few minutes per case, hence ``--medpy-cases`` and ``--monai-cases``.
+The medpy path takes one to a few minutes per case, hence ``--medpy-cases`` and ``--monai-cases``. On the cases
+that run medpy or MONAI every path runs once per round for ``--rounds`` rounds, alternating
+(``benchmarks/side_by_side.py``); a ratio is the median of the per-round ratios, given with its range.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from results_file import cpu_name, write_section  # benchmarks/results_file.py
+from side_by_side import alternate  # benchmarks/side_by_side.py
 
 ORGAN_NAMES = ("aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach")
 
@@ -238,7 +241,10 @@ def main(argv=None) -> int:
     parser.add_argument("--monai-cases", type=int, default=1, help="of those, cases run through MONAI (default 1)")
     parser.add_argument("--slices", type=int, default=150, help="axial slices of the middle case (default 150)")
     parser.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="medseg runs per case, median taken (default 3)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="medseg runs per case without medpy/MONAI, median taken (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds on the cases that run medpy or MONAI (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source", choices=("synthetic", "phantom"), default="synthetic",
                         help="synthetic ellipsoid organs (default) or medseg's phantom cohort (size full)")
@@ -255,22 +261,24 @@ def main(argv=None) -> int:
             prediction, reference, spacing = make_case(args.seed * 1000 + index, slices)
         row = {"case": index + 1, "shape": reference.shape, "spacing": spacing, "times": {}}
         times = row["times"]
-        result, times["medseg_both"] = run_medseg(prediction, reference, spacing, "both", args.tolerance,
-                                                  args.repeats)
-        _, times["medseg_transunet"] = run_medseg(prediction, reference, spacing, "transunet", args.tolerance,
-                                                  args.repeats)
-        _, times["medseg_standard"] = run_medseg(prediction, reference, spacing, "standard", args.tolerance,
-                                                 args.repeats)
+        with_medpy, with_monai = index < args.medpy_cases, index < args.monai_cases
+        if with_medpy or with_monai:
+            result, medpy_values, monai_values = _alternate_paths(row, prediction, reference, spacing, args,
+                                                                  with_medpy, with_monai)
+        else:
+            result, times["medseg_both"] = run_medseg(prediction, reference, spacing, "both", args.tolerance,
+                                                      args.repeats)
+            _, times["medseg_transunet"] = run_medseg(prediction, reference, spacing, "transunet", args.tolerance,
+                                                      args.repeats)
+            _, times["medseg_standard"] = run_medseg(prediction, reference, spacing, "standard", args.tolerance,
+                                                     args.repeats)
         standard, paper = result["standard"], result["transunet"]
         dices = [standard[o]["dice"] for o in ORGAN_NAMES if standard[o]["dice"] is not None]
         row["dice_range"] = (min(dices), max(dices))
-        if index < args.medpy_cases:
-            medpy_values, times["medpy"] = run_medpy(prediction, reference)
+        if with_medpy:
             row["medpy_dice_diff"] = _max_abs((paper[o]["dice"], medpy_values[o][0]) for o in ORGAN_NAMES)
             row["medpy_hd95_diff"] = _max_abs((paper[o]["hd95_voxels"], medpy_values[o][1]) for o in ORGAN_NAMES)
-        if index < args.monai_cases:
-            monai_values, times["monai_dice_hd95"], times["monai_all"] = run_monai(prediction, reference, spacing,
-                                                                                   args.tolerance)
+        if with_monai:
             for key in ("dice", "hd95_mm", "assd_mm", "nsd"):
                 pairs = [(standard[o][key], monai_values[o][key]) for o in ORGAN_NAMES
                          if standard[o][key] is not None]
@@ -285,6 +293,44 @@ def main(argv=None) -> int:
         path = write_section(Path(__file__).with_name("RESULTS.md"), SECTION_TITLE, text)
         print(f"written to {path}")
     return 0
+
+
+def _alternate_paths(row, prediction, reference, spacing, args, with_medpy: bool, with_monai: bool):
+    """Run medseg's three protocols, medpy and MONAI once per round, alternating; fill ``row`` with the median
+    (wall, CPU) times and the per-round (wall, CPU) times of each path. Returns (medseg both result, medpy values,
+    MONAI values)."""
+    kept, cpu_rounds = {}, {}
+
+    def path(name, function):
+        def call():
+            with Clock() as clock:
+                kept[name] = function()
+            cpu_rounds.setdefault(name, []).append(clock.cpu)
+        return call
+
+    sides = {
+        "medseg_transunet": path("medseg_transunet", lambda: run_medseg(prediction, reference, spacing, "transunet",
+                                                                        args.tolerance, 1)[0]),
+        "medseg_standard": path("medseg_standard", lambda: run_medseg(prediction, reference, spacing, "standard",
+                                                                      args.tolerance, 1)[0]),
+        "medseg_both": path("medseg_both", lambda: run_medseg(prediction, reference, spacing, "both",
+                                                              args.tolerance, 1)[0]),
+    }
+    if with_medpy:
+        sides["medpy"] = path("medpy", lambda: run_medpy(prediction, reference)[0])
+    if with_monai:
+        sides["monai_all"] = path("monai_all", lambda: run_monai(prediction, reference, spacing, args.tolerance))
+    comparison = alternate(sides, args.rounds, "medseg_transunet",
+                           on_round=lambda i, t: print(f"  case {row['case']} round {i + 1}: " + ", ".join(
+                               f"{n} {v:.2f} s" for n, v in t.items()), flush=True))
+    row["rounds"] = {name: list(zip(comparison.times[name], cpu_rounds[name])) for name in sides}
+    row["times"] = {name: (statistics.median(comparison.times[name]), statistics.median(cpu_rounds[name]))
+                    for name in sides}
+    monai_values = None
+    if with_monai:
+        monai_values, dice_hd95_times, _ = kept["monai_all"]
+        row["times"]["monai_dice_hd95"] = dice_hd95_times  # the last round's share of the four-metric run
+    return kept["medseg_both"], kept.get("medpy"), monai_values
 
 
 COLUMNS = (("medseg_both", "medseg both"), ("medseg_transunet", "medseg TransUNet"),
@@ -306,14 +352,23 @@ def _row_line(row) -> str:
     return f"case {row['case']}: shape {row['shape']}, spacing {spacing}; {cells}"
 
 
-def _ratio(rows, slow: str, fast: str) -> tuple[float, float, int]:
-    """Ratio of summed times slow / fast over the cases that ran both: (wall ratio, CPU ratio, cases)."""
-    both = [r["times"] for r in rows if slow in r["times"] and fast in r["times"]]
-    if not both:
-        return math.nan, math.nan, 0
-    wall = sum(t[slow][0] for t in both) / sum(t[fast][0] for t in both)
-    cpu = sum(t[slow][1] for t in both) / sum(t[fast][1] for t in both)
-    return wall, cpu, len(both)
+def _ratio(rows, slow: str, fast: str) -> tuple[str, str, int]:
+    """Per-round ratios slow / fast over the alternated rounds of every case that ran both: the median with the
+    range, for wall and CPU time (``"331x (320-340)"``), and the number of cases."""
+    walls, cpus, cases = [], [], 0
+    for r in rows:
+        rounds = r.get("rounds", {})
+        if slow in rounds and fast in rounds:
+            cases += 1
+            for (slow_wall, slow_cpu), (fast_wall, fast_cpu) in zip(rounds[slow], rounds[fast]):
+                walls.append(slow_wall / fast_wall)
+                cpus.append(slow_cpu / fast_cpu)
+    if not cases:
+        return "", "", 0
+
+    def text(values):
+        return f"{statistics.median(values):.0f}x ({min(values):.0f}-{max(values):.0f})"
+    return text(walls), text(cpus), cases
 
 
 def _load() -> str:
@@ -353,7 +408,11 @@ def render_results(rows, args, load_before: str, load_after: str) -> str:
         SECTION_TITLE,
         "",
         f"Command: `{command}`. One process, one case at a time, all paths on the same arrays in memory (file "
-        f"reading excluded). medseg times are the median of {args.repeats} runs; medpy and MONAI run once.",
+        f"reading excluded). On the cases that run medpy or MONAI every path runs once per round over "
+        f"{args.rounds} alternating rounds (order reversed every other round) and the times are medians over "
+        f"rounds; a ratio is the median of the per-round ratios, its range in brackets. Other cases: medseg only, "
+        f"median of {args.repeats} runs. MONAI's Dice+HD95 column is that part of the last round's four-metric "
+        "run.",
         f"Machine: {_machine()}, shared with other developers while measured (load average 1/5/15 min: "
         f"{load_before} before, {load_after} after), which can inflate wall times; CPU times (in parentheses, this "
         f"process only) are steadier. {_versions()}.",
@@ -375,21 +434,20 @@ def render_results(rows, args, load_before: str, load_after: str) -> str:
         diffs = [r for r in rows if "medpy_dice_diff" in r]
         lines.append(
             f"- **vs the medpy path** (TransUNet's `dc` + `hd95` per organ on the full volume; {n} case(s)): "
-            f"medseg's TransUNet protocol, the same numbers, is **{wall:.0f}x** faster (CPU time: {cpu:.0f}x). "
+            f"medseg's TransUNet protocol, the same numbers, is **{wall}** faster (CPU time: {cpu}). "
             f"medseg computing both protocols (Dice, HD95, ASSD, NSD, volumes and the paper's numbers) is "
-            f"{wall_both:.0f}x faster (CPU {cpu_both:.0f}x). Largest difference from medpy over all organs: Dice "
+            f"{wall_both} faster (CPU {cpu_both}). Largest difference from medpy over all organs: Dice "
             f"{max(r['medpy_dice_diff'] for r in diffs):.1e}, HD95 {max(r['medpy_hd95_diff'] for r in diffs):.1e} "
             "voxels."
         )
     wall, cpu, n = _ratio(rows, "monai_all", "medseg_standard")
     if n:
-        wall_dh, cpu_dh, _ = _ratio(rows, "monai_dice_hd95", "medseg_standard")
         monai_rows = [r for r in rows if "monai_dice_rel" in r]
         rel = {k: max(r[f"monai_{k}_rel"] for r in monai_rows) for k in ("dice", "hd95_mm", "assd_mm", "nsd")}
         lines.append(
             f"- **vs MONAI on CPU** ({n} case(s), one organ channel per call): medseg's standard protocol (Dice, "
-            f"HD95, ASSD, NSD and volumes in one pass) is **{wall:.0f}x** faster than MONAI's four functions (CPU "
-            f"{cpu:.0f}x) and {wall_dh:.0f}x faster than MONAI's Dice + HD95 alone (CPU {cpu_dh:.0f}x). Largest "
+            f"HD95, ASSD, NSD and volumes in one pass) is **{wall}** faster than MONAI's four functions (CPU "
+            f"{cpu}). Largest "
             f"relative difference from MONAI: Dice {rel['dice']:.1e}, HD95 {rel['hd95_mm']:.1e}, ASSD "
             f"{rel['assd_mm']:.1e}, NSD {rel['nsd']:.1e}. (MONAI keeps distances in float32 and computes its "
             "percentile rank in float32, which can move its HD95 by a little; the tests compare with that step in "

@@ -2,9 +2,12 @@
 
 Usage::
 
-    python benchmarks/infer_speed.py                           # CPU, R50-ViT-B_16, 512 x 512 x 24 slices
-    python benchmarks/infer_speed.py --slices 100 --device cuda
-    python benchmarks/infer_speed.py --write benchmarks/RESULTS.md   # also (re)write this script's section there
+    python benchmarks/infer_speed.py                     # CPU, R50-ViT-B_16, 512 x 512 x 8 slices, 5 rounds
+    python benchmarks/infer_speed.py --slices 150 --device cuda --rounds 3
+    python benchmarks/infer_speed.py --threads 2 --profile --write benchmarks/RESULTS.md   # also the section there
+
+Every path runs once per round, alternating (see ``benchmarks/side_by_side.py``); a path's speed-up is the median
+over rounds of ``time(reference loop) / time(path)`` of the same round, given with its range and the load average.
 
 What runs (every path gets the same volume and the same weights; the model is R50-ViT-B_16 with *random* weights
 from seed 0, 9 classes, 224 input: speed and agreement do not depend on training):
@@ -12,7 +15,9 @@ from seed 0, 9 classes, 224 input: speed and agreement do not depend on training
 * **reference loop**: the TransUNet test procedure on the preprocessed slice stack (HU window [-125, 275] -> [0, 1],
   slice-first, the content of a ``test_vol_h5`` file): for each slice ``scipy.ndimage.zoom(order=3)`` to 224,
   batch 1, forward, ``argmax(softmax)``, ``zoom(order=0)`` back to 512. The model runs on ``--device``; the zooms run
-  on the CPU, as in the reference.
+  on the CPU, as in the reference. Its model is a copy of medseg's with the same weights whose weight-standardised
+  convolutions re-standardise their weights on every forward, as the reference code's ``StdConv2d`` does (medseg
+  caches them in eval mode); everything else is the same module code.
 * **medseg (torch resize)**: :func:`medseg.engine.inference.predict_volume` on the HU volume with its affine (the
   ``medseg predict`` path: orientation, window, batches of ``--batch-size`` slices, bicubic resize on the device,
   argmax, nearest label resize on the device, restore orientation). fp32.
@@ -32,16 +37,19 @@ keeping its stored voxel order and affine; without the phantom module a syntheti
 from __future__ import annotations
 
 import argparse
+import copy
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep, not spin
 
-from results_file import cpu_name, write_section  # benchmarks/results_file.py
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from results_file import cpu_name, publish  # noqa: E402  benchmarks/results_file.py
+from side_by_side import alternate, command_text, load_average  # noqa: E402
 
 SECTION_HEADING = "## Inference speed (benchmarks/infer_speed.py)"
 ISSUE_GFLOP_PER_SLICE = 58.0
@@ -52,7 +60,8 @@ ISSUE_GFLOP_PER_SLICE = 58.0
 
 
 def benchmark_volume(slices: int, seed: int = 0):
-    """A 512 x 512 x ``slices`` CT (int16 HU) with its affine: the middle of a full-size phantom case."""
+    """A 512 x 512 x ``slices`` CT (int16 HU) with its affine: the middle of the first full-size phantom case
+    that has at least ``slices`` axial slices."""
     from medseg.data.orientation import orientation_transform
     from medseg.io import Volume
 
@@ -65,10 +74,15 @@ def benchmark_volume(slices: int, seed: int = 0):
         array = rng.normal(40, 30, (512, 512, slices)).astype(np.int16)
         affine = np.diag([-0.8, -0.8, 3.0, 1.0])
         return Volume(array, affine), "synthetic 512 x 512 noise volume (phantom module not available)"
-    image, _ = generate_case(1, seed, "full")
-    transform = orientation_transform(image.affine)
-    slice_axis = int(np.flatnonzero(transform[:, 0] == 2)[0])  # the stored axis that becomes the axial one
-    depth = image.shape[slice_axis]
+    for case_index in range(1, 9):  # the first full-size phantom case with enough axial slices
+        image, _ = generate_case(case_index, seed, "full")
+        transform = orientation_transform(image.affine)
+        slice_axis = int(np.flatnonzero(transform[:, 0] == 2)[0])  # the stored axis that becomes the axial one
+        depth = image.shape[slice_axis]
+        if depth >= slices:
+            break
+    else:
+        raise SystemExit(f"--slices {slices}: no full-size phantom case among the first 8 has that many slices")
     start = max(0, depth // 2 - slices // 2)
     index = [slice(None)] * 3
     index[slice_axis] = slice(start, start + slices)
@@ -76,16 +90,17 @@ def benchmark_volume(slices: int, seed: int = 0):
     shift[slice_axis, 3] = start
     cut = Volume(np.ascontiguousarray(image.array[tuple(index)]), image.affine @ shift)
     spacing = " x ".join(f"{s:.2f}" for s in cut.spacing)
-    return cut, f"phantom case 1 (seed {seed}, size full), slices {start}..{start + slices - 1} of {depth}, " \
+    return cut, f"phantom case {case_index} (seed {seed}, size full), slices {start}..{start + slices - 1} of {depth}, " \
                 f"stored shape {cut.shape}, spacing {spacing} mm"
 
 
 def windowed_stack(volume, params) -> np.ndarray:
     """The reference loop's input: oriented, HU-windowed, slice-first ``(D, H, W)`` float32 in [0, 1]."""
-    from medseg.engine.inference import orient_view
+    from medseg.data.orientation import orient_view
+    from medseg.data.transforms import hu_window
 
-    oriented = orient_view(volume.array, volume.affine, params.axcodes).astype(np.float32)
-    scaled = np.clip((oriented - np.float32(params.hu_min)) / np.float32(params.hu_max - params.hu_min), 0.0, 1.0)
+    oriented, _ = orient_view(volume.array, volume.affine, tuple(params.axcodes))
+    scaled = hu_window(oriented, params.hu_min, params.hu_max)
     return np.ascontiguousarray(np.moveaxis(scaled, -1, 0))
 
 
@@ -112,21 +127,25 @@ def reference_loop(model, stack: np.ndarray, size: int, device: torch.device) ->
     return prediction
 
 
+def reference_model(model):
+    """A copy of ``model`` (same weights) whose StdConv2d layers re-standardise on every forward, as the reference."""
+    from medseg.models.transunet import StdConv2d, _standardize
+
+    class ReferenceStdConv2d(StdConv2d):
+        def forward(self, x):
+            return torch.nn.functional.conv2d(x, _standardize(self.weight), self.bias, self.stride, self.padding,
+                                              self.dilation, self.groups)
+
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, StdConv2d):
+            module.__class__ = ReferenceStdConv2d
+    return reference
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def timed(function, device: torch.device, repeats: int = 1):
-    """``(result, median seconds)`` of ``repeats`` calls."""
-    times, result = [], None
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = function()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return result, statistics.median(times)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,13 +167,18 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repea
     return 2 * n**3 / best / 1e9
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX-BF16 (from /proc/cpuinfo)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has AVX512-BF16 or AMX (otherwise bf16 on CPU is emulated and slower than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_bf16_flags())
 
 
 def forward_gflop(model, size: int, device: torch.device) -> float:
@@ -175,11 +199,45 @@ def machine_line(threads: int, device: torch.device) -> str:
     return text
 
 
-def load_average() -> str:
-    try:
-        return "/".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
+def profile(function, rows: int = 8) -> list[tuple[str, float, float]]:
+    """Top ``rows`` operators of one call of ``function`` (torch.profiler, after a warm-up call):
+    ``(name, self CPU ms, share of the total self CPU time)``."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    function()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        function()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [(e.key, e.self_cpu_time_total / 1e3, e.self_cpu_time_total / total) for e in events[:rows]]
+
+
+def profile_forward(predictor, size: int, batch: int) -> list[tuple[str, float, float]]:
+    """The profile of one medseg batched forward (:func:`profile`)."""
+    from medseg.engine.inference import forward_probabilities
+
+    images = torch.rand(batch, 1, size, size, device=predictor.device)
+    return profile(lambda: forward_probabilities(predictor, images))
+
+
+def profile_reference_forward(model, size: int, device: torch.device) -> list[tuple[str, float, float]]:
+    """The profile of one forward of the reference loop (batch 1, re-standardising its weights)."""
+    x = torch.rand(1, 1, size, size, device=device)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+    return profile(forward)
+
+
+GEMM_OPS = ("aten::addmm", "aten::mkldnn_convolution", "aten::convolution", "aten::mm", "aten::bmm",
+            "aten::_scaled_dot_product_flash_attention_for_cpu")
+STANDARDISE_OPS = ("aten::var_mean", "aten::sub", "aten::div", "aten::sqrt")
+
+
+def _share(rows, names) -> float:
+    return sum(share for op, _, share in rows if op in names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -195,12 +253,12 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    load_before = load_average()
     volume, volume_text = benchmark_volume(args.slices)
     params = PreprocessingParams(img_size=args.img_size)
     torch.manual_seed(0)
     model = create(args.model, num_classes=9, img_size=args.img_size).eval().to(device)
     gflop = forward_gflop(model, args.img_size, device)
+    ref_model = reference_model(model)
     stack = windowed_stack(volume, params)
     depth = stack.shape[0]
     print(f"volume: {volume_text}; model {args.model} ({gflop:.1f} GFLOP per slice, random weights, seed 0)",
@@ -209,82 +267,178 @@ def run(args) -> dict:
     def to_slice_first(labels_volume) -> np.ndarray:
         return np.moveaxis(orient_view(labels_volume.array, labels_volume.affine, params.axcodes), -1, 0)
 
-    rows = []
-    reference, ref_time = timed(lambda: reference_loop(model, stack, args.img_size, device), device)
-    rows.append({"path": "reference loop (scipy zoom, batch 1, fp32)", "seconds": ref_time, "agreement": 1.0})
-    print(f"reference loop: {ref_time:.2f} s", flush=True)
-
-    def medseg_path(amp: str, resize: str):
-        predictor = make_predictor(model, args.model, SYNAPSE8, params, device, amp=amp)
-        labels, seconds = timed(lambda: predict_volume(volume, predictor, batch_size=args.batch_size, resize=resize),
-                                device, repeats=args.repeats)
-        agreement = float((to_slice_first(labels) == reference).mean())
-        return seconds, agreement
-
-    variants = [("medseg predict (torch resize, batch {b}, fp32)", "off", "torch"),
-                ("medseg predict (scipy resize as the reference, batch {b}, fp32)", "off", "scipy")]
+    native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    # as load_predictor (medseg predict) makes them: channels-last weights (ref_model is an untouched copy)
+    fp32 = make_predictor(model, args.model, SYNAPSE8, params, device, amp="off", channels_last=True)
+    bf16 = make_predictor(model, args.model, SYNAPSE8, params, device, amp="bf16", channels_last=True)
+    b = args.batch_size
+    reference_name = "reference loop (scipy zoom, batch 1, fp32)"
+    sides = {reference_name: lambda: reference_loop(ref_model, stack, args.img_size, device),
+             f"medseg predict (torch resize, batch {b}, fp32)":
+                 lambda: to_slice_first(predict_volume(volume, fp32, batch_size=b, resize="torch")),
+             f"medseg predict (scipy resize as the reference, batch {b}, fp32)":
+                 lambda: to_slice_first(predict_volume(volume, fp32, batch_size=b, resize="scipy"))}
     bf16_note = ""
-    if device.type == "cuda" or cpu_has_native_bf16():
-        variants.append(("medseg predict (torch resize, batch {b}, bf16 autocast)", "bf16", "torch"))
+    if native_bf16:
+        sides[f"medseg predict (torch resize, batch {b}, bf16 autocast)"] = \
+            lambda: to_slice_first(predict_volume(volume, bf16, batch_size=b, resize="torch"))
+        sides[f"medseg predict (scipy resize as the reference, batch {b}, bf16 autocast)"] = \
+            lambda: to_slice_first(predict_volume(volume, bf16, batch_size=b, resize="scipy"))
     else:
         bf16_note = "bf16 skipped: this CPU has no native bf16 (AVX512-BF16/AMX)."
-    for label, amp, resize in variants:
-        seconds, agreement = medseg_path(amp, resize)
-        rows.append({"path": label.format(b=args.batch_size), "seconds": seconds, "agreement": agreement})
-        print(f"{rows[-1]['path']}: {seconds:.2f} s, agreement {agreement:.6%}", flush=True)
+    # warm-up on 2 slices: first-call allocations, oneDNN kernel selection, medseg's weight cache
+    warm_volume, _ = benchmark_volume(2)
+    reference_loop(ref_model, windowed_stack(warm_volume, params), args.img_size, device)
+    predict_volume(warm_volume, fp32, batch_size=b)
+    if native_bf16:
+        predict_volume(warm_volume, bf16, batch_size=b)
 
+    agreement: dict[str, list[float]] = {name: [] for name in sides}
+    peak_gib: dict[str, float] = {}
+
+    def on_round(index, seconds):
+        line = ", ".join(f"{name.split(' (')[0] if name == reference_name else name}: {t:.2f} s"
+                         for name, t in seconds.items())
+        print(f"round {index + 1}: {line}; load {load_average()}", flush=True)
+
+    def checked(name, function):
+        def call():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)  # both model copies' weights
+            labels = function()
+            if device.type == "cuda":
+                used = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
+                peak_gib[name] = max(peak_gib.get(name, 0.0), used)
+            agreement[name].append(labels)
+            return None
+        return call
+
+    timed_sides = {name: checked(name, function) for name, function in sides.items()}
+    comparison = alternate(timed_sides, args.rounds, reference_name, sync=lambda: _sync(device), on_round=on_round)
+    reference = agreement[reference_name]
+    rows = []
+    for name in sides:
+        # every round's labels against the same round's reference loop (a nondeterministic path shows as a range)
+        shares = [float((labels == ref).mean()) for labels, ref in zip(agreement[name], reference)]
+        seconds = comparison.median_time(name)
+        rows.append({"path": name, "seconds": seconds, "slices_per_s": depth / seconds,
+                     "ratio": comparison.ratio_text(name), "agreement": min(shares),
+                     "gflops": gflop * depth / seconds, "bf16": "bf16" in name, "peak_gib": peak_gib.get(name)})
+    profiles = {}
+    if args.profile:
+        profiles["reference loop, batch 1, fp32"] = profile_reference_forward(ref_model, args.img_size, device)
+        profiles["fp32"] = profile_forward(fp32, args.img_size, b)
+        if native_bf16:
+            profiles["bf16 autocast"] = profile_forward(bf16, args.img_size, b)
     fp32_rate = matmul_gflops(torch.float32, device)
-    bf16_rate = matmul_gflops(torch.bfloat16, device) if (device.type == "cuda" or cpu_has_native_bf16()) else None
+    bf16_rate = matmul_gflops(torch.bfloat16, device) if native_bf16 else None
     for row in rows:
-        row["slices_per_s"] = depth / row["seconds"]
-        row["speedup"] = ref_time / row["seconds"]
-        row["gflops"] = gflop * depth / row["seconds"]
-        peak = bf16_rate if "bf16" in row["path"] and bf16_rate else fp32_rate
+        peak = bf16_rate if row["bf16"] and bf16_rate else fp32_rate
         row["of_peak"] = row["gflops"] / peak
     return {"rows": rows, "volume": volume_text, "gflop": gflop, "depth": depth, "fp32_rate": fp32_rate,
-            "bf16_rate": bf16_rate, "bf16_note": bf16_note, "device": device,
-            "machine": machine_line(torch.get_num_threads(), device), "load": (load_before, load_average()),
-            "args": args}
+            "bf16_rate": bf16_rate, "bf16_note": bf16_note, "device": device, "profiles": profiles,
+            "machine": machine_line(torch.get_num_threads(), device), "comparison": comparison, "args": args,
+            "model": model}
 
 
 def render(result: dict) -> str:
     args = result["args"]
-    command = "python benchmarks/infer_speed.py " + " ".join(sys.argv[1:])
+    comparison = result["comparison"]
     lines = [SECTION_HEADING, "",
-             f"Command: `{command.strip()}`. Device: {result['device']}. Machine: {result['machine']}; load average "
-             f"(1/5/15 min) {result['load'][0]} before, {result['load'][1]} after (shared machine: wall times include "
-             "the neighbours' load).",
+             f"Command: {command_text('infer_speed.py')}. "
+             f"Device: {result['device']}. Machine: {result['machine']}; load average (1/5/15 min) "
+             f"{comparison.load_before} before, {comparison.load_after} after: the machine was shared with other "
+             "jobs, so absolute times are inflated and noisy; the ratios come from alternating rounds.",
              f"Volume: {result['volume']}. Model: {args.model} with random weights (seed 0), 9 classes, "
              f"{args.img_size} input: {result['gflop']:.1f} GFLOP per slice by torch's FLOP counter (the issue quotes "
              f"about {ISSUE_GFLOP_PER_SLICE:.0f} for the full model). Measured matmul rate (2048 x 2048): "
              f"{result['fp32_rate']:.0f} GFLOP/s fp32" +
              (f", {result['bf16_rate']:.0f} GFLOP/s bf16" if result["bf16_rate"] else "") + ".",
              "",
-             "| path | time (s) | slices/s | speed vs reference | voxels equal to reference | GFLOP/s | of matmul peak |",
-             "|---|---|---|---|---|---|---|"]
+             f"{comparison.rounds} rounds; every path runs once per round, the order reversed every other round. "
+             "Speed-up: the median over rounds of (reference loop time / path time) in the same round, with the "
+             "smallest and largest round in brackets. Time: the median over rounds.",
+             "",
+             "| path | time (s) | slices/s | speed-up vs reference loop (range) | voxels equal to reference | "
+             "GFLOP/s | of matmul peak | peak GPU memory above the weights (GiB) |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        lines.append(f"| {row['path']} | {row['seconds']:.2f} | {row['slices_per_s']:.2f} | {row['speedup']:.2f}x | "
-                     f"{row['agreement']:.6%} | {row['gflops']:.0f} | {row['of_peak']:.0%} |")
+        ratio = "1 (reference)" if row["path"] == comparison.reference else row["ratio"]
+        peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "-"
+        lines.append(f"| {row['path']} | {row['seconds']:.2f} | {row['slices_per_s']:.2f} | {ratio} | "
+                     f"{row['agreement']:.6%} | {row['gflops']:.0f} | {row['of_peak']:.0%} | {peak} |")
     lines.append("")
+    lines += _target_lines(result)
     lines.append("- Times cover the whole volume: resizes, forward passes, argmax, label resize back (and for medseg "
-                 "orientation, HU window and restoring the input's voxel order). medseg times are the median of "
-                 f"{args.repeats} run(s); the reference loop runs once.")
+                 "orientation, HU window and restoring the input's voxel order). \"voxels equal\" is the lowest "
+                 "share over the rounds, each round against the same round's reference labels.")
+    lines.append("- The reference loop's model re-standardises the 52 weight-standardised convolutions' weights on "
+                 "every forward, as the reference code does; medseg's StdConv2d caches them in eval mode (same "
+                 "arithmetic, identical weights). Otherwise both use the same module code and weights.")
     lines.append("- \"of matmul peak\" compares the achieved model FLOP rate with the measured matmul rate of the "
                  "same precision (bf16 rows against the bf16 rate).")
-    lines.append("- Why batching pays so much on a CPU: every forward call re-standardises and re-packs the weights of "
-                 "the ResNet's 52 weight-standardised convolutions (StdConv2d, about 12M weights), a fixed cost "
-                 "independent of the batch size that dominates a batch-1 forward on a CPU. The reference loop pays it "
-                 "once per slice, medseg once per batch. Both paths use the same model code.")
-    lines.append("- Identical output: the scipy-resize path gives exactly the reference loop's labels (fp32, batched "
-                 "forward). The default torch path resizes with the training dataset's bicubic resampling (Keys "
-                 "cubic, torch) instead of scipy's cubic B-spline, so a few boundary voxels differ; its speed is "
-                 "what `medseg predict` gives by default (`--resize scipy` selects the reference's resize).")
+    lines.append("- The default torch path resizes with the training dataset's bicubic resampling (Keys cubic, "
+                 "torch) instead of scipy's cubic B-spline, so a few boundary voxels differ; `--resize scipy` "
+                 "gives the reference's pixels.")
+    if result["device"].type == "cuda":
+        weights_gib = sum(p.numel() * p.element_size() for p in result["model"].parameters()) / 2**30
+        lines.append(f"- Peak GPU memory: torch's peak allocation during the path minus what was allocated before it "
+                     f"(the weights: {weights_gib:.2f} GiB per fp32 copy of the model; this script holds two, the "
+                     "reference loop's and medseg's).")
+    for name, rows in result["profiles"].items():
+        what = (f"one {name} forward" if name.startswith("reference") else
+                f"one medseg forward, batch {args.batch_size}, {name}")
+        lines.append(f"- Profile of {what} (torch.profiler, self CPU time): " +
+                     "; ".join(f"`{op}` {ms:.0f} ms ({share:.0%})" for op, ms, share in rows) + ".")
     if result["device"].type != "cuda":
-        lines.append("- GPU: not measured here (no GPU on this machine); run with `--device cuda` where one is "
-                     "available (target: at least 20x the reference loop).")
+        lines.append("- GPU: not measured here (no GPU on this machine); `benchmarks/gpu_check.sh` runs this "
+                     "script with `--device cuda` where one is available (target: at least 20x the reference loop).")
     if result["bf16_note"]:
         lines.append(f"- {result['bf16_note']}")
     return "\n".join(lines) + "\n"
+
+
+def _target_lines(result: dict) -> list[str]:
+    """The issue's CPU targets against what was measured (GPU: the 20x target)."""
+    comparison = result["comparison"]
+    rows = {row["path"]: row for row in result["rows"]}
+
+    def find(resize: str, precision: str):
+        return next((row for name, row in rows.items()
+                     if name != comparison.reference and resize in name and precision in name), None)
+
+    lines = []
+    if result["device"].type == "cuda":
+        best = max((comparison.ratio(name), name) for name in rows if name != comparison.reference)
+        return [f"- Target on a GPU: at least 20x the reference loop: best {best[0]:.1f}x ({best[1]}): "
+                f"{'met' if best[0] >= 20 else 'NOT met'}."]
+    scipy_fp32 = find("scipy", "fp32")
+    if scipy_fp32:
+        ratio = comparison.ratio(scipy_fp32["path"])
+        identical = scipy_fp32["agreement"] == 1.0
+        lines.append(f"- Target fp32: at least 1.5x with identical labels under `--resize scipy`: {ratio:.2f}x, "
+                     f"labels {'identical' if identical else 'NOT identical'}: "
+                     f"{'met' if ratio >= 1.5 and identical else 'NOT met'}.")
+        profiles = result["profiles"]
+        if "fp32" in profiles and "reference loop, batch 1, fp32" in profiles:
+            gemm = _share(profiles["fp32"], GEMM_OPS)
+            standardise = _share(profiles["reference loop, batch 1, fp32"], STANDARDISE_OPS)
+            lines.append(f"- Where the fp32 time goes (profiles below): matrix products, convolutions and attention "
+                         f"(oneDNN/MKL kernels) are {gemm:.0%} of medseg's batched fp32 forward; that is work "
+                         "batching, the weight cache and the channels-last layout cannot remove, so the fp32 "
+                         "speed-up is bounded by what the reference loop spends elsewhere: re-standardising its "
+                         f"weights ({standardise:.0%} of a batch-1 forward: `var_mean`, `sub`, `div`, `sqrt`), "
+                         "batch-1 overheads and the per-slice scipy zooms.")
+    torch_bf16 = find("torch resize", "bf16")
+    if torch_bf16:
+        ratio = comparison.ratio(torch_bf16["path"])
+        agreement = torch_bf16["agreement"]
+        native = ", ".join(cpu_bf16_flags()) or "none"
+        lines.append(f"- Target bf16 (this CPU's native bf16 instructions: {native}): at least "
+                     f"2.5x with at least 99.95 % of voxels equal: {ratio:.2f}x, {agreement:.4%} equal: "
+                     f"{'met' if ratio >= 2.5 and agreement >= 0.9995 else 'NOT met'}.")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -292,17 +446,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--model", default="R50-ViT-B_16", help="registry name (default R50-ViT-B_16)")
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--slices", type=int, default=24, help="axial slices of the 512 x 512 volume (default 24)")
+    parser.add_argument("--slices", type=int, default=8, help="axial slices of the 512 x 512 volume (default 8)")
     parser.add_argument("--batch-size", type=int, default=16, help="medseg slices per forward pass (default 16)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each medseg path (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="also profile one batched forward (top operators)")
     parser.add_argument("--write", type=Path, help="(re)write this script's section of a RESULTS.md")
     args = parser.parse_args(argv)
-    result = run(args)
-    section = render(result)
-    print(section)
-    if args.write:
-        write_section(args.write, SECTION_HEADING, section)
+    publish(render(run(args)), SECTION_HEADING, args.write)
     return 0
 
 

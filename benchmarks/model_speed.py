@@ -18,9 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep, not spin
 
-from results_file import cpu_name, write_section  # benchmarks/results_file.py
+import torch  # noqa: E402
+
+from results_file import cpu_name, write_section  # noqa: E402  benchmarks/results_file.py
 
 DEFAULT_MODELS = ["R50-ViT-B_16", "ViT-B_16", "R50-ViT-L_16", "DS-TransUNet-B"]
 SECTION_HEADING = "## Model forward time on CPU (benchmarks/model_speed.py)"

@@ -24,6 +24,13 @@ def write_section(path: "str | Path", heading: str, section: str) -> Path:
     return write_text(path, text)
 
 
+def publish(section: str, heading: str, path: "str | Path | None") -> None:
+    """Print a benchmark's section and, when ``path`` is given, (re)write it there (:func:`write_section`)."""
+    print(section)
+    if path:
+        write_section(path, heading, section)
+
+
 def cpu_name() -> str:
     """The processor's model name (from /proc/cpuinfo where there is one), for the machine line of a section."""
     import platform

@@ -494,6 +494,50 @@ def parse_args(argv):
     return args
 
 
+def benchmark_model(args, name: str, cohort: Path) -> "tuple[dict, tuple | None]":
+    """Size, FLOPs, training, evaluation and inference speed of one model; a failure is recorded in the row.
+
+    Returns:
+        ``(row, about)``: the table row, and ``(split text, volume case id, volume shape text)`` of the cohort the
+        model was evaluated on (None when it failed).
+    """
+    from medseg.data.slice_cache import load_manifest
+    from medseg.engine.train import read_metrics
+    from medseg.models import create, get_spec
+
+    spec = get_spec(name)
+    row = {"name": name, "family": spec.family}
+    log.info("=== %s (load %s)", name, load_text())
+    try:
+        torch.manual_seed(0)
+        model = create(name, num_classes=NUM_CLASSES, img_size=args.img_size)
+        row["parameters"] = count_parameters(model)
+        row["gflop"] = forward_gflop(model, args.img_size)
+        row["aux_loss_weights"] = list(getattr(model, "aux_loss_weights", None) or [])
+        del model
+        result = train_and_evaluate(args, name, cohort)
+        row.update(result)
+        manifest = load_manifest(result["outputs"]["prepare"]["prepared"])
+        test = [e for e in manifest["cases"] if e["split"] == "test"]
+        train_ids = [e["case_id"] for e in manifest["cases"] if e["split"] == "train"]
+        metrics = read_metrics(Path(result["outputs"]["train"]["run_dir"]) / "metrics.csv")
+        row["iterations"] = max((int(r["iteration"]) for r in metrics if r.get("iteration")), default=None)
+        torch.set_num_threads(args.threads)  # keep the benchmark's thread count for the speed measurement
+        row["speed"] = inference_speed(result["outputs"]["train"]["last"], args.img_size, args.speed_batch,
+                                       args.speed_repeats, test[0]["source_image"])
+        shape = row["speed"].get("volume_shape")
+        means = row["summary"]["standard"]["foreground_mean"]
+        log.info("%s: mean Dice %.4f, HD95 %.2f mm; %.1f slices/s; training %.0f s", name, means["dice"],
+                 means["hd95_mm"], row["speed"]["slices_per_s"], row["timing"].get("train_wall_s") or -1)
+    except Exception as exc:  # report the failure in the table and go on with the next model
+        log.exception("%s failed", name)
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return row, None
+    about = (f"{len(train_ids)} training / {len(test)} held-out cases", test[0]["case_id"],
+             f"{' x '.join(map(str, shape))} voxels" if shape else "")
+    return row, about
+
+
 def main(argv: "list[str] | None" = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -505,8 +549,7 @@ def main(argv: "list[str] | None" = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    from medseg.data.slice_cache import load_manifest
-    from medseg.models import create, get_spec, list_models
+    from medseg.models import get_spec, list_models
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -526,41 +569,11 @@ def main(argv: "list[str] | None" = None) -> int:
     rows, cached_models = [], 0
     volume_case = volume_shape_text = split_text = None
     for name in args.models:
-        spec = get_spec(name)
-        row = {"name": name, "family": spec.family}
-        log.info("=== %s (load %s)", name, load_text())
-        try:
-            torch.manual_seed(0)
-            model = create(name, num_classes=NUM_CLASSES, img_size=args.img_size)
-            row["parameters"] = count_parameters(model)
-            row["gflop"] = forward_gflop(model, args.img_size)
-            row["aux_loss_weights"] = list(getattr(model, "aux_loss_weights", None) or [])
-            del model
-            result = train_and_evaluate(args, name, cohort)
-            row.update(result)
-            cached_models += bool(result["timing"].get("cached"))
-            prepared = result["outputs"]["prepare"]["prepared"]
-            manifest = load_manifest(prepared)
-            test = [e for e in manifest["cases"] if e["split"] == "test"]
-            train_ids = [e["case_id"] for e in manifest["cases"] if e["split"] == "train"]
-            split_text = f"{len(train_ids)} training / {len(test)} held-out cases"
-            volume_case = test[0]["case_id"]
-            from medseg.engine.train import read_metrics
-
-            metrics = read_metrics(Path(result["outputs"]["train"]["run_dir"]) / "metrics.csv")
-            row["iterations"] = max((int(r["iteration"]) for r in metrics if r.get("iteration")), default=None)
-            torch.set_num_threads(args.threads)  # the trainer sets it too; keep the benchmark's value
-            row["speed"] = inference_speed(result["outputs"]["train"]["last"], args.img_size, args.speed_batch,
-                                           args.speed_repeats, test[0]["source_image"])
-            shape = row["speed"].get("volume_shape")
-            volume_shape_text = f"{' x '.join(map(str, shape))} voxels" if shape else ""
-            means = row["summary"]["standard"]["foreground_mean"]
-            log.info("%s: mean Dice %.4f, HD95 %.2f mm; %.1f slices/s; training %.0f s", name, means["dice"],
-                     means["hd95_mm"], row["speed"]["slices_per_s"], row["timing"].get("train_wall_s") or -1)
-        except Exception as exc:  # report the failure in the table and go on with the next model
-            log.exception("%s failed", name)
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        row, about = benchmark_model(args, name, cohort)
         rows.append(row)
+        cached_models += bool(row.get("timing", {}).get("cached"))
+        if about:
+            split_text, volume_case, volume_shape_text = about
 
     log.info("=== FLOPs of the published sizes (load %s)", load_text())
     published = published_figures(published_names, args.published_size, args.native) if published_names else []

@@ -3,6 +3,10 @@
 Each sub-command lives in its own module under :mod:`medseg.commands` with two functions,
 ``add_arguments(parser)`` and ``run(args) -> int``, and is imported only when used, so ``medseg evaluate`` does
 not pay for importing torch. A :class:`~medseg.errors.MedsegError` becomes one line on stderr and exit code 2.
+
+Exit codes (the same for every command): 0 everything succeeded; 1 a batch completed but some cases failed (they
+are listed); 2 bad invocation or nothing could run; 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM).
+SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-written is left.
 """
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ import argparse
 import importlib
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, MedsegError, Terminated
 
 #: sub-command -> (module under medseg.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "preprocess a cohort into a 2D slice cache"),
     "models": ("models", "list the model zoo"),
     "train": ("train", "train a model on a prepared slice cache"),
-    "predict": ("predict", "segment NIfTI volumes with a checkpoint"),
+    "predict": ("predict", "segment CT volumes (NIfTI, TransUNet h5 or DICOM series) with a checkpoint"),
     "evaluate": ("evaluate", "per-organ Dice / HD95 / ASSD / NSD of predictions against references"),
     "run": ("run", "run a YAML pipeline"),
 }
@@ -71,14 +78,44 @@ def main(argv: "list[str] | None" = None) -> int:
             parser.error(f"command {args.command!r} is not available in this version")
         parser.print_help()
         return 0
+    previous = _raise_on_sigterm()
     try:
         return int(args._run(args) or 0)
     except MedsegError as exc:
-        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"medseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"medseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"medseg {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_SIGTERM if terminated else EXIT_SIGINT
+    except OSError as exc:  # a file system failure the command did not foresee: still one line, no traceback
+        logging.getLogger(__name__).debug("unexpected OS error", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(exc: MedsegError) -> str:
+    """The error's message on one line. An error raised in a torch data-loader worker comes back with the worker's
+    traceback inside its message; its last line is the original ``Type: message``."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1])
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM raise :class:`Terminated` in the main thread; returns the handler it replaced (or None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

@@ -22,3 +22,33 @@ class ConfigError(MedsegError):
 
 class CheckpointError(MedsegError):
     """A checkpoint cannot be loaded: wrong architecture, missing or unexpected keys, or unsafe content."""
+
+
+class OutputError(MedsegError):
+    """An output cannot be written: its folder is a file, cannot be created, or holds results made otherwise."""
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM, so it unwinds (and cleans up) like Ctrl-C.
+
+    The command line exits with 143 (128 + SIGTERM) instead of 130 (128 + SIGINT).
+    """
+
+
+class TrainingStopped(MedsegError):
+    """A training run was stopped before its schedule ended (a signal, or ``stop_after``); ``last.pt`` is saved.
+
+    ``exit_code`` is the run's: 130 after SIGINT, 143 after SIGTERM (128 + the signal number), 2 for ``stop_after``.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+#: Exit codes of every ``medseg`` command.
+EXIT_OK = 0  # everything succeeded
+EXIT_SOME_FAILED = 1  # a batch completed but some cases failed (they are listed)
+EXIT_BAD_INPUT = 2  # bad invocation, or nothing could run
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -22,9 +26,10 @@ from typing import Iterator
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.errors import InputError, OutputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PROVENANCE_TAG = b"medseg-provenance:"
 
 
 @dataclass
@@ -113,13 +118,19 @@ def read_volume(path: "str | Path", *, dtype=None) -> Volume:
     return Volume(array=array, affine=affine)
 
 
-def write_volume(path: "str | Path", volume: Volume, *, dtype=None) -> Path:
+def write_volume(path: "str | Path", volume: Volume, *, dtype=None, intent: "tuple[str, str] | None" = None,
+                 descrip: "str | None" = None, provenance: "dict | None" = None) -> Path:
     """Write ``volume`` as NIfTI atomically (temp file in the same folder, then rename).
 
     Args:
         path: destination ``.nii`` or ``.nii.gz``.
         volume: the array and affine to store; the header's qform and sform are both set to the affine.
         dtype: on-disk data type (e.g. ``np.uint8`` for label maps); default keeps the array's.
+        intent: optional ``(intent code, intent name)`` for the header, e.g. ``("label", "synapse8")``
+            (the name is at most 15 characters).
+        descrip: optional header description (at most 79 characters).
+        provenance: plain JSON data recording what made the file (stored in a NIfTI "comment" header extension,
+            read back with :func:`read_provenance`); other tools ignore it.
     """
     import nibabel as nib
 
@@ -129,34 +140,220 @@ def write_volume(path: "str | Path", volume: Volume, *, dtype=None) -> Path:
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(volume.affine, code=1)
     image.set_sform(volume.affine, code=1)
+    if intent is not None:
+        image.header.set_intent(intent[0], name=intent[1][:15])
+    if descrip is not None:
+        image.header["descrip"] = descrip[:79].encode("ascii", "replace")
+    if provenance is not None:
+        content = PROVENANCE_TAG + json.dumps(provenance, sort_keys=True, default=_json_default).encode()
+        image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", content))
     suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:
         nib.save(image, str(tmp))
     return path
 
 
+#: Every temporary file or folder medseg creates beside an output carries this mark, the host and the process id,
+#: so a later run can tell an abandoned one (its process is gone) from one another run is still writing.
+TEMP_MARK = ".medseg-tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.*)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+" + re.escape(TEMP_MARK))
+#: A temporary file from another host counts as abandoned after this long (its process cannot be checked).
+FOREIGN_TEMP_AGE_S = 24 * 3600
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix of a temporary file or folder standing in for ``name`` (hidden, host and process id in the name)."""
+    return f".{name}.{_host_tag()}.{os.getpid()}."
+
+
+def file_sha256(path: "str | Path") -> str:
+    """Hex SHA-256 of a file's contents (read in 1 MiB blocks): the identity of a source or checkpoint file.
+
+    For a folder (a DICOM series), the SHA-256 of the relative names and contents of all its files, sorted by name.
+    """
+    path = Path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for member in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{member.relative_to(path).as_posix()}\0{file_sha256(member)}\n".encode())
+        return digest.hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_provenance(path: "str | Path") -> "dict | None":
+    """The provenance record :func:`write_volume` stored in a NIfTI file, or None when it holds none.
+
+    Reads only the header. An unreadable file also gives None (the caller then treats it as made elsewhere).
+    """
+    import nibabel as nib
+
+    try:
+        extensions = nib.load(str(path)).header.extensions
+    except Exception:  # any unreadable file: no usable record
+        return None
+    for extension in extensions:
+        content = extension.get_content()
+        if isinstance(content, bytes) and content.startswith(PROVENANCE_TAG):
+            try:
+                return json.loads(content[len(PROVENANCE_TAG):].rstrip(b"\0").decode())
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Geometry comparison: one tolerance, in mm, for every check that two files share a voxel grid.
+
+#: Two affines describe the same voxel grid when no corner of the volume moves by more than this many mm
+#: between them (float32 rounding of NIfTI headers is ~1e-5 mm; the smallest CT voxel is ~0.3 mm).
+GRID_TOLERANCE_MM = 1e-3
+
+
+def grid_difference_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape) -> float:
+    """Largest distance in mm between where the two affines put the 8 corner voxels of a volume of ``shape``."""
+    corners = np.array(np.meshgrid(*[[0, max(int(n) - 1, 0)] for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    points = np.vstack([corners, np.ones(corners.shape[1])])
+    moved = (np.asarray(affine_a, dtype=np.float64) - np.asarray(affine_b, dtype=np.float64)) @ points
+    return float(np.sqrt((moved[:3] ** 2).sum(axis=0)).max())
+
+
+def same_grid(affine_a: np.ndarray, affine_b: np.ndarray, shape, tolerance_mm: float = GRID_TOLERANCE_MM) -> bool:
+    """True when the two affines agree on every voxel position of ``shape`` within ``tolerance_mm``."""
+    return grid_difference_mm(affine_a, affine_b, shape) <= tolerance_mm
+
+
 @contextlib.contextmanager
 def atomic_path(path: "str | Path", suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
 
-    Use for every file a user keeps, so an interrupted write never leaves a half-written file.
+    Use for every file a user keeps, so an interrupted write never leaves a half-written file. A temporary file left
+    by a killed process is removed by :func:`remove_stale_temps` on the next run in that folder.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    ensure_folder(path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=f"{TEMP_MARK}{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         if tmp.exists():  # mkstemp creates 0600; give the file the permissions a normal write would
-            os.chmod(tmp, 0o666 & ~_current_umask())
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _current_umask() -> int:
+def make_temp_dir(parent: "str | Path", name: str) -> Path:
+    """Create a temporary folder standing in for ``parent/name`` (renamed into place by the caller when complete)."""
+    parent = ensure_folder(parent)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=TEMP_MARK, dir=parent))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_stale_temp(path: "str | Path") -> bool:
+    """True for a medseg temporary file or folder whose writing process has ended.
+
+    On this host the process id is checked; a temporary from another host (a shared disk) counts as stale only
+    when it is older than :data:`FOREIGN_TEMP_AGE_S`.
+    """
+    path = Path(path)
+    match = _TEMP_NAME.match(path.name)
+    if match is None:
+        return False
+    if match["host"] == _host_tag():
+        pid = int(match["pid"])
+        return pid != os.getpid() and not _process_alive(pid)
+    try:
+        import time
+
+        return time.time() - path.lstat().st_mtime > FOREIGN_TEMP_AGE_S
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_temps(folder: "str | Path", recursive: bool = False) -> list[Path]:
+    """Delete the temporary files and folders that killed medseg runs left in ``folder``; returns what went.
+
+    Only names made by :func:`atomic_path` / :func:`make_temp_dir` whose process is gone are touched, so a run
+    writing into the same folder at the same time (another ``--part-id``) is left alone.
+    """
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in list(folder.iterdir()):
+        if is_stale_temp(entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+            logging.getLogger(__name__).info("%s: removed a temporary file left by an interrupted run", entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            removed += remove_stale_temps(entry, recursive=True)
+    return removed
+
+
+def ensure_folder(path: "str | Path", what: str = "output folder") -> Path:
+    """Create the folder ``path`` (and its parents) or raise a one-line :class:`OutputError` saying why not.
+
+    Raises:
+        OutputError: ``path`` or one of its parents is an existing file, or the folder cannot be created
+            (permissions, read-only disk).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path
+    check_output_path(path, what, folder=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the {what} ({exc.strerror or type(exc).__name__})") from None
+    return path
+
+
+def check_output_path(path: "str | Path", what: str = "output", folder: bool = False) -> Path:
+    """Check, before any work is done, that ``path`` can be written: no parent is a file, the nearest existing
+    parent is a writable folder, and (for ``folder``) ``path`` itself is not a file. Creates nothing.
+
+    Raises:
+        OutputError: naming ``path`` and the problem.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: the {what} exists and is not a folder")
+    parent = path if folder else path.parent
+    for ancestor in [parent, *parent.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise OutputError(f"{path}: cannot create the {what}: {ancestor} is a file, not a folder")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: cannot create the {what}: {ancestor} is not writable")
+            break
+    return path
+
+
+def current_umask() -> int:
     """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)

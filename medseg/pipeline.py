@@ -25,7 +25,6 @@ Every stage calls the same Python API a notebook would (:mod:`medseg.data`, :mod
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -33,18 +32,17 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Literal
 
-import yaml
-
-from medseg import __version__
-from medseg.errors import ConfigError
-from medseg.io import read_json, read_yaml_mapping, write_json
+from medseg import __version__, schema
+from medseg.engine.config import PredictConfig, TrainConfig
+from medseg.errors import ConfigError, TrainingStopped
+from medseg.io import file_sha256, read_json, read_yaml_mapping, write_json
+from medseg.schema import setting
 
 log = logging.getLogger(__name__)
 
 STAGE_ORDER = ("synth", "prepare", "train", "predict", "evaluate", "report")
-TOP_LEVEL_KEYS = {"name": str, "description": str, "run_dir": str, "data": (str, type(None)), "stages": dict}
 STAGE_FILE = "stage.json"
 
 
@@ -77,47 +75,82 @@ class StageResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Parameter schemas: key -> (type, default). A default of REQUIRED must be given.
-
-REQUIRED = object()
+# Schemas: the pipeline file and each stage's parameters, as typed dataclasses (see medseg.schema).
 
 
-def _stage_schemas() -> dict[str, dict[str, tuple[Any, Any]]]:
-    return {
-        "synth": {"cases": (int, 20), "seed": (int, 0), "size": (str, "small"), "workers": (int, 1)},
-        "prepare": {"labels": (str, "synapse8"), "split": (str, "auto"), "test_fraction": (float, 0.4),
-                    "seed": (int, 1234), "workers": (int, 1)},
-        "train": _train_schema(),
-        "predict": {"batch_size": (int, 16), "tta": (bool, False), "device": (str, "auto"),
-                    "checkpoint": (str, "best")},
-        "evaluate": {"protocol": (str, "both"), "tolerance_mm": (float, 2.0), "workers": (int, 1)},
-        "report": {"title": (str, "")},
-    }
+@dataclass
+class PipelineFile:
+    """The top level of a pipeline file."""
+
+    name: "str | None" = setting(None, help="pipeline name (default: the file name)")
+    description: str = setting("", help="one line shown with the pipeline")
+    run_dir: "str | None" = setting(None, help="folder for every stage's output (default runs/NAME)")
+    data: "str | None" = setting(None, help="cohort folder (real data); null: the synth stage makes a phantom one")
+    stages: dict = setting(default_factory=dict, help="stage name -> parameters")
 
 
-def _train_schema() -> dict[str, tuple[Any, Any]]:
-    """The train stage takes the fields of :class:`medseg.engine.config.TrainConfig` (data and out are set by
-    the pipeline)."""
-    from medseg.engine.config import TrainConfig
+@dataclass
+class SynthStage:
+    """Write a synthetic phantom cohort (:func:`medseg.data.phantom.write_cohort`)."""
 
-    schema = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "out", "resume", "progress"):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
-        schema[f.name] = (_python_type(f.type, default), default)
-    return schema
+    cases: int = setting(20, minimum=1, help="number of cases")
+    seed: int = setting(0, help="seed of the cohort")
+    size: Literal["small", "full"] = setting("small", help="phantom size")
+    workers: int = setting(1, minimum=1, help="processes")
 
 
-def _python_type(annotation, default):
-    if default is not REQUIRED and default is not None and not isinstance(default, (list, tuple, dict)):
-        return type(default)
-    text = str(annotation)
-    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if text.startswith(name):
-            return kind
-    return object
+@dataclass
+class PrepareStage:
+    """Prepare the slice cache (:func:`medseg.data.slice_cache.prepare_cohort`)."""
+
+    labels: str = setting("synapse8", help="label set")
+    split: str = setting("auto", help="train/test split mode")
+    test_fraction: float = setting(0.4, minimum=0, help="fraction of cases held out (seeded split)")
+    seed: int = setting(1234, help="seed of the split")
+    workers: int = setting(1, minimum=1, help="processes")
+
+
+#: Train stage keys the pipeline sets itself: the slice cache, the run folder, resuming and the progress bar.
+TRAIN_STAGE_EXCLUDED = ("data", "out", "resume", "progress")
+
+
+@dataclass
+class PredictStage(PredictConfig):
+    """Predict the held-out cases with the trained model: ``medseg predict``'s settings and which checkpoint."""
+
+    checkpoint: Literal["best", "last"] = setting("last", help="last.pt, or best.pt (needs train.val_every > 0)")
+
+
+@dataclass
+class EvaluateStage:
+    """Score the predictions against the held-out labels (:func:`medseg.evaluation.cohort.evaluate_folders`)."""
+
+    protocol: Literal["standard", "transunet", "both"] = setting("both", help="evaluation protocol")
+    tolerance_mm: float = setting(2.0, minimum=0, help="NSD tolerance in mm")
+    workers: int = setting(1, minimum=1, help="processes")
+
+
+@dataclass
+class ReportStage:
+    """Write report.md / report.html with the figures (:func:`medseg.evaluation.report.write_reports`)."""
+
+    title: str = setting("", help="report title (default: medseg pipeline NAME)")
+
+
+def _stage_schemas() -> dict:
+    return {"synth": SynthStage, "prepare": PrepareStage, "train": TrainConfig, "predict": PredictStage,
+            "evaluate": EvaluateStage, "report": ReportStage}
+
+
+def stage_params(name: str, params: dict, source: str) -> dict:
+    """A stage's parameters checked against its schema, with every default filled in (plain data)."""
+    cls = _stage_schemas()[name]
+    prefix = f"stages.{name}."
+    if name == "train":
+        values = schema.check_mapping(cls, params, source, prefix=prefix, exclude=TRAIN_STAGE_EXCLUDED)
+        config = cls.from_dict(values, source=f"{source}: stages.train")  # the combinations of keys, as train does
+        return {key: value for key, value in dataclasses.asdict(config).items() if key not in TRAIN_STAGE_EXCLUDED}
+    return dataclasses.asdict(schema.build(cls, params, source, prefix=prefix))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,7 +163,8 @@ def load_pipeline(path, overrides: "list[str] | None" = None) -> Pipeline:
     Args:
         path: the YAML file.
         overrides: ``key=value`` strings applied before validation, e.g. ``data=/data/Synapse``,
-            ``train.epochs=3`` or ``stages.train.epochs=3``; values are parsed as YAML scalars.
+            ``train.epochs=3`` or ``stages.train.epochs=3``; values are read as YAML
+            (:func:`medseg.schema.parse_assignment`, the parser of ``medseg train --set`` too).
 
     Raises:
         ConfigError: a one-line message naming the file and key (unknown key, wrong type, missing path,
@@ -139,56 +173,36 @@ def load_pipeline(path, overrides: "list[str] | None" = None) -> Pipeline:
     path = Path(path)
     raw = read_yaml_mapping(path, "pipeline file")
     for override in overrides or []:
-        _apply_override(raw, override, str(path))
+        _apply_override(raw, override)
     return validate_pipeline(raw, source=str(path))
 
 
-def _apply_override(raw: dict, override: str, source: str) -> None:
-    if "=" not in override:
-        raise ConfigError(f"--set {override}: expected key=value")
-    key, text = override.split("=", 1)
-    parts = key.strip().split(".")
+def _apply_override(raw: dict, override: str) -> None:
+    parts, value = schema.parse_assignment(override)
     if parts[0] in STAGE_ORDER:
         parts = ["stages"] + parts
-    try:
-        value = yaml.safe_load(text) if text != "" else None
-    except yaml.YAMLError:
-        value = text
     node = raw
     for part in parts[:-1]:
         if node.get(part) is None:
             node[part] = {}
         node = node[part]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part} is not a section")
+            raise ConfigError(f"--set {'.'.join(parts)}: {part} is not a section")
     node[parts[-1]] = value
 
 
 def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
     """Check keys and types, fill in defaults, and return a :class:`Pipeline` (see :func:`load_pipeline`)."""
-    for key, value in raw.items():
-        if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"{source}: {key}: unknown key{_suggest(key, TOP_LEVEL_KEYS)}")
-        if not isinstance(value, TOP_LEVEL_KEYS[key]):
-            raise ConfigError(f"{source}: {key}: expected {_type_name(TOP_LEVEL_KEYS[key])}, "
-                              f"got {type(value).__name__}")
-    stages_raw = raw.get("stages") or {}
-    if not stages_raw:
+    top = schema.build(PipelineFile, raw, source)
+    if not top.stages:
         raise ConfigError(f"{source}: stages: no stages given")
     schemas = _stage_schemas()
-    stages: dict[str, dict] = {}
-    for name in stages_raw:
+    for name in top.stages:
         if name not in schemas:
-            raise ConfigError(f"{source}: stages.{name}: unknown stage{_suggest(name, schemas)}")
-    for name in STAGE_ORDER:
-        if name not in stages_raw:
-            continue
-        params = stages_raw[name] or {}
-        if not isinstance(params, dict):
-            raise ConfigError(f"{source}: stages.{name}: expected a mapping of parameters")
-        stages[name] = _validate_params(params, schemas[name], f"{source}: stages.{name}")
+            raise ConfigError(f"{source}: stages.{name}: unknown stage{schema.suggest(str(name), schemas)}")
+    stages = {name: stage_params(name, top.stages[name] or {}, source) for name in STAGE_ORDER if name in top.stages}
 
-    data = raw.get("data")
+    data = top.data
     if data is not None:
         data_path = Path(data).expanduser()
         if not data_path.is_dir():
@@ -205,13 +219,17 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
         except ConfigError as exc:
             raise ConfigError(f"{source}: stages.train.model: {str(exc).split(': ', 1)[-1]}") from None
     _check_chain(stages, source)
+    if "predict" in stages and stages["predict"]["checkpoint"] == "best" and not stages["train"]["val_every"]:
+        raise ConfigError(f"{source}: stages.predict.checkpoint: best needs validation (set train.val_every > 0) "
+                          "or use last")
+    name = top.name or Path(source).stem
     return Pipeline(
-        name=str(raw.get("name") or Path(source).stem),
-        run_dir=Path(raw.get("run_dir") or f"runs/{raw.get('name') or Path(source).stem}"),
+        name=str(name),
+        run_dir=Path(top.run_dir or f"runs/{name}"),
         data=Path(data).expanduser() if data is not None else None,
         stages=stages,
         source=source,
-        description=str(raw.get("description") or ""),
+        description=top.description,
     )
 
 
@@ -221,47 +239,6 @@ def _check_chain(stages: dict, source: str) -> None:
     for stage, required in needs.items():
         if stage in stages and required not in stages:
             raise ConfigError(f"{source}: stages.{stage}: needs the {required} stage")
-
-
-def _validate_params(params: dict, schema: dict, where: str) -> dict:
-    result = {}
-    for key, value in params.items():
-        if key not in schema:
-            raise ConfigError(f"{where}.{key}: unknown key{_suggest(key, schema)}")
-        kind = schema[key][0]
-        result[key] = _coerce(value, kind, f"{where}.{key}")
-    for key, (kind, default) in schema.items():
-        if key not in result:
-            if default is REQUIRED:
-                raise ConfigError(f"{where}.{key}: required")
-            result[key] = default
-    return result
-
-
-def _coerce(value, kind, where: str):
-    if kind is object or value is None:
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if kind is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where}: expected {_type_name(kind)}, got {value!r}")
-    return value
-
-
-def _type_name(kind) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
-    if isinstance(kind, tuple):
-        return " or ".join(names.get(k, "null") for k in kind)
-    return names.get(kind, kind.__name__)
-
-
-def _suggest(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -364,8 +341,10 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
                              workers=params["workers"], progress=progress)
     if not (summary.written or summary.already_done):
         raise ConfigError(f"prepare: no usable case in {cohort}")
+    for path, reason in summary.skipped_files.items():
+        log.warning("%s: skipped: %s", path, reason)
     return {"cohort": str(cohort), "prepared": str(prepared), "cases": len(summary.written + summary.already_done),
-            "skipped": summary.failed}
+            "skipped": summary.failed, "skipped_files": summary.skipped_files}
 
 
 def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
@@ -377,7 +356,9 @@ def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
                      resume=(run_dir / LAST).exists())
     result = train(load_config(overrides=overrides))
     if not result.finished:
-        raise KeyboardInterrupt(f"training stopped ({result.stop_reason}); run the pipeline again to resume")
+        raise TrainingStopped(f"train: stopped ({result.stop_reason}) at iteration {result.iterations} of "
+                              f"{result.max_iterations}; saved {result.last_checkpoint}; run the pipeline again to "
+                              "resume", exit_code=result.exit_code or 2)
     return {"run_dir": str(run_dir), "last": str(result.last_checkpoint),
             "best": str(result.best_checkpoint) if result.best_checkpoint else None,
             "epochs": result.epochs_completed, "final_loss": result.final_loss,
@@ -395,21 +376,31 @@ def _test_cases(outputs) -> list[dict]:
 
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from tqdm.auto import tqdm
-
     from medseg.engine.inference import load_predictor, predict_volume
-    from medseg.io import write_volume
+    from medseg.outputs import write_label_map, write_labels_nifti
+    from medseg.progress import progress_bar as tqdm
 
-    checkpoint = outputs["train"].get(params["checkpoint"]) or outputs["train"]["last"]
-    predictor = load_predictor(checkpoint, params["device"])
+    from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
+
+    checkpoint = outputs["train"][params["checkpoint"]]
+    if checkpoint is None:  # validation was on but found no labelled held-out case to choose best.pt by
+        raise ConfigError(f"{pipeline.source}: stages.predict.checkpoint: the train stage wrote no best.pt (no "
+                          "labelled test-split case to validate on); use last")
+    predictor = load_predictor(checkpoint, params["device"], amp=params["amp"])
+    settings = {"checkpoint_sha256": checkpoint_sha256(checkpoint), "tta": bool(params["tta"]),
+                "resize": params["resize"], "amp": predictor.amp, "model": None, "labels": None, "img_size": None}
     labels_dir = stage_dir / "labels"
     entries = _test_cases(outputs)
     for entry in tqdm(entries, desc="predict", unit="case", disable=not progress):
         target = labels_dir / f"{entry['case_id']}.nii.gz"
-        if target.exists():  # resumed stage: this case was finished before the interruption
-            continue
-        labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"])
-        write_volume(target, labels, dtype="uint8")
+        expected = expected_record(settings, entry["source_image"])
+        if target.exists() and record_mismatch(target, expected) is None:
+            continue  # resumed stage: this case was finished, by this checkpoint, before the interruption
+        labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"],
+                                resize=params["resize"])
+        write_labels_nifti(target, labels, predictor.label_set,
+                           provenance=dict(expected, checkpoint=str(checkpoint), input=entry["source_image"]))
+    write_label_map(labels_dir, predictor.label_set)
     return {"predictions": str(labels_dir), "checkpoint": str(checkpoint), "cases": len(entries)}
 
 
@@ -430,7 +421,8 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
                                protocol=params["protocol"], tolerance_mm=params["tolerance_mm"],
                                workers=params["workers"], reference_format="raw", progress=progress)
     write_json(stage_dir / "summary.json", summary)
-    return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary)}
+    return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
+            "failed": summary["counts"]["failed"]}
 
 
 def headline(summary: dict) -> list[str]:
@@ -444,6 +436,7 @@ def headline(summary: dict) -> list[str]:
         means = summary["transunet"]["foreground_mean"]
         lines.append(f"mean Dice {means['dice']:.4f}, HD95 {means['hd95_voxels']:.2f} voxels "
                      "(TransUNet paper protocol)")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return lines
 
 
@@ -453,7 +446,9 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     summary = read_json(outputs["evaluate"]["summary"])
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
-                          extra_figures={"training_curve": curve} if curve else None)
+                          extra_figures={"training_curve": curve} if curve else None,
+                          provenance=_report_provenance(pipeline, outputs),
+                          images={e["case_id"]: e["source_image"] for e in _test_cases(outputs)})
     stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
     write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
                                              "stages": stage_info, "outputs": outputs})
@@ -464,38 +459,33 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     return result
 
 
+def _report_provenance(pipeline, outputs) -> dict:
+    """What the report evaluates: model, checkpoint (with its sha256), training settings, data, pipeline record."""
+    train = pipeline.stages.get("train", {})
+    checkpoint = (outputs.get("predict") or {}).get("checkpoint")
+    sha = file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
+    trained = outputs.get("train") or {}
+    settings = {key: train[key] for key in ("epochs", "batch_size", "lr", "img_size", "seed", "augmentation")
+                if key in train}
+    if trained.get("epochs") is not None:
+        settings["epochs completed"] = trained["epochs"]
+    if trained.get("final_loss") is not None:
+        settings["last batch loss"] = round(float(trained["final_loss"]), 4)
+    prepare = pipeline.stages.get("prepare", {})
+    data = str(pipeline.data) if pipeline.data else f"phantom cohort {(outputs.get('synth') or {}).get('cohort')}"
+    if prepare:
+        data += f" (label set {prepare.get('labels')}, split {prepare.get('split')})"
+    return {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
+            "data": data, "pipeline_record": "pipeline.json"}
+
+
 def _training_curve(outputs) -> "bytes | None":
-    """PNG of the training loss (and validation Dice, when recorded) from the run's metrics.csv."""
+    """PNG of the training loss (and validation Dice, when recorded) from the run's metrics.csv, or None."""
     from medseg.engine.train import METRICS_FILE, read_metrics
+    from medseg.evaluation.plots import training_curve_png
 
     metrics_path = Path(outputs["train"]["run_dir"]) / METRICS_FILE
-    if not metrics_path.exists():
-        return None
-    rows = read_metrics(metrics_path)
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import io
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot([float(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows], color="tab:blue")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss", color="tab:blue")
-    validated = [r for r in rows if r.get("val_dice") not in (None, "")]
-    if validated:
-        twin = ax.twinx()
-        twin.plot([float(r["iteration"]) for r in validated], [float(r["val_dice"]) for r in validated], "o-",
-                  color="tab:red")
-        twin.set_ylabel("validation Dice", color="tab:red")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return training_curve_png(read_metrics(metrics_path)) if metrics_path.exists() else None
 
 
 STAGES: dict[str, Callable] = {

@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
-# Install medseg and its dependencies into the current Python environment.
+# Install medseg and its dependencies into the current Python environment (a virtual environment is best:
+#   python3 -m venv .venv && . .venv/bin/activate), saying what it installs as it goes.
 #   bash scripts/setup.sh          the package (what the demo pipeline needs)
 #   bash scripts/setup.sh --test   plus the test tools (pytest, medpy, nbclient)
-# Without an NVIDIA GPU, PyTorch's CPU build is installed first, so pip does not pull the CUDA packages.
+# PYTHON selects the interpreter (default: python3). Without an NVIDIA GPU, PyTorch's CPU build is installed first,
+# so pip does not pull the CUDA packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
+pip_install() { "$PYTHON" -m pip install --progress-bar off "$@"; }
 
-if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-        "$PYTHON" -m pip install -q "torch>=2.2,<3"
-    else
-        # CPU build: torch 2.13.0 is served as a CPU wheel where a local wheel cache provides it; set
-        # TORCH_CPU_INDEX to a PyTorch CPU wheel index to get the CPU build elsewhere.
-        "$PYTHON" -m pip install -q "torch==${MEDSEG_TORCH_VERSION:-2.13.0}" ${TORCH_CPU_INDEX:+--index-url "$TORCH_CPU_INDEX"}
-    fi
+echo "setup: python $("$PYTHON" -c 'import sys; print(sys.version.split()[0], sys.executable)')"
+if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+    echo "setup: torch $("$PYTHON" -c 'import torch; print(torch.__version__)') already installed, kept"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    echo "setup: installing torch>=2.2,<3 (CUDA build: an NVIDIA GPU is present)"
+    pip_install "torch>=2.2,<3"
+else
+    # CPU build: torch 2.13.0 is served as a CPU wheel where a local wheel cache provides it; set
+    # TORCH_CPU_INDEX to a PyTorch CPU wheel index to get the CPU build elsewhere.
+    version=${MEDSEG_TORCH_VERSION:-2.13.0}
+    echo "setup: installing torch==$version (CPU build: no NVIDIA GPU found)"
+    pip_install "torch==$version" ${TORCH_CPU_INDEX:+--index-url "$TORCH_CPU_INDEX"}
 fi
-"$PYTHON" -m pip install -q -e ".${extras}"
-"$PYTHON" -c "import medseg, torch; print(f'medseg {medseg.__version__} installed (torch {torch.__version__})')"
+echo "setup: installing medseg${extras} (editable) and its dependencies from pyproject.toml"
+pip_install -e ".${extras}"
+"$PYTHON" - "$extras" <<'PY'
+import sys
+from importlib.metadata import version
+
+import medseg
+names = ["torch", "monai", "numpy", "scipy", "nibabel", "SimpleITK", "scikit-image", "pandas", "h5py", "matplotlib",
+         "tqdm", "PyYAML", "transformers"]
+if sys.argv[1]:
+    names += ["pytest", "medpy", "nbclient", "nbformat", "ipykernel"]
+print("setup: installed " + ", ".join(f"{name} {version(name)}" for name in names))
+print(f"setup: medseg {medseg.__version__} ready")
+PY

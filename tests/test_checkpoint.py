@@ -20,8 +20,9 @@ from medseg.models.checkpoint import (
     save_checkpoint,
 )
 
-DATA = Path(__file__).parent / "data"
-PREPROCESSING = {"hu_window": [-125.0, 275.0], "scale": [0.0, 1.0], "img_size": 64}
+from helpers import DATA_DIR as DATA
+
+PREPROCESSING = {"schema_version": 1, "hu_min": -125.0, "hu_max": 275.0, "img_size": 64}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

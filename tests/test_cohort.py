@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from medseg.data.cohort import (SYNAPSE_TEST_IDS, SYNAPSE_TRAIN_IDS, case_id_from_path, discover_cases,
-                                make_split)
+                                discover_cohort, make_split)
 from medseg.errors import ConfigError, InputError
 from medseg.io import write_volume
-from tests.conftest import tiny_case
+from helpers import tiny_case
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -29,14 +29,19 @@ def test_nnunet_and_plain_layouts(tmp_path):
     write_volume(tmp_path / "nn" / "imagesTr" / "BTCV_003_0000.nii.gz", image)
     write_volume(tmp_path / "nn" / "labelsTr" / "BTCV_003.nii.gz", label)
     write_volume(tmp_path / "nn" / "imagesTs" / "BTCV_009_0000.nii.gz", image)
-    cases = discover_cases(tmp_path / "nn")
+    cases = discover_cases(tmp_path / "nn", allow_unlabelled=True)
     assert [(c.case_id, c.label is not None) for c in cases] == [("case0003", True), ("case0009", False)]
+    cohort = discover_cohort(tmp_path / "nn")  # by default an unlabelled image of a labelled cohort is listed
+    assert [c.case_id for c in cohort.cases] == ["case0003"] and len(cohort.skipped) == 1
 
     write_volume(tmp_path / "flat" / "case0002.nii.gz", image)
     write_volume(tmp_path / "flat" / "case0002_seg.nii.gz", label)
     write_volume(tmp_path / "flat" / "case0004.nii.gz", image)
-    cases = discover_cases(tmp_path / "flat")
+    cases = discover_cases(tmp_path / "flat", allow_unlabelled=True)
     assert [(c.case_id, c.label is not None) for c in cases] == [("case0002", True), ("case0004", False)]
+    assert [c.case_id for c in discover_cases(tmp_path / "flat")] == ["case0002"]
+    write_volume(tmp_path / "images_only" / "img" / "img0001.nii.gz", image)  # no labels: an inference cohort
+    assert [c.label for c in discover_cases(tmp_path / "images_only")] == [None]
 
 
 def test_folder_errors_name_the_problem(tmp_path):
@@ -50,8 +55,8 @@ def test_folder_errors_name_the_problem(tmp_path):
     write_volume(tmp_path / "mixed" / "label" / "label0002.nii.gz", label)
     with pytest.raises(InputError, match="label0002.nii.gz: label has no matching image"):
         discover_cases(tmp_path / "mixed")
-    write_volume(tmp_path / "dup" / "img" / "img0001.nii.gz", image)
-    write_volume(tmp_path / "dup" / "img" / "scan1.nii.gz", image)
+    write_volume(tmp_path / "dup" / "images" / "img0001.nii.gz", image)
+    write_volume(tmp_path / "dup" / "images" / "scan1.nii.gz", image)
     with pytest.raises(InputError, match="both map to case id case0001"):
         discover_cases(tmp_path / "dup")
 

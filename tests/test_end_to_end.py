@@ -33,7 +33,7 @@ def test_every_stage_leaves_its_outputs(tiny_runs):
 
 def test_rerun_skips_everything(tiny_runs, capsys):
     from medseg.cli import main
-    from tests.conftest import TINY_RUN_SETTINGS
+    from helpers import TINY_RUN_SETTINGS
 
     demo = Path(__file__).parents[1] / "pipelines" / "demo.yaml"
     sets = [arg for s in TINY_RUN_SETTINGS + [f"run_dir={tiny_runs['a']}"] for arg in ("--set", s)]
@@ -47,10 +47,29 @@ def test_run_comparison_statistics(tiny_runs):
 
     a, b = load_summary(tiny_runs["a"]), load_summary(tiny_runs["b"])
     table = compare_runs(a, b, "dice")
-    assert list(table.index)[:2] == ["Aorta", "Gallbladder"] and (table.n <= 3).all()
+    assert list(table.index)[:2] == ["Aorta", "Gallbladder"]
+    for organ, name in zip(a["organs"], table.index):  # paired over the cases both runs scored
+        scored_a, scored_b = a["standard"]["organs"][organ]["dice"], b["standard"]["organs"][organ]["dice"]
+        assert table.loc[name, "n"] <= min(scored_a["n"], scored_b["n"])
+        if table.loc[name, "n"] == scored_a["n"] == scored_b["n"] > 0:  # every case paired: the runs' own means
+            assert table.loc[name, "mean_a"] == pytest.approx(scored_a["mean"])
+            assert table.loc[name, "mean_b"] == pytest.approx(scored_b["mean"])
+    assert (table.n == 3).any()  # the three held-out cases pair for at least one organ
     low, high = bootstrap_ci([0.5, 0.7, 0.9], resamples=500, seed=1)
     assert 0.5 <= low <= 0.7 <= high <= 0.9
     assert bootstrap_ci([0.5, 0.7, 0.9], resamples=500, seed=1) == (low, high)
+
+
+def test_repository_paths_work_from_the_notebooks_folder(monkeypatch):
+    from medseg.paths import repo_path, repository_root
+
+    root = NOTEBOOKS.parent
+    for where in (root, NOTEBOOKS):
+        monkeypatch.chdir(where)
+        assert repository_root() == root.resolve()
+        assert repo_path("pipelines/demo.yaml").resolve() == (root / "pipelines" / "demo.yaml").resolve()
+        assert repo_path("runs/demo") == root.resolve() / "runs" / "demo"  # not there yet: from the root
+    assert repo_path("/abs/where") == Path("/abs/where")
 
 
 def _run_notebook(name: str, env: dict, tmp_path: Path):
@@ -62,8 +81,9 @@ def _run_notebook(name: str, env: dict, tmp_path: Path):
     old = {key: os.environ.get(key) for key in env}
     os.environ.update({key: str(value) for key, value in env.items()})
     try:
+        # Jupyter starts a notebook's kernel in the notebook's own folder: run them there
         nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+                                resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     finally:
         for key, value in old.items():
             if value is None:

@@ -114,7 +114,12 @@ def test_geometry_and_value_errors_are_per_case(flat):
     assert set(errors) == {"case0001", "case0002"}
     assert "case0001.nii.gz: shape (20, 22, 9) differs from the reference (20, 22, 8)" in errors["case0001"]
     assert "case0002.nii.gz: affine differs from the reference label0002.nii.gz" in errors["case0002"]
-    assert summary["counts"]["evaluated"] == 1 and list(summary["standard"]["cases"]) == ["case0003"]
+    # unscorable predictions are scored as empty ones: failures that stay in the means
+    assert summary["counts"]["evaluated"] == 1 and summary["counts"]["failed"] == 2
+    assert summary["counts"]["unscorable_predictions"] == 2
+    assert sorted(summary["standard"]["cases"]) == ["case0001", "case0002", "case0003"]
+    assert summary["standard"]["cases"]["case0001"]["aorta"]["status"] == "unscorable_prediction"
+    assert summary["standard"]["organs"]["aorta"]["dice"]["n"] == 3
 
     nearly = AFFINE.copy()
     nearly[0, 3] += 5e-5  # within the 1e-4 mm tolerance
@@ -202,7 +207,8 @@ def test_reports_contents(flat, tmp_path):
     assert "![DSC per organ](dice_boxplot.png)" in markdown
 
     page = paths["html"].read_text()
-    assert page.count('src="data:image/png;base64,') == 2
+    thumbnails = sorted((tmp_path / "report").glob("worst_*.png"))
+    assert page.count('src="data:image/png;base64,') == 2 + len(thumbnails)  # the box plots and the thumbnails
     assert "<th>Aorta</th><th>Gallbladder</th>" in page
     for name in ("dice_boxplot", "hd95_boxplot"):
         assert paths[name].read_bytes().startswith(b"\x89PNG")
@@ -226,10 +232,14 @@ def test_cli_evaluate(flat, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"summary.json", "per_case.csv", "report.md", "report.html"}
     assert json.loads((out / "summary.json").read_text())["tolerance_mm"] == 1.5
 
-    # a per-case error: still exit 0, the error is listed
+    # a per-case failure: exit 1, the failure is counted, listed and said on stderr
+    capsys.readouterr()
     _write(pred_dir / "case0001.nii.gz", np.zeros((4, 4, 4), np.uint8))
-    assert main(["evaluate", str(ref_dir), str(pred_dir), "-o", str(out), "--workers", "1", "--no-progress"]) == 0
-    assert json.loads((out / "summary.json").read_text())["counts"]["errors"] == 1
+    assert main(["evaluate", str(ref_dir), str(pred_dir), "-o", str(out), "--workers", "1", "--no-progress"]) == 1
+    assert json.loads((out / "summary.json").read_text())["counts"]["failed"] == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 cases failed (1 unscorable prediction(s): case0001)" in err
+    assert "failed case0001 (unscorable_prediction)" in err
 
     # unusable inputs: exit 2 with a one-line message
     assert main(["evaluate", str(tmp_path / "nowhere"), str(pred_dir), "-o", str(out), "--no-progress"]) == 2
@@ -245,4 +255,113 @@ def test_cli_evaluate(flat, tmp_path, capsys):
         _write(pred_dir / f"case{n:04d}.nii.gz", np.zeros((4, 4, 4), np.uint8))
     assert main(["evaluate", str(ref_dir), str(pred_dir), "-o", str(out), "--workers", "1", "--no-progress"]) == 2
     assert "no case could be scored" in capsys.readouterr().err
-    assert json.loads((out / "summary.json").read_text())["counts"]["errors"] == 3
+    assert json.loads((out / "summary.json").read_text())["counts"]["failed"] == 3
+
+
+def _dice_mean(summary):
+    return summary["standard"]["foreground_mean"]["dice"]
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "empty_file", "2d", "wrong_shape", "wrong_affine",
+                                      "values_outside", "non_integer"])
+def test_unscorable_prediction_counts_like_a_missing_one(tmp_path, breakage):
+    """One bad file of four used to leave the means at 100 %: it must weigh exactly like a missing prediction."""
+    import nibabel as nib
+
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    for n in (1, 2, 3, 4):
+        reference = _labels(n)
+        _write(ref_dir / f"label{n:04d}.nii.gz", reference)
+        _write(pred_dir / f"case{n:04d}.nii.gz", reference)  # perfect predictions
+    missing_dir = tmp_path / "missing"
+    missing_dir.mkdir()
+    for n in (2, 3, 4):
+        (missing_dir / f"case{n:04d}.nii.gz").write_bytes((pred_dir / f"case{n:04d}.nii.gz").read_bytes())
+    bad = pred_dir / "case0001.nii.gz"
+    if breakage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:200])
+    elif breakage == "empty_file":
+        bad.write_bytes(b"")
+    elif breakage == "2d":
+        nib.save(nib.Nifti1Image(np.zeros(SHAPE[:2], np.uint8), AFFINE), str(bad))
+    elif breakage == "wrong_shape":
+        _write(bad, np.zeros((SHAPE[0] + 1, *SHAPE[1:]), np.uint8))
+    elif breakage == "wrong_affine":
+        shifted = AFFINE.copy()
+        shifted[:3, 3] += 3.0
+        _write(bad, _labels(1), affine=shifted)
+    elif breakage == "values_outside":
+        array = _labels(1)
+        array[0, 0, 0] = 11
+        _write(bad, array)
+    else:
+        nib.save(nib.Nifti1Image(_labels(1).astype(np.float32) + 0.5, AFFINE), str(bad))
+    summary = evaluate_folders(ref_dir, pred_dir, workers=1, progress=False)
+    missing = evaluate_folders(ref_dir, missing_dir, workers=1, progress=False)
+    assert _dice_mean(summary) == pytest.approx(_dice_mean(missing)) and _dice_mean(summary) < 0.8
+    assert summary["transunet"]["foreground_mean"] == pytest.approx(missing["transunet"]["foreground_mean"])
+    assert summary["counts"]["failed"] == 1 and summary["failures"][0]["reason"] == "unscorable_prediction"
+    assert "1 of 4 cases failed (1 unscorable prediction(s): case0001)" in summary["warnings"][-1]
+
+
+def test_prediction_in_another_voxel_order_is_reoriented(flat):
+    """Same physical grid, axes flipped and permuted (another tool's voxel order): scored as if stored like the
+    reference; a prediction on another grid stays a per-case failure."""
+    import nibabel.orientations as nio
+
+    ref_dir, pred_dir, arrays = flat
+    expected = evaluate_folders(ref_dir, pred_dir, workers=1, progress=False)
+    prediction = arrays["case0002"][0]
+    transform = nio.axcodes2ornt(("A", "S", "L"))  # any voxel order: flip + permute, same world positions
+    ornt = nio.ornt_transform(nio.io_orientation(AFFINE), transform)
+    reordered = nio.apply_orientation(prediction, ornt)
+    affine = AFFINE @ nio.inv_ornt_aff(ornt, prediction.shape)
+    _write(pred_dir / "case0002.nii.gz", reordered, affine=affine)
+    summary = evaluate_folders(ref_dir, pred_dir, workers=1, progress=False)
+    assert summary["counts"]["failed"] == 0 and summary["case_info"]["case0002"]["reoriented"] is True
+    assert summary["standard"]["cases"]["case0002"] == expected["standard"]["cases"]["case0002"]
+
+    zoomed = affine.copy()
+    zoomed[:3, :3] *= 1.01  # same voxel order, 1 % larger voxels: another grid
+    _write(pred_dir / "case0002.nii.gz", reordered, affine=zoomed)
+    summary = evaluate_folders(ref_dir, pred_dir, workers=1, progress=False)
+    assert summary["failures"][0]["case_id"] == "case0002"
+    assert "another voxel grid" in summary["failures"][0]["message"]
+
+
+def test_reference_format_is_decided_once_per_cohort(tmp_path):
+    """A raw BTCV file whose highest value is <= 8 used to be read as classes when it sat in a flat folder."""
+    raw_high = np.zeros(SHAPE, np.uint8)
+    raw_high[2:8, 2:8, 1:4] = 8  # BTCV aorta -> synapse8 class 1
+    raw_high[10:14, 3:9, 2:5] = 11  # BTCV pancreas -> class 6
+    raw_low = np.zeros(SHAPE, np.uint8)
+    raw_low[2:8, 2:8, 1:4] = 8  # the highest value is 8: a class number too
+    flat = tmp_path / "flat"
+    _write(flat / "label0001.nii.gz", raw_high)
+    _write(flat / "label0002.nii.gz", raw_low)
+    prediction = np.zeros(SHAPE, np.uint8)
+    prediction[2:8, 2:8, 1:4] = 1
+    for n in (1, 2):
+        _write(tmp_path / "pred" / f"case{n:04d}.nii.gz", prediction)
+    with pytest.raises(ConfigError, match="pass --reference-format raw or classes"):
+        evaluate_folders(flat, tmp_path / "pred", workers=1, progress=False)
+    summary = evaluate_folders(flat, tmp_path / "pred", workers=1, progress=False, reference_format="raw")
+    assert {i["reference_format"] for i in summary["case_info"].values()} == {"raw"}
+    assert summary["standard"]["cases"]["case0002"]["aorta"]["dice"] == 1.0
+    # the CLI: one line, exit 2
+    assert main(["evaluate", str(flat), str(tmp_path / "pred"), "-o", str(tmp_path / "out"), "--workers", "1",
+                 "--no-progress"]) == 2
+
+
+def test_collapsed_model_is_said(flat, capsys):
+    ref_dir, pred_dir, arrays = flat
+    for n in (1, 2, 3):
+        _write(pred_dir / f"case{n:04d}.nii.gz", np.zeros(SHAPE, np.uint8))  # empty everywhere
+    out = pred_dir.parent / "out"
+    assert main(["evaluate", str(ref_dir), str(pred_dir), "-o", str(out), "--workers", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: predictions empty for 24 of 24 organ-cases" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["empty_predictions"] == {"empty": 24, "of": 24}
+    assert "predictions empty for 24 of 24 organ-cases" in (out / "report.md").read_text()
+    assert "predictions empty for 24 of 24 organ-cases" in (out / "report.html").read_text()

@@ -12,6 +12,12 @@ from medseg.commands import models as models_command
 from medseg.models import registry
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path_factory, monkeypatch):
+    """The table cache of these tests lives in one temporary folder, never in the user's home."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "medseg-cache"))
+
+
 def test_table_lists_transunet_variants_with_published_counts(capsys):
     assert main(["models", "--family", "transunet"]) == 0
     out = capsys.readouterr().out
@@ -82,6 +88,34 @@ def test_format_table_handles_unknown_counts(value):
            "description": "d"}
     text = models_command.format_table([row])
     assert ("1,234,567" if value else " ?") in text
+
+
+def test_the_table_is_cached_with_its_record(monkeypatch, capsys):
+    assert main(["models", "--json"]) == 0  # counted here, or read from the cache an earlier test filled
+    fresh = json.loads(capsys.readouterr().out)
+    cached = json.loads(models_command.cache_path().read_text())
+    assert cached["record"] == models_command.zoo_record() and cached["rows"] == fresh
+    monkeypatch.setattr(models_command, "model_rows", lambda family=None: pytest.fail("counted again"))
+    assert main(["models", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == fresh
+    cached["record"]["versions"]["torch"] = "0.0"  # another torch: counted again
+    models_command.cache_path().write_text(json.dumps(cached))
+    with pytest.raises(pytest.fail.Exception, match="counted again"):
+        main(["models", "--json"])
+
+
+def test_a_cached_listing_does_not_import_torch(capsys):
+    import os
+    import subprocess
+    import sys
+
+    assert main(["models"]) == 0  # fills the cache (counted here if needed)
+    listed = capsys.readouterr().out
+    code = "import sys; from medseg.cli import main; main(['models']); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.splitlines()[-1] == "False"
+    assert result.stdout.splitlines()[:-1] == listed.splitlines()
 
 
 def test_published_counts_equal_the_official_code(capsys):

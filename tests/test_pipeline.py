@@ -106,3 +106,92 @@ def test_cached_stages_are_skipped_and_changes_rerun(tmp_path):
     assert [r.status for r in forced] == ["ran", "ran"]
     record = json.loads((tmp_path / "run" / "prepare" / "stage.json").read_text())
     assert record["params"]["test_fraction"] == 0.5 and record["outputs"]["cases"] == 2
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["predict.checkpoint=best"], "stages.predict.checkpoint: best needs validation (set train.val_every > 0)"),
+    (["predict.checkpoint=bset"], "stages.predict.checkpoint: expected one of best, last, got 'bset'"),
+    (["predict.resize=cubic"], "stages.predict.resize: expected one of torch, scipy, got 'cubic'"),
+    (["train.lr=0"], "stages.train: lr: must be positive"),
+    (["train.data=/elsewhere"], "stages.train.data: unknown key"),
+    (["report.title=[oops"], "--set report.title: cannot read value '[oops'"),
+    (["train.aux_weights=[0.6, 0.2"], "--set train.aux_weights: cannot read value"),
+])
+def test_bad_stage_settings_are_one_line_errors(sets, message, capsys):
+    sets = [arg for s in sets for arg in ("--set", s)]
+    assert main(["run", str(PIPELINES / "demo.yaml"), "--dry-run", *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_the_set_parser_is_the_one_train_uses():
+    from medseg.engine.config import parse_set_options
+    from medseg.schema import parse_assignment
+
+    assert parse_assignment("train.aux_weights=[0.6, 0.2, 0.2]") == (["train", "aux_weights"], [0.6, 0.2, 0.2])
+    assert parse_set_options(["aux_weights=[0.6, 0.2, 0.2]"]) == {"aux_weights": [0.6, 0.2, 0.2]}
+    for parse in (parse_assignment, parse_set_options):
+        with pytest.raises(ConfigError, match="cannot read value"):
+            parse("title=[oops" if parse is parse_assignment else ["title=[oops"])
+
+
+def test_validated_pipeline_with_best_checkpoint_and_report(tiny_cohort, tmp_path):
+    """Validation on (val_every > 0): predict uses best.pt and the report's training curve shows the validation."""
+    path = _write(tmp_path, f"run_dir: {tmp_path / 'run'}\ndata: {tiny_cohort}\nstages:\n"
+                            "  prepare: {split: seeded, test_fraction: 0.5}\n"
+                            "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 2, batch_size: 8, workers: 0,"
+                            " threads: 1, val_every: 1, tensorboard: false}\n"
+                            "  predict: {checkpoint: best}\n  evaluate: {}\n  report: {}\n")
+    results = {r.name: r for r in run_pipeline(load_pipeline(path), progress=False)}
+    assert results["predict"].outputs["checkpoint"] == str(tmp_path / "run" / "train" / "run" / "best.pt")
+    assert Path(results["report"].outputs["training_curve"]).stat().st_size > 1000
+
+
+def test_stopped_training_ends_the_pipeline_with_its_own_exit_code(tiny_cohort, tmp_path, monkeypatch, capsys):
+    import medseg.engine.train as engine_train
+
+    def stopped(config):
+        return engine_train.RunResult(run_dir=Path(config.out), last_checkpoint=Path(config.out) / "last.pt",
+                                      iterations=3, max_iterations=10, stop_reason="SIGTERM", exit_code=143)
+
+    monkeypatch.setattr(engine_train, "train", stopped)
+    path = _write(tmp_path, f"run_dir: {tmp_path / 'run'}\ndata: {tiny_cohort}\nstages:\n"
+                            "  prepare: {split: seeded, test_fraction: 0.5}\n  train: {model: TransUNet-Tiny}\n")
+    assert main(["run", str(path), "--no-progress"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train: stopped (SIGTERM) at iteration 3 of 10" in err[0] and "resume" in err[0]
+    assert "interrupted" not in err[0]
+
+
+def test_training_curve_with_validation_rows():
+    from medseg.evaluation.plots import training_curve_png
+
+    rows = [{"iteration": "1", "loss": "0.9", "val_dice": ""}, {"iteration": "2", "loss": "0.7", "val_dice": ""},
+            {"iteration": "2", "loss": "", "val_dice": "0.41"}]
+    assert training_curve_png(rows).startswith(b"\x89PNG")
+    assert training_curve_png([]) is None
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_ends_the_pipeline_with_143(tiny_cohort, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _write(tmp_path, f"run_dir: {tmp_path / 'run'}\ndata: {tiny_cohort}\nstages:\n"
+                            "  prepare: {split: seeded, test_fraction: 0.5}\n"
+                            "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 50, batch_size: 2, workers: 0,"
+                            " threads: 1, tensorboard: false}\n")
+    process = subprocess.Popen([sys.executable, "-m", "medseg", "-v", "run", str(path), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    for line in process.stderr:
+        if "iteration 2/" in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 143, rest
+    last = rest.strip().splitlines()[-1]
+    assert "train: stopped (SIGTERM)" in last and "run the pipeline again to resume" in last
+    assert "Traceback" not in rest and (tmp_path / "run" / "train" / "run" / "last.pt").is_file()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA_DIR, tiny_case
+from helpers import DATA_DIR, tiny_case
 from medseg.cli import main
 from medseg.data.transforms import PreprocessingParams
 from medseg.io import Volume, write_volume
@@ -98,7 +97,7 @@ def test_sharding_splits_the_sorted_cases(images, checkpoint, tmp_path):
 def test_bad_case_in_a_folder_is_skipped_and_listed(images, checkpoint, tmp_path, capsys):
     (images / "img0009.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     out = tmp_path / "out"
-    assert _predict("-i", images, "-o", out, "-m", checkpoint) == 0
+    assert _predict("-i", images, "-o", out, "-m", checkpoint) == 1  # completed, one case failed
     captured = capsys.readouterr()
     assert "img0009.nii.gz" in captured.err and "predicted 4, already done 0, failed 1" in captured.out
     assert not (out / "img0009.nii.gz").exists()
@@ -106,11 +105,13 @@ def test_bad_case_in_a_folder_is_skipped_and_listed(images, checkpoint, tmp_path
     assert summary["cases"]["img0009.nii.gz"]["status"] == "failed"
 
 
-def _assert_one_line_error(capsys, *words):
-    err = capsys.readouterr().err.strip().splitlines()
+def _assert_one_line_error(capsys, *words) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("medseg predict: error:"), err
     for word in words:
         assert word in err[0]
+    return captured.out
 
 
 def test_bad_inputs_exit_2_without_output(images, checkpoint, tmp_path, capsys):
@@ -140,7 +141,7 @@ def test_bad_inputs_exit_2_without_output(images, checkpoint, tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "payload": _Evil()}, evil)
     assert _predict("-i", single, "-o", target, "-m", evil) == 2
-    _assert_one_line_error(capsys, "evil.pt")
+    assert "this must never run" not in _assert_one_line_error(capsys, "evil.pt", "pickled code")
     # missing checkpoint
     assert _predict("-i", single, "-o", target, "-m", tmp_path / "none.pt") == 2
     _assert_one_line_error(capsys, "none.pt")
@@ -171,10 +172,6 @@ def test_reference_state_dict_with_model_flag(images, tmp_path):
     assert nib.load(target).shape == nib.load(images / "img0001.nii.gz").shape
 
 
-def test_pickle_guard_is_real():
-    assert pickle.dumps(_Evil())  # the class above really pickles code (print), so the refusal is meaningful
-
-
 def test_transunet_h5_volume(checkpoint, tmp_path):
     from medseg.data.transunet_format import write_volume_h5
 
@@ -185,3 +182,46 @@ def test_transunet_h5_volume(checkpoint, tmp_path):
     assert predicted.shape == (20, 18, 4) and np.allclose(predicted.affine, np.eye(4))
     stats = json.loads((tmp_path / "out" / "case0007_statistics.json").read_text())
     assert "mean_intensity" in stats["organs"]["liver"]
+
+
+def test_outputs_of_another_checkpoint_are_never_kept(images, checkpoint, tmp_path, capsys):
+    """Predicting into a folder holding another model's outputs used to say "already done" and keep them."""
+    from medseg.io import read_provenance
+    from medseg.models import create
+    from medseg.models.checkpoint import save_checkpoint
+
+    out = tmp_path / "out"
+    assert _predict("-i", images, "-o", out, "-m", checkpoint) == 0
+    record = read_provenance(out / "img0001.nii.gz")
+    assert len(record["checkpoint_sha256"]) == 64 and record["tta"] is False and len(record["input_sha256"]) == 64
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, create("TransUNet-Tiny", num_classes=9, img_size=IMG_SIZE), model_name="TransUNet-Tiny",
+                    model_config={"num_classes": 9, "img_size": IMG_SIZE}, label_set="synapse8",
+                    preprocessing=PreprocessingParams(img_size=IMG_SIZE).to_dict())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert _predict("-i", images, "-o", out, "-m", other) == 2
+    _assert_one_line_error(capsys, "img0001.nii.gz", "another checkpoint", "--overwrite", "and 3 more")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    assert _predict("-i", images, "-o", out, "-m", checkpoint, "--tta") == 2  # other settings
+    _assert_one_line_error(capsys, "other 'tta'", "--overwrite")
+    image, _ = tiny_case(7, shape=(20, 18, 6))  # a replaced input
+    write_volume(images / "img0004.nii.gz", image)
+    assert _predict("-i", images, "-o", out, "-m", checkpoint) == 2
+    _assert_one_line_error(capsys, "img0004.nii.gz", "another version of the input")
+    assert _predict("-i", images, "-o", out, "-m", other, "--overwrite") == 0
+    assert read_provenance(out / "img0001.nii.gz")["checkpoint"] == str(other)
+    summary = json.loads((out / "predict_summary.json").read_text())
+    assert summary["checkpoint_sha256"] == read_provenance(out / "img0002.nii.gz")["checkpoint_sha256"]
+    # a file from elsewhere (no record) is not taken for a finished case either
+    write_volume(out / "img0003.nii.gz", Volume(np.zeros((6, 20, 18), np.uint8), np.eye(4)))
+    assert _predict("-i", images, "-o", out, "-m", other) == 2
+    _assert_one_line_error(capsys, "img0003.nii.gz", "no medseg provenance record")
+
+
+def test_part_without_inputs_exits_0(images, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _predict("-i", images, "-o", out, "-m", checkpoint, "--num-parts", "6", "--part-id", "5") == 0
+    assert "part 5 of 6 has no inputs (4 input(s) in all): nothing to do" in capsys.readouterr().out
+    assert not out.exists()

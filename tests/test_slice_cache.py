@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import nibabel as nib
@@ -11,7 +12,7 @@ from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_coh
 from medseg.data.transunet_format import read_volume_h5, read_slice_npz
 from medseg.errors import ConfigError, InputError
 from medseg.io import Volume, write_volume
-from tests.conftest import tiny_case, write_tiny_cohort
+from helpers import tiny_case, write_tiny_cohort
 
 
 @pytest.fixture
@@ -179,7 +180,7 @@ def test_bad_case_is_skipped_and_listed(tmp_path, capsys, corrupt, message):
     root = _cohort_with_bad_case(tmp_path, corrupt)
     out = tmp_path / "out"
     code = main(["prepare", str(root), str(out), "--split", "seeded", "--no-progress"])
-    assert code == 0
+    assert code == 1  # the batch completed, one case failed (listed)
     err = capsys.readouterr().err
     skipped_lines = [line for line in err.splitlines() if line.startswith("skipped case0002")]
     assert len(skipped_lines) == 1 and message in skipped_lines[0], err
@@ -204,3 +205,92 @@ def test_unusable_input_exits_2_with_one_line(tmp_path, capsys):
     assert main(["prepare", str(root), str(tmp_path / "x"), "--workers", "0"]) == 2
     with pytest.raises(InputError, match="no manifest.json"):
         load_manifest(tmp_path / "empty")
+
+
+def _copy_cohort(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def test_replaced_input_is_prepared_again(tiny_cohort, tmp_path, capsys):
+    """Replacing an input NIfTI after prepare used to keep the old arrays ("4 already done")."""
+    from medseg.io import write_volume
+    from helpers import tiny_case
+
+    cohort = _copy_cohort(tiny_cohort, tmp_path / "cohort")
+    out = tmp_path / "out"
+    assert main(["prepare", str(cohort), str(out), "--split", "seeded", "--no-progress"]) == 0
+    old_image, _ = load_case_arrays(out, "case0002", mmap=False)
+    image, label = tiny_case(99)
+    write_volume(cohort / "img" / "img0002.nii.gz", image)
+    write_volume(cohort / "label" / "label0002.nii.gz", label)
+    capsys.readouterr()
+    assert main(["prepare", str(cohort), str(out), "--split", "seeded", "--no-progress"]) == 0
+    out_text = capsys.readouterr().out
+    assert "prepared 1 cases (1 prepared again" in out_text and "3 already done" in out_text
+    assert "prepared case0002 again: source image contents changed" in out_text
+    new_image, _ = load_case_arrays(out, "case0002", mmap=False)
+    assert not np.array_equal(old_image, new_image)
+    entry = json.loads((out / "cases" / "case0002" / "case.json").read_text())
+    assert len(entry["provenance"]["source_image_sha256"]) == 64
+    assert entry["provenance"]["preprocessing"]["hu_min"] == -125.0
+
+
+def test_interrupted_run_with_other_settings_is_not_reused(tiny_cohort, tmp_path):
+    """An interrupted run has no manifest yet: its finished cases used to be reused whatever the settings."""
+    from medseg.data.transforms import PreprocessingParams
+
+    out = tmp_path / "out"
+    prepare_cohort(tiny_cohort, out, labels="synapse8", split="seeded", progress=False)
+    (out / "manifest.json").unlink()  # as if interrupted before the manifest was written
+    summary = prepare_cohort(tiny_cohort, out, labels="btcv13", split="seeded", progress=False)
+    assert summary.already_done == [] and sorted(summary.reprepared.values()) == ["other label set"] * 4
+    assert load_manifest(out)["label_set"]["name"] == "btcv13"
+    (out / "manifest.json").unlink()
+    summary = prepare_cohort(tiny_cohort, out, labels="btcv13", split="seeded", progress=False,
+                             params=PreprocessingParams(hu_min=-200.0, hu_max=300.0))
+    assert set(summary.reprepared.values()) == {"other preprocessing"}
+    image, _ = load_case_arrays(out, "case0001", mmap=False)
+    assert json.loads((out / "cases" / "case0001" / "case.json").read_text())["provenance"]["preprocessing"][
+        "hu_min"] == -200.0
+    (out / "manifest.json").unlink()
+    summary = prepare_cohort(tiny_cohort, out, labels="btcv13", split="seeded", progress=False,
+                             params=PreprocessingParams(hu_min=-200.0, hu_max=300.0))
+    assert sorted(summary.already_done) == ["case0001", "case0002", "case0003", "case0004"]
+
+
+def test_unlabelled_images_in_a_labelled_cohort_are_skipped(tiny_cohort, tmp_path, capsys):
+    """An image without a label (or a stray file in img/) used to become an unlabelled training case."""
+    cohort = _copy_cohort(tiny_cohort, tmp_path / "cohort")
+    (cohort / "label" / "label0003.nii.gz").unlink()
+    shutil.copy(cohort / "img" / "img0001.nii.gz", cohort / "img" / "scan_copy.nii.gz")
+    out = tmp_path / "out"
+    assert main(["prepare", str(cohort), str(out), "--split", "seeded", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "img0003.nii.gz: image has no label in a labelled cohort (pass --allow-unlabelled" in err
+    assert "scan_copy.nii.gz: file name does not follow the img<NNNN> naming of img/" in err
+    manifest = load_manifest(out)
+    assert [e["case_id"] for e in manifest["cases"]] == ["case0001", "case0002", "case0004"]
+    assert len(manifest["skipped_files"]) == 2
+    out2 = tmp_path / "out2"
+    assert main(["prepare", str(cohort), str(out2), "--split", "seeded", "--no-progress", "--allow-unlabelled"]) == 1
+    entries = {e["case_id"]: e for e in load_manifest(out2)["cases"]}
+    assert entries["case0003"]["has_label"] is False and len(entries) == 4
+
+
+def test_a_manifest_from_before_schema_versions_still_matches(tiny_cohort, tmp_path):
+    import json
+
+    from medseg.errors import ConfigError
+
+    out = tmp_path / "cache"
+    prepare_cohort(tiny_cohort, out, split="seeded", test_fraction=0.5, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["preprocessing"]["schema_version"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    summary = prepare_cohort(tiny_cohort, out, split="seeded", test_fraction=0.5, progress=False)
+    assert len(summary.already_done) == 4
+    manifest["preprocessing"]["hu_window"] = [-125, 275]  # a key this medseg does not know: never ignored
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="manifest.json: preprocessing: hu_window: unknown key"):
+        prepare_cohort(tiny_cohort, out, split="seeded", test_fraction=0.5, progress=False)

@@ -15,8 +15,8 @@ import torch
 
 from medseg.data.slice_cache import prepare_cohort
 from medseg.engine.config import TrainConfig, load_config, parse_set_options
-from medseg.engine.train import EpochSampler, poly_lr, read_metrics, train
-from medseg.errors import ConfigError
+from medseg.engine.train import EpochSampler, poly_lr, read_metrics, torch_settings, train
+from medseg.errors import ConfigError, InputError
 
 TINY = dict(model="TransUNet-Tiny", img_size=32, batch_size=4, epochs=2, workers=0, progress=False,
             deterministic=True, threads=1, tensorboard=False)
@@ -76,9 +76,16 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(prepared, tmp_path):
 
 
 def test_ds_transunet_trains_with_deep_supervision(prepared, tmp_path):
-    result = train(_config(prepared, tmp_path / "ds", model="DS-TransUNet-Tiny", img_size=64, batch_size=4,
-                           epochs=1, stop_after=2))
-    assert result.iterations == 2 and result.final_loss is not None and result.final_loss > 0
+    """The auxiliary outputs enter the loss with their weights: other weights give another first loss."""
+    def first_loss(name, weights):
+        return train(_config(prepared, tmp_path / name, model="DS-TransUNet-Tiny", img_size=64, batch_size=4,
+                             epochs=1, stop_after=1, aux_weights=weights)).final_loss
+
+    main_only = first_loss("main", [1.0, 0.0, 0.0])
+    supervised = first_loss("deep", [0.6, 0.2, 0.2])
+    assert main_only != pytest.approx(supervised, rel=1e-4)
+    with pytest.raises(ConfigError, match="aux_weights: loss: 3 model outputs but 2 loss weights"):
+        first_loss("wrong", [0.5, 0.5])
 
 
 def test_existing_run_needs_resume_and_same_schedule(prepared, tmp_path):
@@ -89,24 +96,101 @@ def test_existing_run_needs_resume_and_same_schedule(prepared, tmp_path):
         train(_config(prepared, tmp_path / "run", lr=0.02, resume=True))
 
 
+@pytest.mark.parametrize("data, message", [
+    ({"bogus": 1}, "config: bogus: unknown key (known: "),
+    ({"epochs": "ten"}, "config: epochs: expected an integer, got 'ten'"),
+    ({"epochs": 0}, "config: epochs: must be at least 1, got 0"),
+    ({"lr": True}, "config: lr: expected a number, got True"),
+    ({"amp": "fp8"}, "config: amp: expected one of auto, bf16, off, got 'fp8'"),
+    ({"threads": 0}, "config: threads: must be at least 1, got 0"),
+    ({"val_max_cases": None, "augment": "yes"}, "config: augment: expected true or false, got 'yes'"),
+    ({"schema_version": 2}, "config: schema_version: 2 is newer than this medseg understands (1)"),
+])
+def test_config_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as raised:
+        TrainConfig.from_dict(data)
+    assert str(raised.value).startswith(message)
+
+
+def test_stored_config_round_trips_with_its_version():
+    stored = TrainConfig(model="TransUNet-Tiny", epochs=3).to_dict()
+    assert stored["schema_version"] == 1
+    assert TrainConfig.from_dict(stored) == TrainConfig(model="TransUNet-Tiny", epochs=3)
+    del stored["schema_version"]  # config.json of a run from before versions: read as version 1
+    assert TrainConfig.from_dict(stored).epochs == 3
+
+
 def test_config_validation(tmp_path):
-    with pytest.raises(ConfigError, match="'bogus'"):
-        TrainConfig.from_dict({"bogus": 1})
-    with pytest.raises(ConfigError, match="epochs"):
-        TrainConfig.from_dict({"epochs": "ten"})
-    with pytest.raises(ConfigError, match="amp"):
-        TrainConfig.from_dict({"amp": "fp8"})
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text("model: TransUNet-Tiny\nepochs: 5\nbatchsize: 3\n")
-    with pytest.raises(ConfigError, match=f"{yaml_file}: unknown key 'batchsize'"):
+    with pytest.raises(ConfigError, match=f"{yaml_file}: batchsize: unknown key \\(did you mean batch_size\\?\\)"):
         load_config(yaml_file)
     yaml_file.write_text("model: TransUNet-Tiny\nepochs: 5\nlr: 0.02\n")
     config = load_config(yaml_file, ["epochs=7", "model_options.hidden_size=64"], {"lr": None, "batch_size": 6})
     assert (config.epochs, config.lr, config.batch_size) == (7, 0.02, 6)
     assert config.model_options == {"hidden_size": 64}
     assert TrainConfig().batch_size == 24 and TrainConfig().lr == 0.01 and TrainConfig().seed == 1234
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="--set epochs: expected key=value"):
         parse_set_options(["epochs"])
+    with pytest.raises(ConfigError, match="--set aux_weights: cannot read value"):
+        parse_set_options(["aux_weights=[0.5, 0.5"])
+
+
+def test_torch_settings_are_restored(prepared, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    threads = torch.get_num_threads()
+    assert not torch.are_deterministic_algorithms_enabled()
+    result = train(_config(prepared, tmp_path / "run", deterministic=True, threads=threads + 1, stop_after=1))
+    assert result.iterations == 1
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert torch.get_num_threads() == threads
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with pytest.raises(RuntimeError):  # also when the run fails
+        with torch_settings(True, 1, torch.device("cpu")):
+            assert torch.are_deterministic_algorithms_enabled()
+            raise RuntimeError("boom")
+    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8" and torch.backends.cudnn.benchmark is False
+
+
+def test_corrupt_cache_is_refused_before_the_run_folder_exists(prepared, tmp_path):
+    import shutil
+
+    broken = tmp_path / "cache"
+    shutil.copytree(prepared, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    case = next(e["case_id"] for e in manifest["cases"] if e["split"] == "train")
+    image = broken / "cases" / case / "image.npy"
+    image.write_bytes(image.read_bytes()[:-100])  # truncated
+    with pytest.raises(InputError, match=f"{case}: prepared case arrays are corrupt"):
+        train(_config(broken, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_steps_run_alone(prepared, tmp_path):
+    """Data, model and one epoch, without train(): the position advances by one epoch's batches."""
+    from medseg.engine import distributed as D
+    from medseg.engine.train import (MetricsLog, Position, TrainingRun, StopRequest, build_model,
+                                     load_training_data, train_one_epoch)
+
+    config = _config(prepared, tmp_path / "run")
+    context, device = D.DistContext(), torch.device("cpu")
+    data = load_training_data(config, context, device)
+    assert (len(data.dataset), data.batches_per_epoch, data.max_iterations) == (20, 5, 10)
+    model, optimizer, model_config = build_model(config, data.label_set, device)
+    assert model_config == {"num_classes": 9, "img_size": 32, "in_channels": 1, "overrides": {}}
+    run = TrainingRun(config=config, context=context, device=device, amp="off", data=data, model=model,
+                      unwrapped=model, optimizer=optimizer, model_config=model_config, position=Position(),
+                      metrics=MetricsLog(tmp_path / "metrics.csv", enabled=False), run_dir=tmp_path, started=0.0)
+
+    class Bar:
+        def update(self, n): pass
+        def set_postfix(self, **values): pass
+
+    assert train_one_epoch(run, StopRequest(), Bar()) is None
+    assert (run.position.iteration, run.position.batch_in_epoch, len(run.epoch_losses)) == (5, 5, 5)
+    assert run.final_loss == run.epoch_losses[-1] and run.last_lr == pytest.approx(poly_lr(0.01, 4, 10))
 
 
 def test_epoch_sampler_shards_and_restarts():
@@ -166,7 +250,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, config: dict, report_dir:
                       WORLD_SIZE=str(world_size))
     result = train(TrainConfig.from_dict(config))
     Path(report_dir, f"rank{rank}.json").write_text(json.dumps({
-        "indices": result.epoch_indices, "final_loss": result.final_loss, "iterations": result.iterations,
+        "final_loss": result.final_loss, "iterations": result.iterations,
         "wrote_checkpoint": result.last_checkpoint is not None,
     }))
 
@@ -176,10 +260,33 @@ def test_ddp_two_cpu_processes_gloo(prepared, tmp_path):
     config = {**TINY, "data": str(prepared), "out": str(tmp_path / "run"), "epochs": 1}
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    shard0, shard1 = reports[0]["indices"], reports[1]["indices"]
-    assert len(shard0) == len(shard1) == 10
-    assert not set(shard0) & set(shard1) and sorted(shard0 + shard1) == list(range(20))
     assert reports[0]["iterations"] == reports[1]["iterations"] == 5  # global batch 4 = 2 per process
     assert reports[0]["final_loss"] == reports[1]["final_loss"]  # the logged loss is the mean over processes
     assert reports[0]["wrote_checkpoint"] and not reports[1]["wrote_checkpoint"]
     assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "metrics.csv").is_file()
+
+
+def test_resume_refuses_a_stored_config_with_an_unknown_key(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    train(_config(prepared, run_dir, stop_after=1))
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    payload["training_state"]["config"]["warmup_epochs"] = 5  # written by a medseg that knows more keys
+    torch.save(payload, run_dir / "last.pt")
+    with pytest.raises(ConfigError, match="training_state.config: warmup_epochs: unknown key"):
+        train(_config(prepared, run_dir, resume=True))
+
+
+def test_command_line_flags_come_from_the_config_fields():
+    import argparse
+
+    from medseg.commands.train import add_arguments
+    from medseg.schema import flag_values
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--epochs", "3", "--lr", "0.02", "--drop-empty", "--amp", "off", "--data", "cache"])
+    assert flag_values(args, TrainConfig) == {"epochs": 3, "lr": 0.02, "drop_empty": True, "amp": "off",
+                                              "data": "cache"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--amp", "fp8"])  # the Literal's choices
+    assert "passes over all training slices" in parser.format_help()  # the field's help text

@@ -5,12 +5,12 @@ import torch
 from medseg.data.cohort import Case
 from medseg.data.orientation import reorient, restore_orientation
 from medseg.data.slice_cache import preprocess_case
-from medseg.data.transforms import (PreprocessingParams, SliceAugmentation, draw_paper_augmentation,
-                                    resample_slice)
+from medseg.data.transforms import (PaperAugmentd, PreprocessingParams, SliceAugmentation, augmentation_generators,
+                                    draw_fused_augmentation, draw_paper_augmentation, resample_slice)
 from medseg.errors import InputError
 from medseg.io import Volume, write_volume
 from medseg.labels import SYNAPSE8
-from tests.conftest import tiny_case
+from helpers import tiny_case
 
 
 def _permuted_flipped(volume: Volume) -> Volume:
@@ -101,15 +101,96 @@ def test_rot90_flip_is_exact(k, axis):
     assert torch.equal(out_label, torch.from_numpy(np.flip(np.rot90(label.numpy(), k), axis).copy()))
 
 
-def test_augmentation_distribution_matches_the_paper():
-    generator = torch.Generator().manual_seed(0)
-    draws = [draw_paper_augmentation(generator) for _ in range(4000)]
+def _reference_random_generator(image, label, output_size):
+    """The TransUNet reference ``RandomGenerator.__call__`` (datasets/dataset_synapse.py), re-stated with its
+    global random streams: Python's ``random`` for the branch, numpy's ``np.random`` for the parameters."""
+    import random
+
+    from scipy import ndimage
+
+    if random.random() > 0.5:  # random_rot_flip
+        k = np.random.randint(0, 4)
+        image, label = np.rot90(image, k), np.rot90(label, k)
+        axis = np.random.randint(0, 2)
+        image, label = np.flip(image, axis=axis).copy(), np.flip(label, axis=axis).copy()
+    elif random.random() > 0.5:  # random_rotate
+        angle = np.random.randint(-20, 20)
+        image = ndimage.rotate(image, angle, order=0, reshape=False)
+        label = ndimage.rotate(label, angle, order=0, reshape=False)
+    x, y = image.shape
+    if x != output_size[0] or y != output_size[1]:
+        image = ndimage.zoom(image, (output_size[0] / x, output_size[1] / y), order=3)
+        label = ndimage.zoom(label, (output_size[0] / x, output_size[1] / y), order=0)
+    return torch.from_numpy(image.astype(np.float32)).unsqueeze(0), torch.from_numpy(label.astype(np.float32)).long()
+
+
+def test_paper_mode_gives_the_reference_arrays_for_the_same_draws(monkeypatch):
+    import random
+
+    import medseg.data.transforms as transforms
+
+    rng = np.random.default_rng(0)
+    image = rng.random((60, 52), dtype=np.float32)
+    label = rng.integers(0, 9, (60, 52)).astype(np.uint8)
+    step = PaperAugmentd(out_size=32, mode="paper")
+    kinds = set()
+    for seed in range(12):
+        # the reference draws from the global streams; medseg from its own instances seeded the same way
+        random.seed(seed)
+        np.random.seed(seed)
+        expected_image, expected_label = _reference_random_generator(image.copy(), label.astype(np.float32), (32, 32))
+        monkeypatch.setattr(transforms, "augmentation_generators",
+                            lambda _, s=seed: (random.Random(s), np.random.RandomState(s)))
+        out = step({"image": torch.from_numpy(image)[None], "label": torch.from_numpy(label.astype(np.int64)),
+                    "seed": 0})
+        kinds.add(draw_paper_augmentation(random.Random(seed), np.random.RandomState(seed)).kind)
+        assert out["image"].dtype == torch.float32 and out["label"].dtype == torch.int64
+        np.testing.assert_allclose(out["image"].numpy(), expected_image.numpy(), rtol=0, atol=1e-6)
+        assert torch.equal(out["label"], expected_label)
+    assert kinds == {"rot_flip", "rotate", "none"}  # the seeds cover every branch
+
+
+def test_augmentation_draws_have_the_reference_distribution():
+    draws = [draw_paper_augmentation(*augmentation_generators(seed)) for seed in range(4000)]
     kinds = [d.kind for d in draws]
     assert abs(kinds.count("rot_flip") / 4000 - 0.5) < 0.03
     assert abs(kinds.count("rotate") / 4000 - 0.25) < 0.03
     angles = [d.angle_deg for d in draws if d.kind == "rotate"]
-    assert min(angles) >= -20 and max(angles) < 20
+    assert set(angles) == set(float(a) for a in range(-20, 20))  # integer degrees -20..19, as np.randint(-20, 20)
     assert {d.k for d in draws if d.kind == "rot_flip"} == {0, 1, 2, 3}
+    assert {d.flip_axis for d in draws if d.kind == "rot_flip"} == {0, 1}
+    assert augmentation_generators(2**40 + 5)[1].randint(0, 2**31) != augmentation_generators(5)[1].randint(0, 2**31)
+
+
+def test_fused_mode_draws_the_reference_distribution_with_a_continuous_angle():
+    generator = torch.Generator().manual_seed(0)
+    draws = [draw_fused_augmentation(generator) for _ in range(4000)]
+    kinds = [d.kind for d in draws]
+    assert abs(kinds.count("rot_flip") / 4000 - 0.5) < 0.03
+    assert abs(kinds.count("rotate") / 4000 - 0.25) < 0.03
+    rot_flips = [d for d in draws if d.kind == "rot_flip"]
+    for k in range(4):
+        assert abs(sum(d.k == k for d in rot_flips) / len(rot_flips) - 0.25) < 0.04
+    assert abs(sum(d.flip_axis for d in rot_flips) / len(rot_flips) - 0.5) < 0.04
+    angles = np.array([d.angle_deg for d in draws if d.kind == "rotate"])
+    assert angles.min() >= -20 and angles.max() < 20
+    assert abs(angles.mean()) < 1.5 and abs(angles.std() - 40 / np.sqrt(12)) < 1.0  # uniform on [-20, 20)
+
+
+def test_fused_and_paper_resampling_agree_geometrically():
+    from medseg.data.transforms import paper_resample_slice
+
+    yy, xx = np.mgrid[0:96, 0:96]
+    image = ((xx - 30) ** 2 / 400 + (yy - 55) ** 2 / 150 < 1).astype(np.float32)  # an off-centre ellipse
+    label = image.astype(np.int64)
+    for seed in range(8):
+        draw = draw_paper_augmentation(*augmentation_generators(seed))
+        _, fused = resample_slice(torch.from_numpy(image)[None], torch.from_numpy(label), 48, draw)
+        _, paper = paper_resample_slice(image, label, 48, draw)
+        # the same draw through the two resamplings differs only at the border of the ellipse
+        assert (fused.numpy() != paper).mean() < 0.03, (seed, draw)
+    with pytest.raises(ValueError, match="augmentation mode"):
+        PaperAugmentd(48, mode="fast")
 
 
 def test_resize_keeps_label_values_and_image_range():
@@ -119,3 +200,26 @@ def test_resize_keeps_label_values_and_image_range():
     assert out_image.shape == (1, 24, 24) and out_label.shape == (24, 24)
     assert out_image.min() >= 0 and out_image.max() <= 1
     assert set(out_label.unique().tolist()) <= set(label.unique().tolist()) | {0}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"hu_window": [-125, 275]}, "manifest.json: hu_window: unknown key"),
+    ({"hu_min": "low"}, "manifest.json: hu_min: expected a number, got 'low'"),
+    ({"image_interpolation": "nearest"}, "image_interpolation: expected one of bicubic, bilinear"),
+    ({"hu_min": 300.0}, "manifest.json: hu_max: must be above hu_min (300.0), got 275.0"),
+    ({"schema_version": 7}, "schema_version: 7 is newer than this medseg understands (1)"),
+])
+def test_preprocessing_params_refuse_unknown_keys_and_bad_values(data, message):
+    from medseg.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        PreprocessingParams.from_dict(data, source="manifest.json")
+    assert message in str(raised.value)
+    assert len(str(raised.value).splitlines()) == 1
+
+
+def test_preprocessing_params_round_trip_with_their_version():
+    params = PreprocessingParams(hu_min=-200.0, img_size=96)
+    stored = params.to_dict()
+    assert stored["schema_version"] == 1 and PreprocessingParams.from_dict(stored) == params
+    assert PreprocessingParams.from_dict(None) == PreprocessingParams()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from medseg.errors import CheckpointError, ConfigError
 from medseg.models import create
 from medseg.models.pretrained import load_vit_npz
 
-DATA = Path(__file__).parent / "data"
+from helpers import DATA_DIR as DATA
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -190,6 +189,39 @@ def test_eval_is_deterministic_and_dropout_only_acts_in_training():
         torch.manual_seed(2)
         train_b = model(x)
     assert not torch.equal(train_a, train_b)
+
+
+def test_standardised_weights_are_cached_in_eval_and_refreshed_when_the_weights_change():
+    from medseg.models.transunet import StdConv2d, _standardize
+
+    torch.manual_seed(0)
+    conv = StdConv2d(4, 8, kernel_size=3, padding=1, bias=False)
+    x = torch.rand(2, 4, 8, 8)
+
+    def fresh():  # the reference arithmetic, recomputed
+        return torch.nn.functional.conv2d(x, _standardize(conv.weight.detach()), padding=1)
+
+    conv.eval()
+    with torch.no_grad():
+        assert torch.equal(conv(x), fresh())
+        cached = conv._standardized[1]
+        conv(x)
+        assert conv._standardized[1] is cached  # reused, not recomputed
+        conv.weight.mul_(2.0).add_(0.1)  # an in-place change (what an optimiser step does)
+        assert torch.equal(conv(x), fresh())
+        conv.load_state_dict({"weight": torch.rand(8, 4, 3, 3)})
+        assert torch.equal(conv(x), fresh())
+    # gradient-enabled forwards never use the cache, in eval mode either
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    conv.train()
+    assert conv._standardized is None
+    optimiser = torch.optim.SGD(conv.parameters(), lr=0.5)
+    conv(x).square().sum().backward()
+    optimiser.step()
+    conv.eval()
+    with torch.no_grad():
+        assert torch.equal(conv(x), fresh())  # after a training step, eval sees the new weights
 
 
 def test_config_errors():

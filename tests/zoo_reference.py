@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ZOO = Path(__file__).parent / "data" / "zoo"
+from helpers import DATA_DIR
+
+ZOO = DATA_DIR / "zoo"
 SEED = 20261201
 
 

@@ -1,9 +1,10 @@
 """``medseg evaluate REF_DIR PRED_DIR -o REPORT_DIR``: per-organ metrics of predictions against references.
 
 Writes summary.json, per_case.csv, report.md, report.html and box plots into REPORT_DIR (see
-:mod:`medseg.evaluation`). Exit code 0 when at least one prediction was scored (per-case errors and missing
-predictions are listed in the reports), 2 when the inputs are unusable (missing folders, no matching cases, bad
-options, or no prediction could be scored; the reports are still written in that last case).
+:mod:`medseg.evaluation`). Missing and unscorable predictions are scored as failures and stay in the means. Exit
+code 0 when every case was scored; 1 when some cases failed (missing or unscorable predictions, unreadable
+references: counted, listed in the reports and on stderr); 2 when the inputs are unusable (missing folders, no
+matching cases, bad options, or no prediction could be scored; the reports are still written in that last case).
 """
 from __future__ import annotations
 
@@ -38,16 +39,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-format", default="auto", choices=REFERENCE_FORMATS,
                         help="raw: references hold raw BTCV values 0..13 (remapped to the label set); classes: "
                              "they hold the label set's classes; auto (default): raw for a label/ or labelsTr/ "
-                             "cohort, else decided per file from its values")
+                             "cohort, else decided once from all files' values (a mixed folder is an error)")
+    parser.add_argument("--extended-metrics", action="store_true",
+                        help="also report IoU, precision, recall and TP / FP / FN volumes per organ")
+    parser.add_argument("--thumbnails", type=int, default=4, metavar="N",
+                        help="overlay thumbnails of the N worst (case, organ) results (default 4; 0: none)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the reports, log the per-organ means; returns the exit code."""
-    from medseg.errors import InputError
+    import sys
+
+    from medseg.errors import EXIT_OK, EXIT_SOME_FAILED, InputError
     from medseg.evaluation.cohort import evaluate_folders
     from medseg.evaluation.report import write_reports
+    from medseg.io import check_output_path, remove_stale_temps
 
+    check_output_path(args.output, "report folder", folder=True)
+    remove_stale_temps(args.output)
     summary = evaluate_folders(
         args.ref_dir,
         args.pred_dir,
@@ -58,15 +68,19 @@ def run(args: argparse.Namespace) -> int:
         reference_format=args.reference_format,
         progress=not args.no_progress,
     )
-    paths = write_reports(summary, args.output)
+    paths = write_reports(summary, args.output, extended=args.extended_metrics, thumbnails=max(args.thumbnails, 0))
     _log_summary(summary)
     logger.info("reports written to %s (%s)", args.output, ", ".join(p.name for p in paths.values()))
     counts = summary["counts"]
+    for warning in summary["warnings"]:
+        print(f"medseg evaluate: warning: {warning}", file=sys.stderr)
+    for failure in summary["failures"]:
+        print(f"failed {failure['case_id']} ({failure['reason']}): {failure['message']}", file=sys.stderr)
     if counts["evaluated"] == 0:
-        first = summary["errors"][0]
-        raise InputError(f"no case could be scored ({counts['errors']} errors, listed in {paths['summary']}); "
+        first = summary["failures"][0]
+        raise InputError(f"no case could be scored ({counts['failed']} failed, listed in {paths['summary']}); "
                          f"first: {first['case_id']}: {first['message']}")
-    return 0
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
 
 
 def _log_summary(summary: dict) -> None:
@@ -83,9 +97,9 @@ def _log_summary(summary: dict) -> None:
             logger.info("  %-12s DSC %6s %%  HD95 %7s %s  (n=%d)", names.get(organ, organ),
                         _pct(stats[dice_key]["mean"]), _num(stats[hd_key]["mean"]), unit, stats[dice_key]["n"])
     counts = summary["counts"]
-    logger.info("%d cases: %d evaluated, %d missing predictions (scored as failures), %d errors (listed above and "
-                "in the reports)", counts["cases"], counts["evaluated"], counts["missing_predictions"],
-                counts["errors"])
+    logger.info("%d cases: %d evaluated, %d failed (%d missing predictions, %d unscorable predictions, both scored as "
+                "empty; %d unreadable references)", counts["cases"], counts["evaluated"], counts["failed"],
+                counts["missing_predictions"], counts["unscorable_predictions"], counts["reference_errors"])
 
 
 def _pct(value) -> str:

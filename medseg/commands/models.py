@@ -3,12 +3,21 @@
 Parameter counts are those of ``create(name, num_classes=9, img_size=<default size>)``. The models are built on
 PyTorch's ``meta`` device, where tensors have shapes but no memory, so listing the 300M-parameter variants takes
 milliseconds.
+
+Counting needs torch and MONAI (seconds to import), so the full table is kept in a small cache,
+``$MEDSEG_CACHE_DIR/models-table.json`` (default ``~/.cache/medseg``), together with what made it: a hash of the
+model files' source and the medseg, torch and MONAI versions. A listing whose record matches is printed without
+importing torch (well under a second); any change to a model file or a version rebuilds it. ``--refresh`` rebuilds
+it always.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +28,7 @@ TABLE_NUM_CLASSES = 9
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", help="only this architecture family (e.g. transunet, ds_transunet)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
+    parser.add_argument("--refresh", action="store_true", help="count the parameters again (ignore the cache)")
 
 
 def count_parameters(name: str, num_classes: int = TABLE_NUM_CLASSES, img_size: "int | None" = None) -> "int | None":
@@ -119,16 +129,62 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(text)
 
 
+def cache_path() -> Path:
+    """Where the table is cached: ``$MEDSEG_CACHE_DIR`` or ``$XDG_CACHE_HOME/medseg`` or ``~/.cache/medseg``."""
+    root = os.environ.get("MEDSEG_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
+        / "medseg"
+    return Path(root) / "models-table.json"
+
+
+def zoo_record() -> dict:
+    """What the table depends on: sha256 of every model file's source, and the medseg / torch / MONAI versions."""
+    from importlib import metadata
+
+    from medseg import __version__
+
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parent.parent / "models").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    versions = {"medseg": __version__}
+    for package in ("torch", "monai"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"models_source_sha256": digest.hexdigest(), "versions": versions, "num_classes": TABLE_NUM_CLASSES}
+
+
+def all_rows(refresh: bool = False) -> list[dict]:
+    """Every variant's row, from the cache when its record matches, else counted (and cached)."""
+    from medseg.io import read_json, write_json
+
+    record = zoo_record()
+    path = cache_path()
+    if not refresh and path.is_file():
+        try:
+            cached = read_json(path)
+            if cached.get("record") == record:
+                return cached["rows"]
+        except Exception as exc:  # a damaged cache is rebuilt, never trusted
+            logger.debug("ignoring the models cache %s: %s", path, exc)
+    rows = model_rows()
+    try:
+        write_json(path, {"record": record, "rows": rows})
+    except OSError as exc:  # a read-only home: list without caching
+        logger.debug("cannot write the models cache %s: %s", path, exc)
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     from medseg.errors import ConfigError
-    from medseg.models.registry import list_models
 
+    rows = all_rows(refresh=getattr(args, "refresh", False))
     family = args.family
     if family is not None:
-        families = sorted({spec.family for spec in list_models()})
+        families = sorted({row["family"] for row in rows})
         if family not in families:
             raise ConfigError(f"--family: unknown family {family!r} (known: {', '.join(families)})")
-    rows = model_rows(family)
+        rows = [row for row in rows if row["family"] == family]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -1,8 +1,15 @@
-"""``medseg prepare RAW_DIR OUT_DIR``: decode every volume once into a 2D slice cache (or the TransUNet layout)."""
+"""``medseg prepare RAW_DIR OUT_DIR``: decode every volume once into a 2D slice cache (or the TransUNet layout).
+
+Cases already in OUT_DIR are reused only when their source files (content hash) and settings are unchanged;
+others are prepared again and listed. Images without a label in a labelled cohort, and files that do not follow
+the layout's naming, are listed and skipped (``--allow-unlabelled`` keeps unlabelled images). Exit code 0 when
+every case was prepared or reused, 1 when some cases or files were skipped (listed on stderr and in the
+manifest), 2 when nothing could be prepared.
+"""
 from __future__ import annotations
 
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=1234, help="seed of a seeded split")
     parser.add_argument("--drop-empty", action="store_true",
                         help="with --format transunet: write only training slices that hold an organ")
+    parser.add_argument("--allow-unlabelled", action="store_true",
+                        help="keep images without a label in a labelled cohort (default: list and skip them)")
     parser.add_argument("--workers", type=int, default=1, help="cases processed in parallel")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -31,8 +40,12 @@ def run(args) -> int:
     from medseg.data.slice_cache import prepare_cohort
     from medseg.data.transunet_format import export_transunet, import_transunet, is_transunet_layout
 
+    from medseg.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED
+    from medseg.io import check_output_path, ensure_folder, make_temp_dir, remove_stale_temps
+
     if args.workers < 1:
         raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
+    check_output_path(args.out_dir, "output folder", folder=True)
     started = time.perf_counter()
     if is_transunet_layout(args.raw_dir):
         if args.format != "medseg":
@@ -44,24 +57,33 @@ def run(args) -> int:
     cache_dir = args.out_dir
     scratch = None
     if args.format == "transunet":
-        scratch = tempfile.TemporaryDirectory(prefix=".medseg-prepare-", dir=args.out_dir.parent)
-        cache_dir = Path(scratch.name)
+        ensure_folder(args.out_dir)
+        remove_stale_temps(args.out_dir)
+        scratch = make_temp_dir(args.out_dir, "slice-cache")
+        cache_dir = Path(scratch)
     try:
         summary = prepare_cohort(args.raw_dir, cache_dir, labels=args.labels, split=args.split,
                                  test_fraction=args.test_fraction, seed=args.seed, workers=args.workers,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, allow_unlabelled=args.allow_unlabelled)
         if args.format == "transunet":
             counts = export_transunet(cache_dir, args.out_dir, drop_empty=args.drop_empty)
             print(f"wrote {counts['train_slices']} training slices and {counts['test_volumes']} test volumes "
                   f"in the TransUNet layout to {args.out_dir}")
     finally:
         if scratch is not None:
-            scratch.cleanup()
+            shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    print(f"prepared {len(summary.written)} cases, {len(summary.already_done)} already done, "
-          f"{len(summary.failed)} skipped in {elapsed:.1f} s -> {args.out_dir}")
+    reprepared = f" ({len(summary.reprepared)} prepared again: sources or settings changed)" \
+        if summary.reprepared else ""
+    skipped = len(summary.failed) + len(summary.skipped_files)
+    print(f"prepared {len(summary.written)} cases{reprepared}, {len(summary.already_done)} already done, "
+          f"{skipped} skipped in {elapsed:.1f} s -> {args.out_dir}")
+    for case_id, why in sorted(summary.reprepared.items()):
+        print(f"prepared {case_id} again: {why}")
     for case_id, message in sorted(summary.failed.items()):
         print(f"skipped {case_id}: {message}", file=sys.stderr)
-    if summary.failed and not (summary.written or summary.already_done):
-        return 2
-    return 0
+    for path, reason in sorted(summary.skipped_files.items()):
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not (summary.written or summary.already_done):
+        return EXIT_BAD_INPUT
+    return EXIT_SOME_FAILED if skipped else EXIT_OK

@@ -1,4 +1,8 @@
-"""``medseg run PIPELINE.yaml [--set key=value ...] [--dry-run] [--force STAGE]``: run a YAML pipeline."""
+"""``medseg run PIPELINE.yaml [--set key=value ...] [--dry-run] [--force STAGE]``: run a YAML pipeline.
+
+Exit code 0 when every stage ran or was cached and every held-out case was scored; 1 when the evaluation counted
+failed cases (listed in the report); 2 for a bad pipeline or a stage that could not run; 130/143 interrupted.
+"""
 from __future__ import annotations
 
 import time
@@ -16,10 +20,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from medseg.errors import ConfigError
+    from medseg.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+    from medseg.io import check_output_path, remove_stale_temps
     from medseg.pipeline import STAGE_ORDER, load_pipeline, run_pipeline
 
     pipeline = load_pipeline(args.pipeline, args.overrides)
+    check_output_path(pipeline.run_dir, "run folder", folder=True)
+    if not args.dry_run:
+        remove_stale_temps(pipeline.run_dir, recursive=True)
     for stage in args.force:
         if stage not in pipeline.stages:
             raise ConfigError(f"--force: {stage} is not a stage of {args.pipeline} "
@@ -43,4 +51,5 @@ def run(args) -> int:
         print(line)
     if "report" in summary:
         print(f"report: {summary['report']}")
-    return 0
+    failed = (outputs.get("evaluate") or {}).get("failed", 0)
+    return EXIT_SOME_FAILED if failed else EXIT_OK

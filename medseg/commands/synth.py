@@ -5,7 +5,6 @@ See :mod:`medseg.data.phantom` for what the phantom holds and how it is made.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -24,9 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the cohort and print where it went, how long it took and the preview's path."""
     from medseg.data.phantom import write_cohort
+    from medseg.io import check_output_path, remove_stale_temps
 
+    check_output_path(args.out_dir, "output folder", folder=True)
+    remove_stale_temps(args.out_dir, recursive=True)
     summary = write_cohort(args.out_dir, cases=args.cases, seed=args.seed, size=args.size, workers=args.workers,
-                           progress=sys.stderr.isatty(), preview=not args.no_preview)
+                           progress=True, preview=not args.no_preview)
     noun = "case" if summary["cases"] == 1 else "cases"
     print(f"wrote {summary['cases']} {summary['size']} phantom {noun} (seed {summary['seed']}) to "
           f"{summary['out_dir']} in {summary['seconds']:.1f} s")

@@ -7,14 +7,24 @@ Three folder layouts are recognised (labels are optional: images alone are an in
 * plain: ``images/`` with ``labels/`` holding files of the same case, or one flat folder of NIfTI files where a
   label file is named like its image with a ``_label``/``_seg``/``_gt`` suffix.
 
+An image may also be a DICOM series: a sub-folder (``img/img0001/``) or ``.zip`` (``img/img0001.zip``) in the
+image folder, with its label as NIfTI on the series' grid (the grid :func:`medseg.dicom.read_series` gives).
+
 Every case gets an id in the ``case0001`` style: the last run of digits in the file name, zero-padded to four.
 A name without digits keeps its stem as the id.
+
+In a labelled cohort (a label folder, or label files in a flat folder) an image without a label is reported and
+skipped unless unlabelled cases are asked for explicitly (``allow_unlabelled``, ``medseg prepare
+--allow-unlabelled``): it would otherwise slip into a training set as a case without a reference. A file in
+``img/`` or ``imagesTr/`` that does not follow its layout's naming (``img0001``, ``NAME_0000``) is reported and
+skipped. :func:`discover_cohort` returns both lists; :func:`discover_cases` only the cases (and logs the skips).
 """
 from __future__ import annotations
 
+import logging
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import ConfigError, InputError
@@ -34,6 +44,12 @@ LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_gt", "_mask")
 IMAGE_DIR_NAMES = ("img", "imagesTr", "images", "image")
 LABEL_DIR_NAMES = ("label", "labelsTr", "labels")
 _NNUNET_CHANNEL = re.compile(r"_(\d{4})$")
+#: File-name stems each layout's image folder expects (other files there are reported and skipped).
+IMAGE_NAMING = {"img": (re.compile(r"^img\d+$"), "img<NNNN>"),
+                "imagesTr": (re.compile(r"^.+_0000$"), "NAME_0000"),
+                "imagesTs": (re.compile(r"^.+_0000$"), "NAME_0000")}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,13 +58,29 @@ class Case:
 
     Attributes:
         case_id: ``case0001`` style identifier.
-        image: path of the CT volume (NIfTI).
+        image: path of the CT volume (NIfTI, or a DICOM series folder / .zip: see :func:`medseg.dicom.read_image`).
         label: path of the reference label volume, or None for an inference-only case.
     """
 
     case_id: str
     image: Path
     label: "Path | None" = None
+
+
+@dataclass
+class Cohort:
+    """The cases of a cohort folder and the files that were left out.
+
+    Attributes:
+        cases: usable cases sorted by id.
+        skipped: ``{file path: reason}`` for images left out (no label in a labelled cohort, or a name that does
+            not follow the layout).
+        labelled: the cohort holds labels (a label folder or label files).
+    """
+
+    cases: list[Case]
+    skipped: dict[str, str] = field(default_factory=dict)
+    labelled: bool = False
 
 
 def case_id_from_path(path: "str | Path") -> str:
@@ -71,6 +103,14 @@ def nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images directly in ``folder``: NIfTI files and DICOM series (sub-folders or ``.zip`` files), by name."""
+    from medseg.dicom import is_dicom_input
+
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
+                  and ((p.is_file() and is_nifti(p)) or is_dicom_input(p)))
+
+
 def index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
     """``{case_id: path}``; two files with the same case id are an :class:`InputError` naming both."""
     indexed: dict[str, Path] = {}
@@ -82,8 +122,26 @@ def index_by_case(files: list[Path], folder: Path) -> dict[str, Path]:
     return indexed
 
 
-def _pair(image_dir: Path, label_dir: "Path | None") -> list[Case]:
-    images = index_by_case(nifti_files(image_dir), image_dir)
+def _follows_naming(path: Path, folder: Path) -> "str | None":
+    """None when ``path`` is named as its layout's image folder expects, else the expected pattern."""
+    rule = IMAGE_NAMING.get(folder.name)
+    if rule is None:
+        return None
+    pattern, shown = rule
+    stem = strip_nifti_suffix(path.name)
+    stem = stem[:-4] if stem.lower().endswith(".zip") else stem  # a zipped DICOM series
+    return None if pattern.match(stem) else shown
+
+
+def _pair(image_dir: Path, label_dir: "Path | None", skipped: dict) -> list[Case]:
+    files = []
+    for path in image_files(image_dir):
+        expected = _follows_naming(path, image_dir)
+        if expected is None:
+            files.append(path)
+        else:
+            skipped[str(path)] = f"file name does not follow the {expected} naming of {image_dir.name}/"
+    images = index_by_case(files, image_dir)
     if not images:
         raise InputError(f"{image_dir}: no NIfTI images (.nii or .nii.gz) found")
     labels = index_by_case(nifti_files(label_dir), label_dir) if label_dir is not None else {}
@@ -100,14 +158,16 @@ def _first_existing(root: Path, names: tuple[str, ...]) -> "Path | None":
     return None
 
 
-def discover_cases(root: "str | Path") -> list[Case]:
-    """Find the cases of a cohort folder in any of the supported layouts.
+def discover_cohort(root: "str | Path", allow_unlabelled: bool = False) -> Cohort:
+    """Find the cases of a cohort folder in any of the supported layouts, and the files left out.
 
     Args:
         root: cohort folder (raw BTCV, nnU-Net, or plain layout; see the module docstring).
+        allow_unlabelled: keep images without a label in a labelled cohort (as cases with ``label`` None); by
+            default they are skipped and listed. A cohort without any label is always an inference cohort.
 
     Returns:
-        Cases sorted by id; ``label`` is None for cases without a reference.
+        A :class:`Cohort`: cases sorted by id, and ``skipped`` ``{file: reason}``.
 
     Raises:
         InputError: the folder is missing or empty, file names collide on a case id, or a label has no image.
@@ -121,29 +181,46 @@ def discover_cases(root: "str | Path") -> list[Case]:
     if nested.is_dir():
         root = nested
 
+    skipped: dict[str, str] = {}
     image_dir = _first_existing(root, IMAGE_DIR_NAMES)
     if image_dir is not None:
         label_dir = _first_existing(root, LABEL_DIR_NAMES)
-        cases = _pair(image_dir, label_dir)
+        cases = _pair(image_dir, label_dir, skipped)
         test_dir = root / "imagesTs" if image_dir.name == "imagesTr" else None
         if test_dir is not None and test_dir.is_dir():
             known = {c.case_id for c in cases}
-            cases += [c for c in _pair(test_dir, None) if c.case_id not in known]
-        return sorted(cases, key=lambda c: c.case_id)
+            cases += [c for c in _pair(test_dir, None, skipped) if c.case_id not in known]
+        labelled = label_dir is not None and any(c.label is not None for c in cases)
+    else:
+        files = nifti_files(root)
+        if not files:
+            raise InputError(f"{root}: no NIfTI files and no img/, imagesTr/ or images/ folder found")
+        labels = [p for p in files if strip_nifti_suffix(p.name).lower().endswith(LABEL_SUFFIXES)]
+        images = [p for p in files if p not in labels]
+        if not images:
+            raise InputError(f"{root}: only label files found, no images")
+        image_index = index_by_case(images, root)
+        label_index = index_by_case(labels, root)
+        orphans = sorted(set(label_index) - set(image_index))
+        if orphans:
+            raise InputError(f"{label_index[orphans[0]]}: label has no matching image")
+        cases = [Case(cid, image_index[cid], label_index.get(cid)) for cid in sorted(image_index)]
+        labelled = bool(label_index)
+    if labelled and not allow_unlabelled:
+        for case in cases:
+            if case.label is None:
+                skipped[str(case.image)] = ("image has no label in a labelled cohort "
+                                            "(pass --allow-unlabelled to keep it as an unlabelled case)")
+        cases = [c for c in cases if c.label is not None]
+    return Cohort(sorted(cases, key=lambda c: c.case_id), skipped, labelled)
 
-    files = nifti_files(root)
-    if not files:
-        raise InputError(f"{root}: no NIfTI files and no img/, imagesTr/ or images/ folder found")
-    labels = [p for p in files if strip_nifti_suffix(p.name).lower().endswith(LABEL_SUFFIXES)]
-    images = [p for p in files if p not in labels]
-    if not images:
-        raise InputError(f"{root}: only label files found, no images")
-    image_index = index_by_case(images, root)
-    label_index = index_by_case(labels, root)
-    orphans = sorted(set(label_index) - set(image_index))
-    if orphans:
-        raise InputError(f"{label_index[orphans[0]]}: label has no matching image")
-    return [Case(cid, image_index[cid], label_index.get(cid)) for cid in sorted(image_index)]
+
+def discover_cases(root: "str | Path", allow_unlabelled: bool = False) -> list[Case]:
+    """The cases of :func:`discover_cohort`; each skipped file is logged as a warning."""
+    cohort = discover_cohort(root, allow_unlabelled=allow_unlabelled)
+    for path, reason in cohort.skipped.items():
+        log.warning("%s: skipped: %s", path, reason)
+    return cohort.cases
 
 
 def make_split(case_ids, mode: str = "auto", test_fraction: float = 0.4, seed: int = 1234) -> dict[str, str]:

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from medseg.data.slice_cache import load_case_arrays, load_manifest
-from medseg.data.transforms import IMAGE, LABEL, PaperAugmentd, PreprocessingParams, ResizeSliced
+from medseg.data.transforms import (AUGMENTATION_MODES, IMAGE, LABEL, PaperAugmentd,
+                                    ResizeSliced)
 from medseg.errors import ConfigError, InputError
 from medseg.labels import LabelSet
 
@@ -30,6 +31,8 @@ class SliceDataset(Dataset):
         split: ``train``, ``test`` or ``all``; or an explicit list of case ids.
         img_size: model input size in pixels (slices are resized to ``img_size x img_size``).
         augment: apply the TransUNet augmentation (training) or only resize (evaluation).
+        augmentation: its resampling mode, ``fused`` (one torch resampling, fast) or ``paper`` (the reference's
+            rotate/zoom steps, identical arrays); see :class:`medseg.data.transforms.PaperAugmentd`.
         drop_empty: keep only slices that hold an organ.
         seed: base seed of the augmentation draws.
         image_interpolation: ``bicubic`` (paper) or ``bilinear``.
@@ -39,11 +42,10 @@ class SliceDataset(Dataset):
 
     def __init__(self, prepared_dir, split="train", img_size: int = 224, augment: bool = True,
                  drop_empty: bool = False, seed: int = 1234, image_interpolation: str = "bicubic",
-                 domain_randomisation: bool = False):
+                 augmentation: str = "fused", domain_randomisation: bool = False):
         self.prepared_dir = Path(prepared_dir)
         self.manifest = load_manifest(self.prepared_dir)
         self.label_set = LabelSet.from_dict(self.manifest["label_set"])
-        self.preprocessing = PreprocessingParams.from_dict(self.manifest["preprocessing"])
         self.img_size = int(img_size)
         self.seed = int(seed)
         self.epoch = 0
@@ -63,8 +65,12 @@ class SliceDataset(Dataset):
             slices = entry["organ_slices"] if drop_empty else range(entry["num_slices"])
             self.index.extend((case_number, int(k)) for k in slices)
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        step = PaperAugmentd if augment else ResizeSliced
-        self.transform = step(self.img_size, image_interpolation)
+        if augmentation not in AUGMENTATION_MODES:
+            raise ConfigError(f"augmentation: expected one of {', '.join(AUGMENTATION_MODES)}, got {augmentation!r}")
+        if augment:
+            self.transform = PaperAugmentd(self.img_size, image_interpolation, mode=augmentation)
+        else:
+            self.transform = ResizeSliced(self.img_size, image_interpolation)
         if augment and domain_randomisation:
             from monai.transforms import Compose
 

@@ -24,6 +24,24 @@ def orientation_transform(affine: np.ndarray, axcodes=SLICE_AXCODES) -> np.ndarr
     return nio.ornt_transform(source, target)
 
 
+def orient_view(array: np.ndarray, affine: np.ndarray, axcodes=SLICE_AXCODES) -> tuple[np.ndarray, np.ndarray]:
+    """``array`` permuted/flipped into ``axcodes`` order as a numpy *view* (no copy), and its new affine.
+
+    The one orientation step of medseg: the prepare chain (:class:`medseg.data.transforms.Orientd`) and inference
+    both call it.
+
+    Args:
+        array: 3D array indexed in the voxel axes of ``affine`` (extra trailing axes are carried along).
+        affine: 4x4 voxel-to-world affine of ``array``.
+        axcodes: target axis codes, by default medseg's slice orientation (P, L, S).
+    """
+    import nibabel.orientations as nio
+
+    transform = orientation_transform(affine, axcodes)
+    oriented = nio.apply_orientation(array, transform)
+    return oriented, np.asarray(affine) @ nio.inv_ornt_aff(transform, array.shape[:3])
+
+
 def reorient(array: np.ndarray, affine: np.ndarray, axcodes=SLICE_AXCODES) -> tuple[np.ndarray, np.ndarray]:
     """Permute and flip ``array`` (indexed in the voxel axes of ``affine``) into ``axcodes`` order.
 
@@ -35,11 +53,7 @@ def reorient(array: np.ndarray, affine: np.ndarray, axcodes=SLICE_AXCODES) -> tu
     Returns:
         ``(oriented_array, oriented_affine)``; the affine maps the new voxel indices to the same world points.
     """
-    import nibabel.orientations as nio
-
-    transform = orientation_transform(affine, axcodes)
-    oriented = nio.apply_orientation(array, transform)
-    oriented_affine = np.asarray(affine) @ nio.inv_ornt_aff(transform, array.shape[:3])
+    oriented, oriented_affine = orient_view(array, affine, axcodes)
     return np.ascontiguousarray(oriented), oriented_affine
 
 

@@ -1408,7 +1408,7 @@ def write_cohort(out_dir: "str | Path", cases: int, seed: int, size: str = "smal
         Summary: ``out_dir``, ``cases``, ``seed``, ``size``, ``seconds``, ``preview`` (path or None),
         ``omitted`` (case id -> omitted organs), ``manifest`` (path of phantom.json).
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     out_dir = Path(out_dir)
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:

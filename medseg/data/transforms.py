@@ -1,17 +1,31 @@
 """Preprocessing as a chain of small, named MONAI dictionary transforms.
 
-Volume chain (one case, used by ``medseg prepare`` and by inference)::
+Volume chain (one case, used by ``medseg prepare``)::
 
     LoadVolumed        read + validate NIfTI (medseg.io), channel-first MetaTensor with the file's affine
-    CheckPaird         image and label agree in shape and affine
-    Orientationd       (MONAI) explicit orientation to ("P", "L", "S"): axis 2 is the axial slice axis
-    ScaleIntensityRanged (MONAI) HU clipped to [-125, 275] and scaled to [0, 1]
+    CheckPaird         image and label lie on the same voxel grid (shape, affine within GRID_TOLERANCE_MM)
+    Orientd            explicit orientation to ("P", "L", "S"): axis 2 is the axial slice axis (orient_view)
+    HUWindowd          HU clipped to [-125, 275] and scaled to [0, 1] (hu_window)
     RemapLabelsd       raw BTCV values -> classes of the label set (unknown values are an error)
-    ToSliceStackd      (1, H, W, D) -> slice-first stack (D, H, W), plus which slices hold an organ
+    ToSliceStackd      (H, W, D) -> slice-first stack (D, H, W), plus which slices hold an organ
+
+One preprocessing path: as in MONAI's array / dictionary twins (``ScaleIntensityRange`` and
+``ScaleIntensityRanged``), the orientation and the HU window are plain array functions
+(:func:`medseg.data.orientation.orient_view`, :func:`hu_window`); the dictionary steps above wrap them for the
+prepare chain, and inference (:mod:`medseg.engine.inference`) calls the same functions on each batch of slices,
+so a model sees exactly the values the slice cache holds.
 
 Slice chain (one 2D slice, used by the training dataset)::
 
-    PaperAugmentd      TransUNet's augmentation distribution, fused with the resize to the model size
+    PaperAugmentd      TransUNet's training augmentation (the reference RandomGenerator's draws), in one of two
+                       resampling modes (AUGMENTATION_MODES):
+                         paper  the reference's two resamplings: np.rot90 + np.flip, or ndimage.rotate(order=0,
+                                reshape=False), then ndimage.zoom to the model size (image order 3, no clamp;
+                                label order 0): the same arrays as the reference code for the same draw
+                         fused  one torch grid_sample of the slice (rotation/flip and resize together; image
+                                bicubic clamped to [0, 1], label nearest): the same branch probabilities, k and
+                                flip axis, a continuous angle in [-20, 20), drawn from a torch generator; one
+                                resampling instead of two, several times faster (benchmarks/loader_speed.py)
     ResizeSliced       resize only (evaluation / no augmentation): image bicubic or bilinear, label nearest
 
 Axis order: volumes ``(i, j, k)`` with ``k`` the slice axis after orientation, rows ``i`` anterior -> posterior,
@@ -20,18 +34,23 @@ columns ``j`` patient right -> left. Slices are ``(H, W) = (rows, columns)``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import random
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, Orientationd, ScaleIntensityRanged
+from monai.transforms import Compose, MapTransform
 
-from medseg.data.orientation import SLICE_AXCODES
-from medseg.errors import InputError, MedsegError
-from medseg.io import read_volume
+from medseg import schema
+from medseg.data.orientation import SLICE_AXCODES, orient_view
+from medseg.dicom import read_image
+from medseg.errors import ConfigError, InputError, MedsegError
+from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm
 from medseg.labels import LabelSet, remap_labels
+from medseg.schema import setting
 
 IMAGE, LABEL = "image", "label"
 
@@ -48,26 +67,34 @@ class PreprocessingParams:
             always resized with nearest neighbour.
     """
 
+    SCHEMA_VERSION = 1
+
     hu_min: float = -125.0
     hu_max: float = 275.0
     axcodes: str = "".join(SLICE_AXCODES)
-    img_size: int = 224
-    image_interpolation: str = "bicubic"
+    img_size: int = setting(224, minimum=1)
+    image_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data with the schema version, as manifests and checkpoints store it."""
+        return schema.to_stored(self)
 
     @classmethod
-    def from_dict(cls, data: "dict | None") -> "PreprocessingParams":
-        data = dict(data or {})
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+    def from_dict(cls, data: "dict | None", source: str = "preprocessing") -> "PreprocessingParams":
+        """Read stored parameters; an unknown key (e.g. ``hu_window``) or a wrong type is a ConfigError naming
+        ``source`` and the key, never a silent default. Data stored before versions existed (no
+        ``schema_version``) is read as version 1."""
+        params = schema.build(cls, dict(data or {}), source)
+        if params.hu_max <= params.hu_min:
+            raise ConfigError(f"{source}: hu_max: must be above hu_min ({params.hu_min}), got {params.hu_max}")
+        return params
 
 
 class LoadVolumed(MapTransform):
     """Read NIfTI files named by ``data[key]`` (paths) into channel-first MetaTensors ``(1, i, j, k)``.
 
-    Uses :func:`medseg.io.read_volume`, so a missing, truncated or non-3D file raises an :class:`InputError` that
+    Uses :func:`medseg.dicom.read_image` (NIfTI through :func:`medseg.io.read_volume`, or a DICOM series folder or zip),
+    so a missing, truncated or non-3D file raises an :class:`InputError` that
     names it. The source path, shape and affine are kept under ``<key>_source``, ``<key>_source_shape`` and
     ``<key>_source_affine`` so a prediction can be put back onto the file's grid.
     """
@@ -80,7 +107,7 @@ class LoadVolumed(MapTransform):
         for key in self.key_iterator(d):
             path = d[key]
             dtype = np.float32 if key == IMAGE else None
-            volume = read_volume(path, dtype=dtype)
+            volume = read_image(path, dtype=dtype)
             d[f"{key}_source"] = str(path)
             d[f"{key}_source_shape"] = tuple(int(s) for s in volume.shape)
             d[f"{key}_source_affine"] = volume.affine
@@ -89,10 +116,67 @@ class LoadVolumed(MapTransform):
         return d
 
 
-class CheckPaird(MapTransform):
-    """Raise :class:`InputError` when image and label differ in shape or affine (tolerance ``atol_mm``)."""
+def hu_window(values, hu_min: float, hu_max: float):
+    """CT values in HU -> float32 in [0, 1]: ``clip((values - hu_min) / (hu_max - hu_min), 0, 1)``.
 
-    def __init__(self, atol_mm: float = 1e-3):
+    Args:
+        values: a numpy array or a torch tensor of any shape (HU); integer types are converted to float32 first.
+        hu_min, hu_max: the window in HU.
+
+    Returns:
+        The same kind (numpy array or tensor, on the tensor's device) of float32 values, same shape. Both kinds
+        perform the same float32 operations, so they agree bit for bit.
+    """
+    scale = float(hu_max) - float(hu_min)
+    if torch.is_tensor(values):
+        return ((values.float() - float(hu_min)) / scale).clamp_(0.0, 1.0)
+    scaled = (np.asarray(values, dtype=np.float32) - np.float32(hu_min)) / np.float32(scale)
+    return np.clip(scaled, np.float32(0.0), np.float32(1.0))
+
+
+class Orientd(MapTransform):
+    """Bring ``data[key]`` (channel-first ``(1, i, j, k)`` or ``(i, j, k)``, in the file's voxel order) into
+    ``axcodes`` order with :func:`medseg.data.orientation.orient_view` (a permutation/flip, no resampling).
+
+    Stores plain ``(H, W, D)`` numpy arrays and ``oriented_affine`` (the image's affine in the new voxel order).
+    """
+
+    def __init__(self, keys, axcodes=SLICE_AXCODES, allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.axcodes = tuple(axcodes)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            array = d[key].detach().cpu().numpy() if torch.is_tensor(d[key]) else np.asarray(d[key])
+            if array.ndim == 4:
+                array = array[0]
+            oriented, affine = orient_view(array, d[f"{key}_source_affine"], self.axcodes)
+            d[key] = np.ascontiguousarray(oriented)
+            if key == IMAGE:
+                d["oriented_affine"] = affine
+        return d
+
+
+class HUWindowd(MapTransform):
+    """Apply :func:`hu_window` to ``data[key]`` (HU -> [0, 1] float32)."""
+
+    def __init__(self, keys=(IMAGE,), hu_min: float = -125.0, hu_max: float = 275.0):
+        super().__init__(keys)
+        self.hu_min, self.hu_max = hu_min, hu_max
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = hu_window(d[key], self.hu_min, self.hu_max)
+        return d
+
+
+class CheckPaird(MapTransform):
+    """Raise :class:`InputError` when image and label are not on the same voxel grid: different shapes, or affines
+    that put a corner voxel more than ``atol_mm`` (:data:`medseg.io.GRID_TOLERANCE_MM`) apart."""
+
+    def __init__(self, atol_mm: float = GRID_TOLERANCE_MM):
         super().__init__([IMAGE, LABEL], allow_missing_keys=True)
         self.atol_mm = atol_mm
 
@@ -103,9 +187,10 @@ class CheckPaird(MapTransform):
         image_shape, label_shape = data[f"{IMAGE}_source_shape"], data[f"{LABEL}_source_shape"]
         if image_shape != label_shape:
             raise InputError(f"{label_file}: label shape {label_shape} does not match image shape {image_shape}")
-        difference = np.abs(data[f"{IMAGE}_source_affine"] - data[f"{LABEL}_source_affine"]).max()
+        difference = grid_difference_mm(data[f"{IMAGE}_source_affine"], data[f"{LABEL}_source_affine"], image_shape)
         if difference > self.atol_mm:
-            raise InputError(f"{label_file}: label affine differs from the image's by {difference:.3g} mm")
+            raise InputError(f"{label_file}: label affine differs from the image's (a corner voxel is "
+                             f"{difference:.3g} mm away > {self.atol_mm:g} mm)")
         return data
 
 
@@ -126,7 +211,7 @@ class RemapLabelsd(MapTransform):
 
 
 class ToSliceStackd(MapTransform):
-    """Channel-first ``(1, H, W, D)`` volumes -> slice-first numpy stacks ``(D, H, W)``.
+    """Volumes ``(H, W, D)`` (or channel-first ``(1, H, W, D)``) -> slice-first numpy stacks ``(D, H, W)``.
 
     Adds ``organ_slices``: indices of slices whose label holds any foreground (empty list without a label), so a
     consumer can drop organ-free slices. Records the oriented shape ``(H, W, D)`` and affine.
@@ -138,8 +223,10 @@ class ToSliceStackd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         image = d[IMAGE]
-        d["oriented_affine"] = np.asarray(image.affine, dtype=np.float64) if isinstance(image, MetaTensor) else None
-        d["oriented_shape"] = tuple(int(s) for s in image.shape[1:])
+        if isinstance(image, MetaTensor):
+            d["oriented_affine"] = np.asarray(image.affine, dtype=np.float64)
+        d.setdefault("oriented_affine", None)
+        d["oriented_shape"] = tuple(int(s) for s in image.shape[-3:])
         for key in self.key_iterator(d):
             array = d[key]
             array = array.detach().cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
@@ -166,10 +253,8 @@ def volume_preprocessing(label_set: "LabelSet | None", params: PreprocessingPara
     steps = [
         LoadVolumed([IMAGE, LABEL]),
         CheckPaird(),
-        # nibabel's axis-code convention (RAS+ world, as medseg.io reads affines)
-        Orientationd([IMAGE, LABEL], axcodes=params.axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")),
-                     allow_missing_keys=True),
-        ScaleIntensityRanged(IMAGE, a_min=params.hu_min, a_max=params.hu_max, b_min=0.0, b_max=1.0, clip=True),
+        Orientd([IMAGE, LABEL], axcodes=params.axcodes),
+        HUWindowd([IMAGE], hu_min=params.hu_min, hu_max=params.hu_max),
     ]
     if label_set is not None:
         steps.append(RemapLabelsd(label_set))
@@ -213,11 +298,43 @@ class SliceAugmentation:
     angle_deg: float = 0.0
 
 
-def draw_paper_augmentation(generator: torch.Generator) -> SliceAugmentation:
-    """Draw an augmentation with the TransUNet paper's distribution.
+#: ``paper`` reproduces the reference's draws and resamplings; ``fused`` is one faster resampling.
+AUGMENTATION_MODES = ("paper", "fused")
+
+
+def augmentation_generators(seed: int) -> tuple[random.Random, np.random.RandomState]:
+    """The two random streams the reference draws from, seeded from one sample seed (any int >= 0).
+
+    The reference ``RandomGenerator`` picks its branch with Python's ``random.random()`` and draws its parameters
+    with numpy's legacy global ``np.random``; here each sample gets its own instance of both, so the draws depend
+    only on the seed (not on the loader worker that serves the sample).
+    """
+    seed = int(seed)
+    return random.Random(seed), np.random.RandomState([seed % 2**32, seed // 2**32 % 2**32])
+
+
+def draw_paper_augmentation(py_random: random.Random, np_random: np.random.RandomState) -> SliceAugmentation:
+    """One draw of the TransUNet reference ``RandomGenerator``, in its order of calls.
+
+    ``py_random.random() > 0.5`` (probability 1/2): rot90 by ``k = np_random.randint(0, 4)`` then a flip along
+    ``axis = np_random.randint(0, 2)``; else ``py_random.random() > 0.5`` (1/4): a rotation by the integer angle
+    ``np_random.randint(-20, 20)`` degrees (-20..19); else (1/4) nothing.
+    """
+    if py_random.random() > 0.5:
+        k = int(np_random.randint(0, 4))
+        axis = int(np_random.randint(0, 2))
+        return SliceAugmentation("rot_flip", k=k, flip_axis=axis)
+    if py_random.random() > 0.5:
+        return SliceAugmentation("rotate", angle_deg=float(np_random.randint(-20, 20)))
+    return SliceAugmentation()
+
+
+def draw_fused_augmentation(generator: torch.Generator) -> SliceAugmentation:
+    """One draw of medseg's ``fused`` mode: the reference's distribution with a continuous angle.
 
     With probability 0.5 a random rot90 (k in 0..3) and a flip on a random axis; otherwise with probability 0.5 a
-    rotation by an angle uniform in [-20, 20) degrees; otherwise nothing.
+    rotation by an angle uniform in [-20, 20) degrees (the reference draws whole degrees, -20..19); otherwise
+    nothing. Kept as it was before the ``paper`` mode existed, so fused runs reproduce earlier results.
     """
     u = torch.rand(3, generator=generator)
     if u[0] > 0.5:
@@ -227,6 +344,42 @@ def draw_paper_augmentation(generator: torch.Generator) -> SliceAugmentation:
     if u[1] > 0.5:
         return SliceAugmentation("rotate", angle_deg=float(u[2]) * 40.0 - 20.0)
     return SliceAugmentation()
+
+
+def paper_resample_slice(image: np.ndarray, label: "np.ndarray | None", out_size: int,
+                         augmentation: SliceAugmentation = SliceAugmentation()
+                         ) -> tuple[np.ndarray, "np.ndarray | None"]:
+    """The reference's augmentation and resize of one slice, step by step (``paper`` mode).
+
+    Args:
+        image: ``(H, W)`` float32 slice (values in [0, 1]).
+        label: ``(H, W)`` integer label slice or None.
+        out_size: output height and width in pixels.
+        augmentation: the draw to apply.
+
+    Returns:
+        ``(image (out, out) float32, label (out, out) or None)``: ``np.rot90(k)`` then ``np.flip(axis)``, or
+        ``ndimage.rotate(angle, order=0, reshape=False)`` (nearest neighbour, zeros outside), then, when the size
+        differs, ``ndimage.zoom`` by ``(out / H, out / W)`` with order 3 for the image (cubic B-spline, not
+        clamped, so values can leave [0, 1] a little) and order 0 for the label, as the reference does.
+    """
+    from scipy import ndimage
+
+    if augmentation.kind == "rot_flip":
+        image = np.flip(np.rot90(image, augmentation.k), axis=augmentation.flip_axis).copy()
+        if label is not None:
+            label = np.flip(np.rot90(label, augmentation.k), axis=augmentation.flip_axis).copy()
+    elif augmentation.kind == "rotate":
+        image = ndimage.rotate(image, augmentation.angle_deg, order=0, reshape=False)
+        if label is not None:
+            label = ndimage.rotate(label, augmentation.angle_deg, order=0, reshape=False)
+    height, width = image.shape
+    if (height, width) != (out_size, out_size):
+        factors = (out_size / height, out_size / width)
+        image = ndimage.zoom(image, factors, order=3)
+        if label is not None:
+            label = ndimage.zoom(label, factors, order=0)
+    return image.astype(np.float32, copy=False), label
 
 
 def _sampling_matrix(augmentation: SliceAugmentation) -> torch.Tensor:
@@ -288,23 +441,38 @@ def resample_slice(image: torch.Tensor, label: "torch.Tensor | None", out_size: 
 
 
 class PaperAugmentd(MapTransform):
-    """TransUNet's training augmentation fused with the resize to the model size (one resampling per slice).
+    """TransUNet's training augmentation and the resize to the model size, in ``paper`` or ``fused`` mode.
 
     Randomness comes from ``data["seed"]`` (an int per sample and epoch), so a run is reproducible whatever the
     number of data-loader workers, and a resumed run draws the same augmentations as an uninterrupted one.
+    ``paper`` draws with :func:`draw_paper_augmentation` from :func:`augmentation_generators`, ``fused`` with
+    :func:`draw_fused_augmentation` from a torch generator.
+
+    Input: ``image`` float ``(1, H, W)`` tensor, ``label`` integer ``(H, W)`` tensor. Output: ``image`` float32
+    ``(1, S, S)``, ``label`` int64 ``(S, S)``.
     """
 
-    def __init__(self, out_size: int, image_interpolation: str = "bicubic"):
+    def __init__(self, out_size: int, image_interpolation: str = "bicubic", mode: str = "fused"):
         super().__init__([IMAGE, LABEL])
+        if mode not in AUGMENTATION_MODES:
+            raise ValueError(f"augmentation mode: expected one of {', '.join(AUGMENTATION_MODES)}, got {mode!r}")
         self.out_size = out_size
         self.image_interpolation = image_interpolation
+        self.mode = mode
 
     def __call__(self, data):
         d = dict(data)
-        generator = torch.Generator().manual_seed(int(d["seed"]))
-        augmentation = draw_paper_augmentation(generator)
-        d[IMAGE], d[LABEL] = resample_slice(d[IMAGE], d.get(LABEL), self.out_size, augmentation,
-                                            self.image_interpolation)
+        if self.mode == "fused":
+            augmentation = draw_fused_augmentation(torch.Generator().manual_seed(int(d["seed"])))
+            d[IMAGE], d[LABEL] = resample_slice(d[IMAGE], d.get(LABEL), self.out_size, augmentation,
+                                                self.image_interpolation)
+            return d
+        augmentation = draw_paper_augmentation(*augmentation_generators(d["seed"]))
+        label = d.get(LABEL)
+        image, label = paper_resample_slice(d[IMAGE][0].numpy(), None if label is None else label.numpy(),
+                                            self.out_size, augmentation)
+        d[IMAGE] = torch.from_numpy(image)[None]
+        d[LABEL] = None if label is None else torch.from_numpy(label.astype(np.int64))
         return d
 
 

@@ -77,12 +77,6 @@ def cleanup_distributed(context: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def barrier(context: DistContext) -> None:
-    """Wait for every process (no-op in a single process)."""
-    if context.distributed:
-        dist.barrier()
-
-
 def all_reduce_sum(values: torch.Tensor, context: DistContext) -> torch.Tensor:
     """Sum ``values`` over all processes (returned as a new tensor; unchanged in a single process)."""
     if not context.distributed:

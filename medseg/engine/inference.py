@@ -5,7 +5,7 @@ Steps for one NIfTI volume (the same preprocessing as training, see :mod:`medseg
     read (keeps the stored dtype, e.g. int16 HU)
     orient to the checkpoint's axis codes (P, L, S by default): a permuted/flipped *view*, no copy, no resampling
     for each batch of ``batch_size`` axial slices (only these are ever in floating point):
-        move to the device; HU window: clip to [hu_min, hu_max], scale to [0, 1]
+        move to the device; HU window: clip to [hu_min, hu_max], scale to [0, 1] (the prepare chain's hu_window)
         resize to img_size x img_size: bicubic, align_corners=True, clamped to [0, 1]
             (torch grid_sample, exactly the resampling of the training dataset)
         forward (optional bf16 autocast, optional flip test-time augmentation), softmax, argmax
@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.data.orientation import orientation_transform, restore_orientation
-from medseg.data.transforms import PreprocessingParams
+from medseg.data.orientation import orient_view as _orient
+from medseg.data.transforms import PreprocessingParams, hu_window
+from medseg.engine.rebuild import nearest_index_map, restore_to_source
 from medseg.errors import CheckpointError, ConfigError, InputError
 from medseg.io import Volume, is_nifti, read_volume
 from medseg.labels import LabelSet, get_label_set
@@ -121,6 +122,13 @@ def resolve_amp(amp: "str | bool | None", device: torch.device) -> str:
     raise ConfigError(f"amp: expected auto, bf16 or off, got {amp!r}")
 
 
+def autocast(device: torch.device, amp: str):
+    """The autocast context of a resolved ``amp`` (``bf16`` or ``off``) on ``device`` (training and inference)."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def load_predictor(checkpoint: "str | Path | Predictor", device: "str | torch.device" = "auto", *,
                    model_name: "str | None" = None, labels: "str | LabelSet | None" = None,
                    img_size: "int | None" = None, amp: "str | bool | None" = None) -> Predictor:
@@ -158,18 +166,29 @@ def load_predictor(checkpoint: "str | Path | Predictor", device: "str | torch.de
                               f"has {label_set.num_classes} (pass the right --labels)")
     preprocessing = dict(info.preprocessing or {})
     preprocessing["img_size"] = int(info.model_config["img_size"])
-    params = PreprocessingParams.from_dict(preprocessing)
+    try:
+        params = PreprocessingParams.from_dict(preprocessing, source=f"{checkpoint}: preprocessing")
+    except ConfigError as exc:  # e.g. a key this medseg does not know: never predict with a default instead
+        raise CheckpointError(str(exc)) from None
     return make_predictor(model, info.model_name, label_set, params, torch_device, amp=amp, source=str(checkpoint),
-                          info=info)
+                          info=info, channels_last=True)
 
 
 def make_predictor(model: nn.Module, model_name: str, label_set: LabelSet, preprocessing: PreprocessingParams,
                    device: "str | torch.device" = "auto", *, amp: "str | bool | None" = None, source: str = "",
-                   info=None) -> Predictor:
-    """Wrap an already built model (e.g. during training) as a :class:`Predictor` (moved to ``device``, eval)."""
+                   info=None, channels_last: "bool | None" = None) -> Predictor:
+    """Wrap an already built model (e.g. during training) as a :class:`Predictor` (moved to ``device``, eval).
+
+    ``channels_last`` converts the model's weights to the channels-last memory format (faster convolutions on CPU
+    and GPU; the model is converted in place). Default: on CUDA only, so that a CPU training run that validates
+    with its own model keeps its weights' layout (and its exact resume); :func:`load_predictor`, which owns its
+    model, passes True.
+    """
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
-    if torch_device.type == "cuda":
+    if channels_last is None:
+        channels_last = torch_device.type == "cuda"
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Predictor(model=model, model_name=model_name, label_set=get_label_set(label_set),
                      preprocessing=preprocessing, device=torch_device, amp=resolve_amp(amp, torch_device),
@@ -256,30 +275,12 @@ def resize_to_model_scipy(slices: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(out)[:, None]
 
 
-def nearest_index_map(model_size: int, native_size: int) -> np.ndarray:
-    """Source index along one axis for each of ``native_size`` output pixels, resizing ``model_size`` -> native.
-
-    It is the mapping of ``scipy.ndimage.zoom(order=0)`` with the reference's factor ``native / model`` (corner
-    pixels aligned, rounding to the nearest), so gathering with it reproduces the reference's label resize exactly.
-    """
-    from scipy import ndimage
-
-    if model_size == native_size:
-        return np.arange(native_size)
-    mapped = ndimage.zoom(np.arange(model_size, dtype=np.float64), native_size / model_size, order=0)
-    if mapped.shape[0] != native_size:  # zoom rounds the output length; never seen, but fail loudly
-        raise InputError(f"label resize {model_size} -> {native_size} gave {mapped.shape[0]} pixels")
-    return mapped.astype(np.int64)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Forward
 
 
 def _autocast(predictor: Predictor):
-    if predictor.amp == "bf16":
-        return torch.autocast(device_type=predictor.device.type, dtype=torch.bfloat16)
-    return torch.autocast(device_type=predictor.device.type, enabled=False)
+    return autocast(predictor.device, predictor.amp)
 
 
 def _main_logits(output) -> torch.Tensor:
@@ -295,8 +296,7 @@ def forward_probabilities(predictor: Predictor, images: torch.Tensor, tta: bool 
     back first).
     """
     model = predictor.model
-    if predictor.device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=torch.channels_last)  # (B, 1, S, S): the layout is the same either way
     flips = [None, (3,), (2,)] if tta else [None]
     total = None
     with _autocast(predictor):
@@ -329,7 +329,7 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     Returns:
         ``(labels uint8 (H, W, D), probabilities float16 (H, W, D, C) or None)``.
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     if oriented.ndim != 3:
         raise InputError(f"expected a 3D volume, got shape {oriented.shape}")
@@ -347,7 +347,6 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     probs_out = None
     if probabilities:
         probs_out = np.empty((height, width, depth, predictor.num_classes), dtype=np.float16)
-    hu_min, hu_range = float(params.hu_min), float(params.hu_max) - float(params.hu_min)
 
     bar = tqdm(total=depth, desc=description, unit="slice", disable=not progress, leave=False)
     for start in range(0, depth, batch_size):
@@ -359,12 +358,12 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
                 slices = slices.pin_memory().to(device, non_blocking=True)
             slices = slices.float()
             if not scaled:
-                slices = ((slices - hu_min) / hu_range).clamp_(0.0, 1.0)
+                slices = hu_window(slices, params.hu_min, params.hu_max)
             images = resize_to_model(slices, size, params.image_interpolation)
         else:
             chunk = chunk.astype(np.float32)
             if not scaled:
-                chunk = np.clip((chunk - np.float32(hu_min)) / np.float32(hu_range), 0.0, 1.0)
+                chunk = hu_window(chunk, params.hu_min, params.hu_max)
             images = resize_to_model_scipy(chunk, size).to(device)
         batch_probs = forward_probabilities(predictor, images, tta=tta)  # (b, C, S, S)
         batch_labels = batch_probs.argmax(dim=1)  # (b, S, S)
@@ -439,10 +438,11 @@ def predict_volume(image: "Volume | str | Path", checkpoint: "str | Path | Predi
                                               progress=progress)
     if not reorient:
         label_array = labels_oriented
-    else:
-        label_array = restore_orientation(labels_oriented, volume.affine, tuple(predictor.preprocessing.axcodes))
+    else:  # the 3D rebuild: back onto the input's voxel grid (medseg.engine.rebuild)
+        axcodes = predictor.preprocessing.axcodes
+        label_array = restore_to_source(labels_oriented, volume.affine, volume.array.shape, axcodes)
         if probs is not None:
-            probs = restore_orientation(probs, volume.affine, tuple(predictor.preprocessing.axcodes))
+            probs = restore_to_source(probs, volume.affine, volume.array.shape, axcodes)
     log.debug("predicted %s slices in %.2f s", volume.array.shape, time.perf_counter() - started)
     result = Volume(np.ascontiguousarray(label_array, dtype=np.uint8), np.asarray(volume.affine, dtype=np.float64))
     if result.shape != tuple(volume.array.shape):  # cannot happen; a clear message if it ever does
@@ -453,44 +453,12 @@ def predict_volume(image: "Volume | str | Path", checkpoint: "str | Path | Predi
 
 
 def orient_view(array: np.ndarray, affine: np.ndarray, axcodes="PLS") -> np.ndarray:
-    """``array`` permuted/flipped into ``axcodes`` order as a numpy view (no copy; see :mod:`medseg.data.orientation`)."""
-    import nibabel.orientations as nio
-
-    return nio.apply_orientation(array, orientation_transform(affine, tuple(axcodes)))
+    """``array`` permuted/flipped into ``axcodes`` order as a numpy view: the prepare chain's orientation step
+    (:func:`medseg.data.orientation.orient_view`)."""
+    return _orient(array, affine, tuple(axcodes))[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Statistics
+# Statistics: one implementation, in medseg.outputs (kept importable from here).
 
-
-def label_statistics(labels: Volume, image: "Volume | None", label_set: LabelSet, hu: bool = True) -> dict:
-    """Per-organ volume (ml) and mean image value of a label volume.
-
-    Args:
-        labels: predicted classes on the image's grid.
-        image: the CT on the same grid (HU), or None.
-        label_set: the classes' organs.
-        hu: the image holds HU (False for h5 input in [0, 1]: the mean is reported as ``mean_intensity``).
-
-    Returns:
-        ``{"voxel_volume_ml": v, "organs": {organ: {"voxels": n, "volume_ml": ml, "mean_hu": x or None}}}``; the
-        voxel volume is ``|det(affine[:3, :3])|`` mm^3 / 1000.
-    """
-    voxel_ml = abs(float(np.linalg.det(np.asarray(labels.affine)[:3, :3]))) / 1000.0
-    num_classes = label_set.num_classes
-    counts = np.zeros(num_classes, dtype=np.int64)
-    sums = np.zeros(num_classes, dtype=np.float64)
-    depth = labels.array.shape[-1]
-    for start in range(0, depth, 32):  # in chunks of slices, so a long volume is never copied as float64
-        chunk = np.asarray(labels.array[..., start:start + 32]).reshape(-1).astype(np.int64)
-        counts += np.bincount(chunk, minlength=num_classes)[:num_classes]
-        if image is not None:
-            values = np.asarray(image.array[..., start:start + 32], dtype=np.float64).reshape(-1)
-            sums += np.bincount(chunk, weights=values, minlength=num_classes)[:num_classes]
-    key = "mean_hu" if hu else "mean_intensity"
-    organs = {}
-    for index, organ in enumerate(label_set.organs, start=1):
-        count = int(counts[index])
-        mean = round(float(sums[index] / count), 3) if image is not None and count else None
-        organs[organ] = {"voxels": count, "volume_ml": round(count * voxel_ml, 4), key: mean}
-    return {"voxel_volume_ml": voxel_ml, "organs": organs}
+from medseg.outputs import organ_statistics as label_statistics  # noqa: E402,F401

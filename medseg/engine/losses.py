@@ -1,6 +1,6 @@
 """Training losses: TransUNet's 0.5 x cross-entropy + 0.5 x soft Dice, and deep supervision for tuple outputs.
 
-The soft Dice follows the TransUNet reference recipe (see ``shared/reference/README.md``):
+The soft Dice follows the TransUNet reference code (``DiceLoss`` in ``utils.py`` of github.com/Beckschen/TransUNet):
 
 * class probabilities ``p = softmax(logits)`` over the class axis;
 * for each class ``c`` (background included), sums over the whole batch and all pixels::
@@ -10,6 +10,9 @@ The soft Dice follows the TransUNet reference recipe (see ``shared/reference/REA
 
   (the squared terms in the denominator are the reference's choice; for a one-hot target ``t_c ** 2 == t_c``);
 * ``loss = mean over classes of (1 - dice_c)``.
+
+That is MONAI's ``DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True, batch=True)`` with both smoothing
+terms 1e-5, which computes it here (``tests/test_losses.py`` checks it against the formula written out by hand).
 
 Shapes: logits ``(B, C, H, W)`` float, target ``(B, H, W)`` integer class indices in ``0 .. C-1``.
 """
@@ -35,15 +38,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = D
     Returns:
         A scalar tensor: ``mean_c (1 - dice_c)`` (0 for a perfect, confident prediction).
     """
-    num_classes = logits.shape[1]
-    probabilities = torch.softmax(logits.float(), dim=1)  # (B, C, H, W)
-    one_hot = F.one_hot(target.long(), num_classes).permute(0, 3, 1, 2).float()  # (B, C, H, W)
-    sum_dims = (0, 2, 3)  # batch and pixels: one Dice per class over the whole batch
-    intersection = (probabilities * one_hot).sum(dim=sum_dims)  # (C,)
-    prediction_energy = (probabilities * probabilities).sum(dim=sum_dims)  # (C,)
-    target_energy = (one_hot * one_hot).sum(dim=sum_dims)  # (C,)
-    dice = (2.0 * intersection + smooth) / (prediction_energy + target_energy + smooth)  # (C,)
-    return (1.0 - dice).mean()
+    from monai.losses import DiceLoss
+
+    dice = DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True, batch=True, smooth_nr=smooth,
+                    smooth_dr=smooth)
+    return dice(logits.float(), target.long()[:, None])
 
 
 def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 0.5,

@@ -12,6 +12,13 @@ folder ``config.out``::
     train.log       the log messages of the run
     tensorboard/    scalars, when the ``tensorboard`` package is installed
 
+Steps
+-----
+:func:`train` runs named steps, each a function of its own: :func:`load_training_data` (reads the cache and
+checks every case it will read, before anything is written), :func:`build_model`, :func:`resume_position`, then per
+epoch :func:`train_one_epoch`, :func:`validate_after_epoch` and :func:`save_run_checkpoint`, and
+:func:`finish_run`. :func:`torch_settings` applies the run's global torch settings and restores them on return.
+
 Reproducibility and resume
 --------------------------
 Everything random is a function of the seed and the position in the schedule:
@@ -36,6 +43,7 @@ feeding the GPU. On the CPU the defaults are fp32 and the standard memory format
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -53,13 +61,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medseg.data.dataset import SliceDataset
-from medseg.data.slice_cache import load_case_arrays, load_manifest
+from medseg.data.slice_cache import MANIFEST, load_case_arrays, load_manifest
 from medseg.data.transforms import PreprocessingParams
 from medseg.engine import distributed as D
 from medseg.engine.config import TrainConfig, check_resume_compatible
-from medseg.engine.inference import make_predictor, resolve_amp, resolve_device, segment_oriented
+from medseg.engine.inference import autocast, make_predictor, resolve_amp, resolve_device, segment_oriented
 from medseg.engine.losses import combined_loss
-from medseg.errors import CheckpointError, ConfigError
+from medseg.errors import CheckpointError, ConfigError, InputError
 from medseg.io import write_json, write_text
 from medseg.labels import LabelSet
 
@@ -89,7 +97,6 @@ class RunResult:
         exit_code: 0, or 128 + signal number after a signal.
         wall_time_s: seconds spent in this invocation.
         rank, world_size: this process in the torchrun job.
-        epoch_indices: dataset indices this process trained on in its last epoch of this invocation.
     """
 
     run_dir: Path
@@ -107,7 +114,6 @@ class RunResult:
     wall_time_s: float = 0.0
     rank: int = 0
     world_size: int = 1
-    epoch_indices: list = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,7 +194,7 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
 # Signals
 
 
-class _StopRequest:
+class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks after every iteration (a second Ctrl-C aborts at once)."""
 
     def __init__(self):
@@ -308,21 +314,379 @@ def validate(model: torch.nn.Module, prepared_dir, entries: list[dict], label_se
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The loop
+# The steps of a run: settings, data, model, resume position, one epoch, validation, saving, the result
+
+
+@contextlib.contextmanager
+def torch_settings(deterministic: bool, threads: "int | None", device: torch.device):
+    """Apply a run's global torch settings and restore every one of them when the run returns.
+
+    ``deterministic`` turns on ``torch.use_deterministic_algorithms`` (warn only), turns off
+    ``cudnn.benchmark`` and sets ``CUBLAS_WORKSPACE_CONFIG`` (unless already set); otherwise ``cudnn.benchmark``
+    is on for CUDA. ``threads`` sets torch's CPU thread count.
+    """
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.get_num_threads())
+    try:
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if threads:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        enabled, warn_only, benchmark, workspace, num_threads = saved
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+        torch.set_num_threads(num_threads)
+
+
+@dataclass
+class TrainingData:
+    """The training split of a slice cache, batched for this process, and the held-out cases to validate on."""
+
+    label_set: LabelSet
+    preprocessing: PreprocessingParams
+    dataset: SliceDataset
+    sampler: EpochSampler
+    loader: DataLoader
+    local_batch: int
+    batches_per_epoch: int
+    max_iterations: int
+    val_entries: list
+
+
+def load_training_data(config: TrainConfig, context: D.DistContext, device: torch.device) -> TrainingData:
+    """Read the slice cache ``config.data`` and check every case a run will read (nothing is written).
+
+    Raises:
+        InputError: a missing manifest, or a case whose arrays are missing, truncated or disagree with the manifest
+            (found here, before the run folder exists, not in the middle of an epoch).
+        ConfigError: a ``batch_size`` the processes cannot share, or stored preprocessing with unknown keys.
+    """
+    manifest = load_manifest(config.data)
+    label_set = LabelSet.from_dict(manifest["label_set"])
+    preprocessing = PreprocessingParams.from_dict({**manifest.get("preprocessing", {}), "img_size": config.img_size},
+                                                  source=f"{Path(config.data) / MANIFEST}: preprocessing")
+    dataset = SliceDataset(config.data, split="train", img_size=config.img_size, augment=config.augment,
+                           drop_empty=config.drop_empty, seed=config.seed,
+                           image_interpolation=preprocessing.image_interpolation, augmentation=config.augmentation,
+                           domain_randomisation=config.domain_randomisation)
+    val_entries = validation_entries(manifest, config.val_max_cases) if config.val_every else []
+    training_ids = set(dataset.case_ids)
+    check_cached_cases(config.data, [e for e in manifest["cases"] if e["case_id"] in training_ids] + val_entries)
+    if config.batch_size % context.world_size:
+        raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {context.world_size} processes")
+    local_batch = config.batch_size // context.world_size
+    sampler = EpochSampler(len(dataset), config.seed, context.rank, context.world_size)
+    batches_per_epoch = math.ceil(len(sampler) / local_batch)
+    loader = DataLoader(
+        EpochIndexedDataset(dataset), batch_size=local_batch, sampler=sampler, num_workers=config.workers,
+        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0, drop_last=False,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    if config.val_every and not val_entries and context.is_main:
+        log.warning("%s: no labelled test-split cases; validation and best.pt are skipped", config.data)
+    return TrainingData(label_set, preprocessing, dataset, sampler, loader, local_batch, batches_per_epoch,
+                        config.epochs * batches_per_epoch, val_entries)
+
+
+def check_cached_cases(prepared_dir, entries: list[dict]) -> None:
+    """Open every listed case of a slice cache (memory-mapped: headers only) and compare it with its manifest entry.
+
+    Raises:
+        InputError: naming the case folder whose arrays are missing, truncated, or of another shape.
+    """
+    for entry in entries:
+        image, label = load_case_arrays(prepared_dir, entry["case_id"], mmap=True)
+        folder = Path(prepared_dir) / "cases" / entry["case_id"]
+        expected = entry.get("num_slices")
+        if image.ndim != 3 or (expected is not None and image.shape[0] != expected):
+            raise InputError(f"{folder}: image.npy has shape {image.shape}, the manifest says {expected} slices")
+        if entry.get("has_label", True) and (label is None or label.shape != image.shape):
+            shape = None if label is None else label.shape
+            raise InputError(f"{folder}: label.npy has shape {shape}, the image {image.shape}")
+
+
+def build_model(config: TrainConfig, label_set: LabelSet, device: torch.device):
+    """The model (seeded, on ``device``), its SGD optimiser and its create-kwargs (pretrained weights are loaded
+    by :func:`_train` once the log file is attached).
+
+    Returns:
+        ``(model, optimizer, model_config)``, ``model_config`` as checkpoints store it.
+    """
+    from medseg.models import create
+
+    torch.manual_seed(config.seed)
+    model = create(config.model, num_classes=label_set.num_classes, img_size=config.img_size, in_channels=1,
+                   **config.model_options)
+    model.to(device)
+    if config.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    model_config = {"num_classes": label_set.num_classes, "img_size": config.img_size, "in_channels": 1,
+                    "overrides": dict(config.model_options)}
+    return model, optimizer, model_config
+
+
+@dataclass
+class Position:
+    """Where a run stands: the schedule position and what the earlier invocations left (resume)."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    iteration: int = 0
+    best_dice: "float | None" = None
+    val_history: list = field(default_factory=list)
+    elapsed_before: float = 0.0
+    rng: "dict | None" = None
+    resumed: bool = False
+
+
+def resume_position(config: TrainConfig, last_path: Path, model: torch.nn.Module, optimizer,
+                    batches_per_epoch: int) -> Position:
+    """Load ``last.pt`` into ``model`` and ``optimizer`` when resuming and return where to continue.
+
+    Raises:
+        CheckpointError: ``last.pt`` is unreadable or holds no training state.
+        ConfigError: the resumed run's schedule settings or batches per epoch differ from this one's.
+    """
+    from medseg.models.checkpoint import load_checkpoint
+
+    if not (config.resume and last_path.exists()):
+        return Position()
+    loaded, info = load_checkpoint(last_path, map_location="cpu")
+    state = info.training_state or {}
+    if "optimizer" not in state:
+        raise CheckpointError(f"{last_path}: holds no training state to resume from")
+    saved = TrainConfig.from_dict(state.get("config", {}), source=f"{last_path}: training_state.config")
+    check_resume_compatible(saved.to_dict(), config)
+    if state.get("batches_per_epoch") not in (None, batches_per_epoch):
+        raise ConfigError(f"resume: {last_path} was written with {state['batches_per_epoch']} batches per epoch, "
+                          f"now {batches_per_epoch} (different data or number of processes)")
+    model.load_state_dict(loaded.state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    return Position(epoch=int(state["epoch"]), batch_in_epoch=int(state["batch_in_epoch"]),
+                    iteration=int(state["iteration"]), best_dice=state.get("best_val_dice"),
+                    val_history=list(state.get("val_history", [])),
+                    elapsed_before=float(state.get("elapsed_s", 0.0)), rng=state.get("rng"), resumed=True)
+
+
+@dataclass
+class TrainingRun:
+    """Everything the steps of one invocation share (built by :func:`_train`)."""
+
+    config: TrainConfig
+    context: D.DistContext
+    device: torch.device
+    amp: str
+    data: TrainingData
+    model: torch.nn.Module  # DistributedDataParallel under torchrun
+    unwrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    model_config: dict
+    position: Position
+    metrics: "MetricsLog"
+    run_dir: Path
+    started: float
+    writer: object = None
+    steps_this_call: int = 0
+    last_lr: float = 0.0
+    final_loss: "float | None" = None
+    epoch_losses: list = field(default_factory=list)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.config.channels_last and self.device.type == "cuda"
+
+
+def train_one_epoch(run: TrainingRun, stop: StopRequest, bar) -> "str | None":
+    """Train from the run's position to the end of its epoch, or until a stop; returns the stop reason or None.
+
+    Every step sets the poly learning rate, runs forward / loss / backward / SGD, all-reduces the loss (and
+    whether any process must stop), logs a ``metrics.csv`` row and advances ``run.position``.
+
+    Raises:
+        ConfigError: the loss is not finite (diverged), or ``aux_weights`` do not fit the model's outputs.
+    """
+    config, position, data = run.config, run.position, run.data
+    start = position.batch_in_epoch * data.local_batch
+    data.sampler.set_epoch(position.epoch, start)
+    aux_weights = config.aux_weights or getattr(run.unwrapped, "aux_loss_weights", None)
+    run.model.train()
+    run.epoch_losses = []
+    step_started = time.perf_counter()
+    for batch in data.loader:
+        lr = poly_lr(config.lr, position.iteration, data.max_iterations, config.poly_power)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        images = batch["image"].to(run.device, non_blocking=True)
+        labels = batch["label"].to(run.device, non_blocking=True)
+        if run.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(run.device, run.amp):
+            outputs = run.model(images)
+        weights = aux_weights if isinstance(outputs, (tuple, list)) else None
+        try:
+            loss = combined_loss(outputs, labels, weights, config.ce_weight, config.dice_weight)
+        except ValueError as exc:  # aux_weights that do not fit the model's outputs
+            raise ConfigError(f"aux_weights: {exc}") from None
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        position.iteration += 1
+        position.batch_in_epoch += 1
+        run.steps_this_call += 1
+        run.last_lr = lr
+
+        # One small all-reduce per step: the mean loss over processes and whether any process must stop.
+        wants_stop = stop.signal_number is not None or (
+            config.stop_after is not None and run.steps_this_call >= config.stop_after)
+        reduced = D.all_reduce_sum(torch.tensor([loss.item(), float(wants_stop)], dtype=torch.float64), run.context)
+        loss_value = float(reduced[0]) / run.context.world_size
+        if not math.isfinite(loss_value):
+            raise ConfigError(f"training diverged: loss is {loss_value} at iteration {position.iteration} "
+                              "(lower lr or check the data)")
+        run.epoch_losses.append(loss_value)
+        run.final_loss = loss_value
+        now = time.perf_counter()
+        speed = images.shape[0] * run.context.world_size / max(now - step_started, 1e-9)
+        step_started = now
+        _log_step(run, bar, loss_value, lr, speed, elapsed=position.elapsed_before + now - run.started)
+        if reduced[1] > 0:
+            return _stop_reason(stop)
+    return None
+
+
+def _log_step(run: TrainingRun, bar, loss_value: float, lr: float, speed: float, elapsed: float) -> None:
+    """One iteration's row in metrics.csv, TensorBoard scalars, the progress bar and a debug line."""
+    position = run.position
+    run.metrics.add(epoch=position.epoch + 1, iteration=position.iteration, loss=repr(loss_value), lr=repr(lr),
+                    elapsed_s=f"{elapsed:.3f}", samples_per_s=f"{speed:.2f}")
+    if run.writer is not None:
+        run.writer.add_scalar("train/loss", loss_value, position.iteration)
+        run.writer.add_scalar("train/lr", lr, position.iteration)
+    bar.update(1)
+    bar.set_postfix(epoch=position.epoch + 1, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+    if run.context.is_main:
+        log.debug("epoch %d iteration %d/%d loss %.5f lr %.3e", position.epoch + 1, position.iteration,
+                  run.data.max_iterations, loss_value, lr)
+
+
+def validate_after_epoch(run: TrainingRun) -> str:
+    """Validate on the held-out cases (rank 0, shared with every process), record it, keep ``best.pt``.
+
+    Returns:
+        The text for the epoch's log line, e.g. ``", validation mean Dice 0.8123 (best)"``.
+    """
+    position, data = run.position, run.data
+    scores = None
+    if run.context.is_main:
+        scores = validate(run.unwrapped, run.config.data, data.val_entries, data.label_set, data.preprocessing,
+                          run.device, batch_size=run.config.val_batch_size, amp=run.amp)
+    scores = D.broadcast_object(scores, run.context)
+    mean_dice = scores["mean_dice"]
+    position.val_history.append({"epoch": position.epoch, "iteration": position.iteration, "mean_dice": mean_dice,
+                                 "organs": scores["organs"]})
+    run.metrics.add(epoch=position.epoch, iteration=position.iteration, val_dice=repr(mean_dice))
+    if run.writer is not None and mean_dice is not None:
+        run.writer.add_scalar("val/mean_dice", mean_dice, position.iteration)
+    text = f", validation mean Dice {_fmt(mean_dice)}"
+    if mean_dice is not None and (position.best_dice is None or mean_dice > position.best_dice):
+        position.best_dice = mean_dice
+        save_run_checkpoint(run, run.run_dir / BEST, interrupted=False, resumable=False)
+        text += " (best)"
+    return text
+
+
+def save_run_checkpoint(run: TrainingRun, path: Path, *, interrupted: bool, resumable: bool = True) -> None:
+    """Write a checkpoint of the run; ``resumable`` adds the optimiser and generator states (last.pt, not best.pt).
+
+    Under DDP every process must call it (the generator states are gathered); only rank 0 writes.
+    """
+    from medseg.models.checkpoint import save_checkpoint
+
+    rng = _rng_state(run.context, run.device) if resumable else None
+    if not run.context.is_main:
+        return
+    position, data = run.position, run.data
+    training_state = {
+        "epoch": position.epoch,
+        "batch_in_epoch": position.batch_in_epoch,
+        "iteration": position.iteration,
+        "max_iterations": data.max_iterations,
+        "batches_per_epoch": data.batches_per_epoch,
+        "best_val_dice": position.best_dice,
+        "val_history": position.val_history,
+        "elapsed_s": position.elapsed_before + time.perf_counter() - run.started,
+        "interrupted": interrupted,
+        "world_size": run.context.world_size,
+        "config": run.config.to_dict(),
+    }
+    if resumable:
+        training_state["optimizer"] = run.optimizer.state_dict()
+        training_state["rng"] = rng
+    history = position.val_history
+    extra = {"epoch": position.epoch, "iteration": position.iteration, "best_val_dice": position.best_dice,
+             "val_dice": history[-1]["mean_dice"] if history else None}
+    save_checkpoint(path, run.unwrapped, model_name=run.config.model, model_config=run.model_config,
+                    label_set=data.label_set, preprocessing=data.preprocessing.to_dict(), extra=extra,
+                    training_state=training_state)
+
+
+def finish_run(run: TrainingRun, stop: StopRequest, stop_reason: "str | None") -> RunResult:
+    """Save an unfinished run's ``last.pt`` (marked interrupted), close the writers and say what was done."""
+    config, position, data = run.config, run.position, run.data
+    finished = position.epoch >= config.epochs
+    if not finished:
+        save_run_checkpoint(run, run.run_dir / LAST, interrupted=True)
+        run.metrics.flush()
+    if run.writer is not None:
+        run.writer.close()
+    result = RunResult(
+        run_dir=run.run_dir, epochs_completed=position.epoch, iterations=position.iteration,
+        max_iterations=data.max_iterations, final_loss=run.final_loss, best_val_dice=position.best_dice,
+        val_history=position.val_history, finished=finished,
+        stop_reason="finished" if finished else (stop_reason or "stop_after"),
+        exit_code=128 + stop.signal_number if stop.signal_number is not None else 0,
+        wall_time_s=time.perf_counter() - run.started, rank=run.context.rank, world_size=run.context.world_size)
+    if run.context.is_main:
+        best_path = run.run_dir / BEST
+        result.last_checkpoint = run.run_dir / LAST
+        result.best_checkpoint = best_path if best_path.exists() else None
+        if finished:
+            log.info("finished %d epochs (%d iterations) in %.1f s; best validation Dice %s; checkpoints in %s",
+                     position.epoch, position.iteration, result.wall_time_s, _fmt(position.best_dice), run.run_dir)
+        else:
+            log.info("stopped (%s) at epoch %d, batch %d/%d, iteration %d; saved %s; continue with --resume",
+                     result.stop_reason, position.epoch + 1, position.batch_in_epoch, data.batches_per_epoch,
+                     position.iteration, result.last_checkpoint)
+    return result
 
 
 def train(config: TrainConfig) -> RunResult:
     """Train ``config.model`` on the slice cache ``config.data``; write checkpoints and metrics to ``config.out``.
 
     Runs in a single process, or as one process of a torchrun job (``WORLD_SIZE`` > 1: DistributedDataParallel,
-    gloo on CPU / NCCL on GPU; only rank 0 logs and writes files).
+    gloo on CPU / NCCL on GPU; only rank 0 logs and writes files). The global state a run changes (deterministic
+    algorithms, ``cudnn.benchmark``, ``CUBLAS_WORKSPACE_CONFIG``, the thread count, signal handlers, the log
+    file and level) is restored when it returns.
 
     Returns:
         A :class:`RunResult` (also when the run was stopped by a signal or ``stop_after``: see ``stop_reason``).
 
     Raises:
         ConfigError: bad or missing settings, an existing run folder without ``resume``, a resumed run whose
-            schedule settings differ. InputError: unusable slice cache. CheckpointError: unreadable ``last.pt``.
+            schedule settings differ. InputError: unusable slice cache (nothing is written then).
+            CheckpointError: unreadable ``last.pt``.
     """
     config.check_ready()
     started = time.perf_counter()
@@ -332,302 +696,106 @@ def train(config: TrainConfig) -> RunResult:
     context = D.init_distributed(use_cuda=device.type == "cuda")
     if context.distributed and device.type == "cuda":
         device = torch.device("cuda", context.local_rank)
-    log_files: list[logging.Handler] = []  # train.log, attached by _train once the run is set up
     medseg_logger = logging.getLogger("medseg")
     previous_level = medseg_logger.level
-    previous_threads = torch.get_num_threads()  # config.threads applies to this run only
-    stop = _StopRequest()
+    log_files: list[logging.Handler] = []  # train.log, attached by _train once the data has been checked
+    stop = StopRequest()
     try:
         stop.install()
-        if config.progress and context.is_main:
-            from tqdm.contrib.logging import logging_redirect_tqdm
+        with torch_settings(config.deterministic, config.threads, device):
+            if config.progress and context.is_main:
+                from medseg.progress import logging_redirect as logging_redirect_tqdm
 
-            with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
-                return _train(config, context, device, stop, started, log_files)
-        return _train(config, context, device, stop, started, log_files)
+                with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
+                    return _train(config, context, device, stop, started, log_files)
+            return _train(config, context, device, stop, started, log_files)
     finally:
         stop.restore()
         for handler in log_files:
             medseg_logger.removeHandler(handler)
             handler.close()
         medseg_logger.setLevel(previous_level)
-        torch.set_num_threads(previous_threads)
         D.cleanup_distributed(context)
 
 
-def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: _StopRequest,
+def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: StopRequest,
            started: float, log_files: list) -> RunResult:
-    from tqdm.auto import tqdm
-
-    from medseg.models import create, get_spec
-    from medseg.models.checkpoint import load_checkpoint, save_checkpoint
+    """The run, step by step: check, data, model, resume, epochs (train, validate, save), finish."""
+    from medseg.progress import progress_bar as tqdm
 
     run_dir = Path(config.out)
-    last_path, best_path = run_dir / LAST, run_dir / BEST
-    if last_path.exists() and not config.resume:
+    if (run_dir / LAST).exists() and not config.resume:
         raise ConfigError(f"{run_dir}: already holds a run ({LAST}); use --resume to continue it or choose a new "
                           "--out folder")
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    amp = resolve_amp(config.amp, device)
-    channels_last = config.channels_last and device.type == "cuda"
-
-    # ---- data
-    manifest = load_manifest(config.data)
-    label_set = LabelSet.from_dict(manifest["label_set"])
-    preprocessing = PreprocessingParams.from_dict({**manifest.get("preprocessing", {}), "img_size": config.img_size})
-    dataset = SliceDataset(config.data, split="train", img_size=config.img_size, augment=config.augment,
-                           drop_empty=config.drop_empty, seed=config.seed,
-                           image_interpolation=preprocessing.image_interpolation,
-                           domain_randomisation=config.domain_randomisation)
-    if config.batch_size % context.world_size:
-        raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {context.world_size} processes")
-    local_batch = config.batch_size // context.world_size
-    sampler = EpochSampler(len(dataset), config.seed, context.rank, context.world_size)
-    samples_per_process = len(sampler)
-    batches_per_epoch = math.ceil(samples_per_process / local_batch)
-    max_iterations = config.epochs * batches_per_epoch
-    loader = DataLoader(
-        EpochIndexedDataset(dataset), batch_size=local_batch, sampler=sampler, num_workers=config.workers,
-        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0, drop_last=False,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    val_entries = validation_entries(manifest, config.val_max_cases) if config.val_every else []
-    if config.val_every and not val_entries and context.is_main:
-        log.warning("%s: no labelled test-split cases; validation and best.pt are skipped", config.data)
-
-    # ---- model and optimiser
-    spec = get_spec(config.model)
-    torch.manual_seed(config.seed)
-    model = create(config.model, num_classes=label_set.num_classes, img_size=config.img_size, in_channels=1,
-                   **config.model_options)
-    model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    model_config = {"num_classes": label_set.num_classes, "img_size": config.img_size, "in_channels": 1,
-                    "overrides": dict(config.model_options)}
-
-    # ---- where to start
+    data = load_training_data(config, context, device)
+    model, optimizer, model_config = build_model(config, data.label_set, device)
     if context.is_main:
-        log_files.append(_attach_log_file(run_dir))
+        log_files.append(_attach_log_file(run_dir))  # the run folder exists from here on
     if config.pretrained:  # after the log file is attached, so that the load report goes to train.log
-        _load_pretrained(model, spec.family, config.pretrained)
-    epoch, batch_in_epoch, iteration = 0, 0, 0
-    best_dice, val_history, elapsed_before = None, [], 0.0
-    resumed_state = None
-    if config.resume and last_path.exists():
-        loaded, info = load_checkpoint(last_path, map_location="cpu")
-        state = info.training_state or {}
-        if "optimizer" not in state:
-            raise CheckpointError(f"{last_path}: holds no training state to resume from")
-        check_resume_compatible(state.get("config", {}), config)
-        if state.get("batches_per_epoch") not in (None, batches_per_epoch):
-            raise ConfigError(f"resume: {last_path} was written with {state['batches_per_epoch']} batches per epoch, "
-                              f"now {batches_per_epoch} (different data or number of processes)")
-        model.load_state_dict(loaded.state_dict())
-        del loaded
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, batch_in_epoch, iteration = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["iteration"])
-        best_dice = state.get("best_val_dice")
-        val_history = list(state.get("val_history", []))
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        resumed_state = state
-        if context.is_main:
-            log.info("resuming %s at epoch %d, batch %d/%d (iteration %d of %d)", run_dir, epoch + 1,
-                     batch_in_epoch, batches_per_epoch, iteration, max_iterations)
-    elif config.resume and context.is_main:
-        log.info("%s: no %s yet; starting a new run", run_dir, LAST)
+        from medseg.models import get_spec
 
+        _load_pretrained(model, get_spec(config.model).family, config.pretrained)
+    position = resume_position(config, run_dir / LAST, model, optimizer, data.batches_per_epoch)
+    if context.is_main:
+        if position.resumed:
+            log.info("resuming %s at epoch %d, batch %d/%d (iteration %d of %d)", run_dir, position.epoch + 1,
+                     position.batch_in_epoch, data.batches_per_epoch, position.iteration, data.max_iterations)
+        elif config.resume:
+            log.info("%s: no %s yet; starting a new run", run_dir, LAST)
+    unwrapped = model
     if context.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if resumed_state is not None:
-        _restore_rng(resumed_state.get("rng"), context, device)
+    if position.resumed:
+        _restore_rng(position.rng, context, device)
     elif context.rank:
         torch.manual_seed(config.seed + context.rank)  # dropout differs between processes
-    unwrapped = model.module if context.distributed else model
 
     metrics = MetricsLog(run_dir / METRICS_FILE, enabled=context.is_main)
-    metrics.load_until(iteration, epoch)
-    writer = _tensorboard_writer(run_dir, config.tensorboard and context.is_main)
+    metrics.load_until(position.iteration, position.epoch)
+    run = TrainingRun(config=config, context=context, device=device, amp=resolve_amp(config.amp, device), data=data,
+                      model=model, unwrapped=unwrapped, optimizer=optimizer, model_config=model_config,
+                      position=position, metrics=metrics, run_dir=run_dir, started=started,
+                      writer=_tensorboard_writer(run_dir, config.tensorboard and context.is_main))
     if context.is_main:
         write_json(run_dir / "config.json", config.to_dict())
         log.info("training %s (%s parameters) on %d slices of %d cases: %d epochs x %d iterations, batch %d "
                  "(%d process%s), device %s, amp %s", config.model, f"{_count_parameters(unwrapped):,}",
-                 len(dataset), len(dataset.case_ids), config.epochs, batches_per_epoch, config.batch_size,
-                 context.world_size, "es" if context.world_size > 1 else "", device, amp)
+                 len(data.dataset), len(data.dataset.case_ids), config.epochs, data.batches_per_epoch,
+                 config.batch_size, context.world_size, "es" if context.world_size > 1 else "", device, run.amp)
 
-    def save(path: Path, *, interrupted: bool, resumable: bool = True) -> None:
-        """Write a checkpoint; ``resumable`` adds the optimiser and generator states (last.pt, not best.pt)."""
-        rng = _rng_state(context, device) if resumable else None  # a collective under DDP: all processes call it
-        if not context.is_main:
-            return
-        training_state = {
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "iteration": iteration,
-            "max_iterations": max_iterations,
-            "batches_per_epoch": batches_per_epoch,
-            "best_val_dice": best_dice,
-            "val_history": val_history,
-            "elapsed_s": elapsed_before + time.perf_counter() - started,
-            "interrupted": interrupted,
-            "world_size": context.world_size,
-            "config": config.to_dict(),
-        }
-        if resumable:
-            training_state["optimizer"] = optimizer.state_dict()
-            training_state["rng"] = rng
-        extra = {"epoch": epoch, "iteration": iteration, "best_val_dice": best_dice,
-                 "val_dice": val_history[-1]["mean_dice"] if val_history else None}
-        save_checkpoint(path, unwrapped, model_name=config.model, model_config=model_config, label_set=label_set,
-                        preprocessing=preprocessing.to_dict(), extra=extra, training_state=training_state)
-
-    result = RunResult(run_dir=run_dir, rank=context.rank, world_size=context.world_size,
-                       max_iterations=max_iterations)
-    aux_weights = config.aux_weights or getattr(unwrapped, "aux_loss_weights", None)
-    stop_after = config.stop_after
-    steps_this_call = 0
-    stop_reason = None
-    epoch_indices: list[int] = []
-    bar = tqdm(total=max_iterations, initial=iteration, desc="train", unit="it", dynamic_ncols=True,
+    bar = tqdm(total=data.max_iterations, initial=position.iteration, desc="train", unit="it", dynamic_ncols=True,
                disable=not (config.progress and context.is_main))
-
-    model.train()
-    while epoch < config.epochs and stop_reason is None:
-        sampler.set_epoch(epoch, batch_in_epoch * local_batch)
-        epoch_indices = sampler.indices(epoch)[batch_in_epoch * local_batch:]
-        epoch_losses = []
-        step_started = time.perf_counter()
-        for batch in loader:
-            lr = poly_lr(config.lr, iteration, max_iterations, config.poly_power)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp):
-                outputs = model(images)
-            weights = aux_weights if isinstance(outputs, (tuple, list)) else None
-            try:
-                loss = combined_loss(outputs, labels, weights, config.ce_weight, config.dice_weight)
-            except ValueError as exc:  # aux_weights that do not fit the model's outputs
-                raise ConfigError(f"aux_weights: {exc}") from None
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            iteration += 1
-            batch_in_epoch += 1
-            steps_this_call += 1
-
-            # One small all-reduce per step: the mean loss over processes and whether any process must stop.
-            wants_stop = stop.signal_number is not None or (stop_after is not None and steps_this_call >= stop_after)
-            reduced = D.all_reduce_sum(torch.tensor([loss.item(), float(wants_stop)], dtype=torch.float64),
-                                       context)
-            loss_value = float(reduced[0]) / context.world_size
-            if not math.isfinite(loss_value):
-                raise ConfigError(f"training diverged: loss is {loss_value} at iteration {iteration} "
-                                  "(lower lr or check the data)")
-            epoch_losses.append(loss_value)
-            now = time.perf_counter()
-            speed = images.shape[0] * context.world_size / max(now - step_started, 1e-9)
-            step_started = now
-            elapsed = elapsed_before + now - started
-            metrics.add(epoch=epoch + 1, iteration=iteration, loss=repr(loss_value), lr=repr(lr),
-                        elapsed_s=f"{elapsed:.3f}", samples_per_s=f"{speed:.2f}")
-            if writer is not None:
-                writer.add_scalar("train/loss", loss_value, iteration)
-                writer.add_scalar("train/lr", lr, iteration)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-            if context.is_main:
-                log.debug("epoch %d iteration %d/%d loss %.5f lr %.3e", epoch + 1, iteration, max_iterations,
-                          loss_value, lr)
-            if reduced[1] > 0:
-                stop_reason = _stop_reason(stop)
-                break
-        result.final_loss = epoch_losses[-1] if epoch_losses else result.final_loss
-        if batch_in_epoch < batches_per_epoch:  # stopped inside the epoch
+    stop_reason = None
+    while position.epoch < config.epochs and stop_reason is None:
+        stop_reason = train_one_epoch(run, stop, bar)
+        if position.batch_in_epoch < data.batches_per_epoch:  # stopped inside the epoch
             break
-        epoch += 1
-        batch_in_epoch = 0
-        message = f"epoch {epoch}/{config.epochs}: loss {np.mean(epoch_losses):.4f}, lr {lr:.2e}" \
-            if epoch_losses else f"epoch {epoch}/{config.epochs}"
-        if val_entries and (epoch % config.val_every == 0 or epoch == config.epochs):
-            scores = None
-            if context.is_main:
-                scores = validate(unwrapped, config.data, val_entries, label_set, preprocessing, device,
-                                  batch_size=config.val_batch_size, amp=amp)
-            scores = D.broadcast_object(scores, context)
-            record = {"epoch": epoch, "iteration": iteration, "mean_dice": scores["mean_dice"],
-                      "organs": scores["organs"]}
-            val_history.append(record)
-            metrics.add(epoch=epoch, iteration=iteration, val_dice=repr(scores["mean_dice"]))
-            if writer is not None and scores["mean_dice"] is not None:
-                writer.add_scalar("val/mean_dice", scores["mean_dice"], iteration)
-            message += f", validation mean Dice {_fmt(scores['mean_dice'])}"
-            improved = scores["mean_dice"] is not None and (best_dice is None or scores["mean_dice"] > best_dice)
-            if improved:
-                best_dice = scores["mean_dice"]
-                save(best_path, interrupted=False, resumable=False)
-                message += " (best)"
-        save(last_path, interrupted=False)
+        losses = run.epoch_losses
+        position.epoch += 1
+        position.batch_in_epoch = 0
+        message = f"epoch {position.epoch}/{config.epochs}"
+        if losses:
+            message += f": loss {np.mean(losses):.4f}, lr {run.last_lr:.2e}"
+        if data.val_entries and (position.epoch % config.val_every == 0 or position.epoch == config.epochs):
+            message += validate_after_epoch(run)
+        save_run_checkpoint(run, run_dir / LAST, interrupted=False)
         metrics.flush()
         if context.is_main:
             log.info(message)
     bar.close()
-
-    finished = epoch >= config.epochs
-    if not finished:
-        save(last_path, interrupted=True)
-        metrics.flush()
-    if writer is not None:
-        writer.close()
-    result.epochs_completed = epoch
-    result.iterations = iteration
-    result.best_val_dice = best_dice
-    result.val_history = val_history
-    result.finished = finished
-    result.stop_reason = "finished" if finished else (stop_reason or "stop_after")
-    result.exit_code = 128 + stop.signal_number if stop.signal_number is not None else 0
-    result.wall_time_s = time.perf_counter() - started
-    result.epoch_indices = epoch_indices
-    if context.is_main:
-        result.last_checkpoint = last_path
-        result.best_checkpoint = best_path if best_path.exists() else None
-        if finished:
-            log.info("finished %d epochs (%d iterations) in %.1f s; best validation Dice %s; checkpoints in %s",
-                     epoch, iteration, result.wall_time_s, _fmt(best_dice), run_dir)
-        else:
-            log.info("stopped (%s) at epoch %d, batch %d/%d, iteration %d; saved %s; continue with --resume",
-                     result.stop_reason, epoch + 1, batch_in_epoch, batches_per_epoch, iteration, last_path)
-    return result
+    return finish_run(run, stop, stop_reason)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _stop_reason(stop: _StopRequest) -> str:
+def _stop_reason(stop: StopRequest) -> str:
     if stop.signal_number is not None:
         return signal.Signals(stop.signal_number).name
     return "stop_after"
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _rng_state(context: D.DistContext, device: torch.device) -> dict:

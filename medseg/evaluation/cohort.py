@@ -9,17 +9,27 @@ Pairing is by case id (:func:`medseg.data.cohort.case_id_from_path`: ``label0001
   are used).
 * PRED_DIR is a flat folder of NIfTI label maps, one per case, in the classes of the label set.
 
-Reference values: with ``reference_format="raw"`` references hold raw BTCV values (0..13) and are mapped onto the
-label set (:func:`medseg.labels.remap_labels`); with ``"classes"`` they already hold the label set's classes;
-``"auto"`` means raw for a ``label/`` or ``labelsTr/`` cohort folder, otherwise per file: raw when a value exceeds
-the label set's highest class, classes otherwise. The format used is recorded per case.
+Reference values are decided once for the whole cohort, never per file: with ``reference_format="raw"`` references
+hold raw BTCV values (0..13) and are mapped onto the label set (:func:`medseg.labels.remap_labels`); with
+``"classes"`` they already hold the label set's classes; ``"auto"`` means raw for a ``label/`` or ``labelsTr/``
+cohort folder (the BTCV and nnU-Net layouts), otherwise the values of all reference files decide: raw when every file holds a value above the label set's highest class, classes when none does, and a
+folder where some files do and some do not is an error (pass the format explicitly). The format used is recorded.
 
-Per case: the spacing is the reference NIfTI's (from its affine, mm, array axis order); prediction and reference
-must have the same shape and affines equal within 1e-4 (mm), and a prediction may only hold the label set's
-classes. A case that breaks a rule is listed in ``errors`` and the other cases complete. A reference case without a
-prediction is scored as an empty prediction: status ``missing_prediction`` for every organ the reference holds,
-with Dice 0, HD95 = ASSD = image diagonal, NSD 0 in the standard protocol and the paper's (0, 0) in the TransUNet
-protocol; the case is listed in ``missing_predictions``.
+Per case: the spacing is the reference NIfTI's (from its affine, mm, array axis order). The prediction must lie on
+the reference's voxel grid: the same shape and affine within :data:`medseg.io.GRID_TOLERANCE_MM` (the largest
+distance between the corner voxels, in mm, the same rule ``medseg prepare`` applies to image and label). A
+prediction stored in another voxel order on the same physical grid (axes permuted or flipped, as other tools
+write) is reoriented onto the reference grid first. A prediction may only hold the label set's classes.
+
+A case whose prediction is missing, or exists but cannot be scored (unreadable, empty, 2D, another grid, values
+outside the label set, non-integer values), is scored as an empty prediction: status ``missing_prediction`` or
+``unscorable_prediction`` for every organ the reference holds, with Dice 0, HD95 = ASSD = image diagonal, NSD 0 in
+the standard protocol and the paper's (0, 0) in the TransUNet protocol. Both stay in the means, exactly alike. A
+case whose reference cannot be read cannot be scored at all. Every failed case is listed in ``failures`` with its
+reason (``missing_prediction``, ``unscorable_prediction`` or ``reference_error``) and counted in
+``counts["failed"]``; unscorable predictions and reference errors are also listed in ``errors`` with the message.
+When predictions are empty for most organ-cases the reference holds, ``warnings`` says so (a collapsed model
+otherwise reads as HD95 0 in the TransUNet protocol).
 
 The summary (a plain dict, written as ``summary.json`` by :func:`medseg.evaluation.report.write_reports`)::
 
@@ -32,13 +42,22 @@ The summary (a plain dict, written as ``summary.json`` by :func:`medseg.evaluati
       "worst_case_distance": "image diagonal in mm ...",
       "reference_dir": "...", "prediction_dir": "...", "reference_format": "auto",
       "counts": {"cases": n reference cases, "evaluated": n cases compared with a prediction,
-                 "missing_predictions": n, "errors": n,
+                 "failed": n cases scored as failures or not scorable (missing + unscorable + reference errors),
+                 "missing_predictions": n, "unscorable_predictions": n, "reference_errors": n,
+                 "errors": n (unscorable predictions + reference errors),
                  "organ_status": {"scored": n, "both_empty": n, "pred_empty": n, "ref_empty": n,
-                                  "missing_prediction": n}},   # over case x organ, standard protocol if run
+                                  "missing_prediction": n, "unscorable_prediction": n},
+                 # over case x organ, standard protocol if run
+                 "empty_predictions": {"empty": n organ-cases the reference holds with an empty prediction,
+                                       "of": n organ-cases the reference holds}},
       "missing_predictions": [case ids], "unmatched_predictions": [file names without a reference],
+      "failures": [{"case_id": ..., "reason": "missing_prediction|unscorable_prediction|reference_error",
+                    "message": ...}],
       "errors": [{"case_id": ..., "message": ...}],
-      "case_info": {case_id: {"reference", "prediction", "status": "evaluated|missing_prediction|error",
-                              "shape", "spacing_mm", "reference_format"}},
+      "warnings": ["predictions empty for 46 of 48 organ-cases ...", ...],
+      "case_info": {case_id: {"reference", "prediction",
+                              "status": "evaluated|missing_prediction|unscorable_prediction|error",
+                              "shape", "spacing_mm", "reference_format", "reoriented"}},
       "standard": {                                               # present for protocol standard / both
         "metrics": ["dice", "hd95_mm", "assd_mm", "nsd", "pred_volume_ml", "ref_volume_ml"],
         "cases": {case_id: {organ: {"status": ..., "dice": ..., "hd95_mm": ..., ...}}},
@@ -51,10 +70,12 @@ The summary (a plain dict, written as ``summary.json`` by :func:`medseg.evaluati
 Aggregation: per organ, over the cases whose value is not None (``both_empty`` organs are not scored in the
 standard protocol; failures are scored with their worst-case values, so none leaves a mean); ``std`` is the
 population standard deviation (numpy's ddof=0). ``foreground_mean`` is the mean over organs of the organ means,
-as in the TransUNet paper's table. Cases with errors are not scored; they are counted and listed.
+as in the TransUNet paper's table. Cases whose reference cannot be read have no organs to score; they are
+counted and listed as failures.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -66,9 +87,9 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.cohort import (IMAGE_DIR_NAMES, LABEL_DIR_NAMES, LABEL_SUFFIXES,
-                                discover_cases, index_by_case, nifti_files)
+                                discover_cohort, index_by_case, nifti_files)
 from medseg.errors import ConfigError, InputError, MedsegError
-from medseg.io import read_volume, strip_nifti_suffix
+from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, read_volume, strip_nifti_suffix
 from medseg.labels import LabelSet, get_label_set, remap_labels
 from medseg.evaluation.metrics import (
     BOTH_EMPTY,
@@ -76,8 +97,10 @@ from medseg.evaluation.metrics import (
     MISSING_PREDICTION,
     PRED_EMPTY,
     STANDARD_METRICS,
+    SCORED,
     STATUSES,
     TRANSUNET_METRICS,
+    UNSCORABLE_PREDICTION,
     check_tolerance,
     evaluate_case,
     protocols_of,
@@ -86,8 +109,10 @@ from medseg.evaluation.metrics import (
 
 logger = logging.getLogger(__name__)
 
-#: Maximum difference (mm) between a prediction's and its reference's affine entries.
-AFFINE_TOLERANCE_MM = 1e-4
+#: Largest distance (mm) between where a prediction's and its reference's affines put a corner voxel.
+AFFINE_TOLERANCE_MM = GRID_TOLERANCE_MM
+#: Share of the organ-cases a reference holds above which empty predictions raise the collapsed-model warning.
+COLLAPSE_WARNING_FRACTION = 0.5
 
 REFERENCE_FORMATS = ("auto", "raw", "classes")
 SPACING_SOURCE = "reference NIfTI affine"
@@ -104,7 +129,7 @@ class CasePair:
         case_id: ``case0001`` style id.
         reference: reference label file.
         prediction: prediction file, or None when missing.
-        reference_format: ``raw``, ``classes`` or ``auto`` (decided from the file's values).
+        reference_format: ``raw`` or ``classes`` (decided once for the cohort by :func:`pair_cases`).
     """
 
     case_id: str
@@ -136,7 +161,8 @@ def find_references(ref_dir: "str | Path") -> tuple[dict[str, Path], bool]:
     image_dir = next((search_root / n for n in IMAGE_DIR_NAMES if (search_root / n).is_dir()), None)
     if label_dir is not None:
         if image_dir is not None:
-            references = {c.case_id: c.label for c in discover_cases(root) if c.label is not None}
+            references = {c.case_id: c.label for c in discover_cohort(root, allow_unlabelled=True).cases
+                          if c.label is not None}
         else:
             references = index_by_case(nifti_files(label_dir), label_dir)
         if not references:
@@ -158,16 +184,18 @@ def find_predictions(pred_dir: "str | Path") -> dict[str, Path]:
     return index_by_case(nifti_files(root), root)
 
 
-def pair_cases(ref_dir, pred_dir, reference_format: str = "auto") -> tuple[list[CasePair], list[str]]:
-    """Pair every reference case with its prediction.
+def pair_cases(ref_dir, pred_dir, reference_format: str = "auto",
+               label_set: "LabelSet | str" = "synapse8") -> tuple[list[CasePair], list[str]]:
+    """Pair every reference case with its prediction, and decide the references' format once for the cohort.
 
     Returns:
         ``(pairs, unmatched)``: one :class:`CasePair` per reference case (prediction None when missing), sorted by
-        case id, and the names of prediction files without a reference.
+        case id, all with the same ``reference_format`` (``raw`` or ``classes``), and the names of prediction files
+        without a reference.
 
     Raises:
         InputError: a folder is unusable, or no prediction matches any reference case.
-        ConfigError: unknown ``reference_format``.
+        ConfigError: unknown ``reference_format``, or ``auto`` on a folder mixing raw and class-index files.
     """
     if reference_format not in REFERENCE_FORMATS:
         raise ConfigError(
@@ -180,19 +208,49 @@ def pair_cases(ref_dir, pred_dir, reference_format: str = "auto") -> tuple[list[
             f"{pred_dir}: no prediction matches a reference case of {ref_dir} "
             f"(references: {_first_ids(references)}; predictions: {_first_ids(predictions) or 'none'})"
         )
-    fmt = "raw" if reference_format == "auto" and raw_layout else reference_format
+    fmt = reference_format
+    if fmt == "auto":
+        fmt = "raw" if raw_layout else cohort_reference_format(references, get_label_set(label_set), ref_dir)
     pairs = [CasePair(cid, references[cid], predictions.get(cid), fmt) for cid in sorted(references)]
     unmatched = sorted(predictions[cid].name for cid in set(predictions) - set(references))
     return pairs, unmatched
+
+
+def cohort_reference_format(references: dict, label_set: LabelSet, ref_dir="references") -> str:
+    """``raw`` or ``classes`` for a folder of reference files without layout metadata, from all their values.
+
+    Raw when every readable file holds a value above the label set's highest class, classes when none does.
+
+    Raises:
+        ConfigError: some files hold such values and others do not (a mixed folder, or raw files whose highest
+            value happens to be a class number): the format must be given explicitly.
+    """
+    highest = label_set.num_classes - 1
+    above, within = [], []
+    for case_id in sorted(references):
+        try:
+            array = read_volume(references[case_id]).array
+        except MedsegError:
+            continue  # reported as that case's failure when it is scored
+        (above if array.size and float(np.max(array)) > highest else within).append(references[case_id].name)
+    if above and within:
+        raise ConfigError(
+            f"{ref_dir}: reference-format auto: {len(above)} file(s) hold values above {highest} (raw BTCV, e.g. "
+            f"{above[0]}) and {len(within)} do not (e.g. {within[0]}); pass --reference-format raw or classes"
+        )
+    return "raw" if above else "classes"
 
 
 def evaluate_pair(pair: CasePair, label_set: "LabelSet | str", protocol: str = "both",
                   tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict:
     """Read and score one case; never raises for a bad case (the error goes into the record).
 
+    A missing or unscorable prediction is scored as an empty one (status ``missing_prediction`` /
+    ``unscorable_prediction`` for the organs the reference holds); an unreadable reference leaves nothing to score.
+
     Returns:
-        ``{"case_id", "status": "evaluated" | "missing_prediction" | "error", "results": evaluate_case output or
-        None, "info": {...}, "error": message or None}``.
+        ``{"case_id", "status": "evaluated" | "missing_prediction" | "unscorable_prediction" | "error",
+        "results": evaluate_case output or None, "info": {...}, "error": message or None}``.
     """
     label_set = get_label_set(label_set)
     info = {"reference": str(pair.reference), "prediction": str(pair.prediction) if pair.prediction else None}
@@ -200,27 +258,41 @@ def evaluate_pair(pair: CasePair, label_set: "LabelSet | str", protocol: str = "
         ref_volume = read_volume(pair.reference)
         reference, used_format = _reference_classes(ref_volume.array, pair, label_set)
         info.update(shape=list(reference.shape), spacing_mm=list(ref_volume.spacing), reference_format=used_format)
+    except Exception as exc:  # the reference cannot be read: nothing to score
+        return {"case_id": pair.case_id, "status": "error", "results": None, "info": info,
+                "error": _case_message(exc, pair.reference, pair)}
+    error = None
+    try:
         if pair.prediction is None:
+            prediction, status = None, MISSING_PREDICTION
+        else:
+            pred_volume = read_volume(pair.prediction)
+            array, info["reoriented"] = _on_reference_grid(pred_volume, ref_volume, pair)
+            prediction = to_class_map(array, label_set, str(pair.prediction))
+            status = "evaluated"
+    except Exception as exc:  # exists but cannot be scored: a failure, counted exactly like a missing prediction
+        prediction, status, error = None, UNSCORABLE_PREDICTION, _case_message(exc, pair.prediction, pair)
+    try:
+        if prediction is None:
             empty = np.zeros(reference.shape, dtype=np.uint8)
             results = evaluate_case(empty, reference, ref_volume.spacing, label_set, protocol, tolerance_mm)
             for protocol_results in results.values():
                 for record in protocol_results.values():
                     if record["status"] == PRED_EMPTY:
-                        record["status"] = MISSING_PREDICTION
-            status = MISSING_PREDICTION
+                        record["status"] = status
         else:
-            pred_volume = read_volume(pair.prediction)
-            _check_geometry(pred_volume, ref_volume, pair)
-            prediction = to_class_map(pred_volume.array, label_set, str(pair.prediction))
             results = evaluate_case(prediction, reference, ref_volume.spacing, label_set, protocol, tolerance_mm)
-            status = "evaluated"
-    except MedsegError as exc:
-        return {"case_id": pair.case_id, "status": "error", "results": None, "info": info, "error": str(exc)}
-    except Exception as exc:  # an unexpected failure of one case must not stop the others
-        logger.debug("case %s failed", pair.case_id, exc_info=True)
-        message = f"{pair.prediction or pair.reference}: unexpected {type(exc).__name__}: {exc}"
-        return {"case_id": pair.case_id, "status": "error", "results": None, "info": info, "error": message}
-    return {"case_id": pair.case_id, "status": status, "results": results, "info": info, "error": None}
+    except Exception as exc:
+        return {"case_id": pair.case_id, "status": "error", "results": None, "info": info,
+                "error": _case_message(exc, pair.prediction or pair.reference, pair)}
+    return {"case_id": pair.case_id, "status": status, "results": results, "info": info, "error": error}
+
+
+def _case_message(exc: Exception, path, pair: CasePair) -> str:
+    if isinstance(exc, MedsegError):
+        return str(exc)
+    logger.debug("case %s failed", pair.case_id, exc_info=True)
+    return f"{path}: unexpected {type(exc).__name__}: {exc}"
 
 
 def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8", protocol: str = "both",
@@ -245,7 +317,7 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
         InputError: a folder is missing or unusable, or no prediction matches a reference.
         ConfigError: bad protocol, tolerance, workers or reference format.
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     label_set = get_label_set(labels)
     protocols_of(protocol)
@@ -253,11 +325,11 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     workers = default_workers() if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be a whole number >= 1, got {workers!r}")
-    pairs, unmatched = pair_cases(ref_dir, pred_dir, reference_format)
-    if reference_format == "auto" and pairs[0].reference_format == "raw":
-        logger.info("%s: a label/ or labelsTr/ cohort; references read as raw BTCV values and mapped to %s "
-                    "(use --reference-format classes if they already hold %s classes)", ref_dir, label_set.name,
-                    label_set.name)
+    pairs, unmatched = pair_cases(ref_dir, pred_dir, reference_format, label_set)
+    if reference_format == "auto":
+        logger.info("%s: references read as %s (decided for the whole cohort; pass --reference-format to choose)",
+                    ref_dir, "raw BTCV values mapped to " + label_set.name if pairs[0].reference_format == "raw"
+                    else label_set.name + " classes")
     for name in unmatched:
         logger.warning("%s: prediction has no reference case; ignored", Path(pred_dir) / name)
     for pair in pairs:
@@ -274,7 +346,7 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     else:
         # "spawn" starts clean interpreters: safe when the caller has threads (torch, a notebook kernel).
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, _cancel_on_interrupt(pool):
             futures = {pool.submit(evaluate_pair, pair, label_set, protocol, tolerance_mm): pair for pair in pairs}
             for future in as_completed(futures):
                 try:
@@ -294,6 +366,16 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
             logger.warning("%s: %s", record["case_id"], record["error"])
     return summarize(records, label_set, protocol, tolerance_mm, unmatched_predictions=unmatched,
                      reference_dir=ref_dir, prediction_dir=pred_dir, reference_format=reference_format)
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(pool):
+    """On Ctrl-C / SIGTERM, drop the queued cases instead of waiting for all of them."""
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
@@ -318,10 +400,15 @@ def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
         "reference_dir": str(reference_dir) if reference_dir is not None else None,
         "prediction_dir": str(prediction_dir) if prediction_dir is not None else None,
         "reference_format": reference_format,
+        "reference_format_used": next((r["info"].get("reference_format") for r in records
+                                       if r["info"].get("reference_format")), None),
         "counts": {},
         "missing_predictions": [r["case_id"] for r in records if r["status"] == MISSING_PREDICTION],
         "unmatched_predictions": list(unmatched_predictions),
-        "errors": [{"case_id": r["case_id"], "message": r["error"]} for r in records if r["status"] == "error"],
+        "failures": [{"case_id": r["case_id"], "reason": _failure_reason(r),
+                      "message": r["error"] or "no prediction file"} for r in records if r["status"] != "evaluated"],
+        "errors": [{"case_id": r["case_id"], "message": r["error"]} for r in records if r["error"]],
+        "warnings": [],
         "case_info": {r["case_id"]: {**r["info"], "status": r["status"]} for r in records},
     }
     metrics_of = {"standard": STANDARD_METRICS, "transunet": TRANSUNET_METRICS}
@@ -337,14 +424,41 @@ def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
     for case in summary[first]["cases"].values():
         for record in case.values():
             status_counts[record["status"]] += 1
+    held = sum(status_counts[s] for s in (SCORED, PRED_EMPTY, MISSING_PREDICTION, UNSCORABLE_PREDICTION))
+    empty = sum(status_counts[s] for s in (PRED_EMPTY, MISSING_PREDICTION, UNSCORABLE_PREDICTION))
     summary["counts"] = {
         "cases": len(records),
         "evaluated": sum(r["status"] == "evaluated" for r in records),
+        "failed": len(summary["failures"]),
         "missing_predictions": len(summary["missing_predictions"]),
+        "unscorable_predictions": sum(r["status"] == UNSCORABLE_PREDICTION for r in records),
+        "reference_errors": sum(r["status"] == "error" for r in records),
         "errors": len(summary["errors"]),
         "organ_status": status_counts,
+        "empty_predictions": {"empty": empty, "of": held},
     }
+    if held and empty > COLLAPSE_WARNING_FRACTION * held:
+        summary["warnings"].append(
+            f"predictions empty for {empty} of {held} organ-cases the references hold: the model may have "
+            "collapsed (the TransUNet protocol scores an empty prediction as HD95 0)")
+    if summary["failures"]:
+        summary["warnings"].append(failure_line(summary))
     return summary
+
+
+def failure_line(summary: dict) -> str:
+    """One line saying how many cases failed and why, e.g. ``2 of 4 cases failed (1 missing prediction(s), ...)``."""
+    counts = summary["counts"]
+    parts = [f"{n} {what}" for n, what in ((counts["missing_predictions"], "missing prediction(s)"),
+                                           (counts["unscorable_predictions"], "unscorable prediction(s)"),
+                                           (counts["reference_errors"], "unreadable reference(s)")) if n]
+    ids = ", ".join(f["case_id"] for f in summary["failures"][:5]) + (", ..." if len(summary["failures"]) > 5 else "")
+    return (f"{counts['failed']} of {counts['cases']} cases failed ({', '.join(parts)}: {ids}); failed predictions "
+            "are scored as empty, so they stay in the means")
+
+
+def _failure_reason(record: dict) -> str:
+    return "reference_error" if record["status"] == "error" else record["status"]
 
 
 def aggregate(cases: dict, organs, metrics) -> dict:
@@ -397,14 +511,31 @@ def _reference_classes(raw: np.ndarray, pair: CasePair, label_set: LabelSet) -> 
         raise InputError(f"{exc} (raw BTCV labels? use reference format raw)") from None
 
 
-def _check_geometry(pred, ref, pair: CasePair) -> None:
-    if pred.shape != ref.shape:
+def _on_reference_grid(pred, ref, pair: CasePair) -> tuple[np.ndarray, bool]:
+    """The prediction's array on the reference's voxel grid, and whether it had to be reoriented.
+
+    A prediction on the same physical grid in another voxel order (permuted or flipped axes) is permuted/flipped
+    onto the reference grid (exact, no resampling).
+
+    Raises:
+        InputError: the prediction lies on another grid (shape, spacing, origin or direction differ by more than
+            :data:`AFFINE_TOLERANCE_MM` at a corner voxel).
+    """
+    if pred.shape == ref.shape and grid_difference_mm(pred.affine, ref.affine, ref.shape) <= AFFINE_TOLERANCE_MM:
+        return pred.array, False
+    import nibabel.orientations as nio
+
+    transform = nio.ornt_transform(nio.io_orientation(pred.affine), nio.io_orientation(ref.affine))
+    array = nio.apply_orientation(pred.array, transform)
+    affine = pred.affine @ nio.inv_ornt_aff(transform, pred.shape)
+    if array.shape == ref.shape and grid_difference_mm(affine, ref.affine, ref.shape) <= AFFINE_TOLERANCE_MM:
+        return np.ascontiguousarray(array), True
+    if array.shape != ref.shape:
         raise InputError(f"{pair.prediction}: shape {pred.shape} differs from the reference {ref.shape} "
                          f"({pair.reference.name})")
-    difference = float(np.max(np.abs(pred.affine - ref.affine)))
-    if difference > AFFINE_TOLERANCE_MM:
-        raise InputError(f"{pair.prediction}: affine differs from the reference {pair.reference.name} "
-                         f"(largest difference {difference:.4g} mm > {AFFINE_TOLERANCE_MM} mm)")
+    difference = grid_difference_mm(affine, ref.affine, ref.shape)
+    raise InputError(f"{pair.prediction}: affine differs from the reference {pair.reference.name} "
+                     f"(a corner voxel is {difference:.4g} mm away > {AFFINE_TOLERANCE_MM:g} mm): another voxel grid")
 
 
 def _first_ids(index: dict, limit: int = 3) -> str:

@@ -73,7 +73,8 @@ BOTH_EMPTY = "both_empty"
 PRED_EMPTY = "pred_empty"
 REF_EMPTY = "ref_empty"
 MISSING_PREDICTION = "missing_prediction"
-STATUSES = (SCORED, BOTH_EMPTY, PRED_EMPTY, REF_EMPTY, MISSING_PREDICTION)
+UNSCORABLE_PREDICTION = "unscorable_prediction"  # the file exists but cannot be scored: counted like a missing one
+STATUSES = (SCORED, BOTH_EMPTY, PRED_EMPTY, REF_EMPTY, MISSING_PREDICTION, UNSCORABLE_PREDICTION)
 
 # Margin (voxels) around the union bounding box of an organ. Any margin >= 0 gives the same numbers; one voxel
 # keeps the crop readable when debugging (the boundary is surrounded by background).

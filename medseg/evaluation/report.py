@@ -8,10 +8,21 @@ documented in :mod:`medseg.evaluation.cohort`), so a notebook can rebuild any of
   ``case, organ, metric, value, protocol, status`` (value empty where an organ is not scored).
 * ``dice_boxplot.png`` / ``hd95_boxplot.png``: one box per organ over cases (standard protocol when it was run,
   otherwise the TransUNet protocol).
-* ``report.md`` / ``report.html``: the per-organ table in the label set's class order (for ``synapse8`` the
+* ``report.md`` / ``report.html``: what was evaluated (model, checkpoint, training settings, data and a link to
+  the pipeline record, when known); the per-organ table in the label set's class order (for ``synapse8`` the
   TransUNet paper's column order: Aorta, Gallbladder, Kidney L, Kidney R, Liver, Pancreas, Spleen, Stomach) with the
-  mean DSC and HD95, the box plots (embedded in the HTML), the worst cases, missing predictions, errors, and a line
-  on the protocol used.
+  mean DSC and HD95; per-organ mean, std and median (std is the population std, ddof=0, everywhere); optionally
+  IoU, precision, recall and TP / FP / FN volumes; the box plots (embedded in the HTML); the worst cases with
+  overlay thumbnails; missing predictions, errors, and a line on the protocol used.
+
+Penalised results (a missed organ, an organ predicted where the reference has none, a missing prediction) carry
+worst-case values: HD95 = the image diagonal (hundreds of mm), DSC 0. The box plots draw them apart from the boxes
+(HD95: on a separate panel above a broken axis; DSC: as red crosses at 0), with their count, so a penalty never
+stretches the axis of the real distances, and the tables give the count beside each mean.
+
+Extended overlap metrics (``extended=True``) are derived per case and organ from the standard protocol's DSC and the
+two volumes: ``TP = DSC (P + R) / 2``, ``FP = P - TP``, ``FN = R - TP`` (ml), ``IoU = TP / (P + R - TP)``,
+``precision = TP / P``, ``recall = TP / R``; exact up to the 0.001 ml rounding of the stored volumes.
 """
 from __future__ import annotations
 
@@ -51,7 +62,9 @@ _PROTOCOL_LINES = {
 
 
 def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, title: str = "",
-                  extra_figures: "dict[str, bytes] | None" = None) -> dict[str, Path]:
+                  extra_figures: "dict[str, bytes] | None" = None, provenance: "dict | None" = None,
+                  extended: bool = False, thumbnails: int = 4,
+                  images: "dict[str, str | Path] | None" = None) -> dict[str, Path]:
     """Write summary.json, per_case.csv, the box plots, report.md and report.html into ``out_dir``.
 
     Args:
@@ -61,6 +74,11 @@ def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, titl
         title: report heading (default "medseg evaluation report").
         extra_figures: more PNG figures ``{file stem: png bytes}`` (a training curve, say), saved beside the
             report and shown after the box plots.
+        provenance: what was evaluated, ``{"model", "checkpoint", "training", "data", "pipeline_record", ...}``
+            (any subset; plain values); default: read from the predictions' ``predict_summary.json`` when present.
+        extended: also report IoU, precision, recall and TP / FP / FN volumes (standard protocol).
+        thumbnails: overlay thumbnails of this many worst (case, organ) results (0: none).
+        images: ``{case_id: CT file}`` shown under the thumbnails (default: found in the reference cohort folder).
 
     Returns:
         ``{"summary": path, "per_case": path, "markdown": path, "html": path, "dice_boxplot": path, ...}``.
@@ -90,10 +108,131 @@ def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, titl
         figures[name] = png
 
     worst_rows = worst_cases(summary, worst)
+    thumbs = {}
+    for row in worst_rows[:thumbnails]:
+        png = worst_case_thumbnail(summary, row, image_path=(images or {}).get(row["case"]))
+        if png is not None:
+            name = f"worst_{row['case']}_{row['organ']}"
+            paths[name] = out_dir / f"{name}.png"
+            with atomic_path(paths[name], suffix=".png") as tmp:
+                tmp.write_bytes(png)
+            thumbs[name] = png
+    if provenance is None:
+        provenance = provenance_from_predictions(summary)
+    context = {"provenance": provenance or {}, "extended": extended, "thumbnails": thumbs}
     title = title or DEFAULT_TITLE
-    paths["markdown"] = write_text(out_dir / "report.md", render_markdown(summary, worst_rows, title, figures))
-    paths["html"] = write_text(out_dir / "report.html", render_html(summary, worst_rows, figures, title))
+    paths["markdown"] = write_text(out_dir / "report.md",
+                                   render_markdown(summary, worst_rows, title, figures, context=context))
+    paths["html"] = write_text(out_dir / "report.html",
+                               render_html(summary, worst_rows, figures, title, context=context))
     return paths
+
+
+#: Statuses whose values are penalties (worst-case values), not measurements.
+PENALISED = ("pred_empty", "ref_empty", "missing_prediction")
+STD_CONVENTION = "std is the population standard deviation (ddof=0) over the scored cases"
+
+
+def provenance_from_predictions(summary: dict) -> dict:
+    """What ``medseg predict`` recorded next to the predictions (checkpoint, input), when it did."""
+    from medseg.io import read_json
+
+    folder = summary.get("prediction_dir")
+    if not folder or not (Path(folder) / "predict_summary.json").is_file():
+        return {}
+    try:
+        record = read_json(Path(folder) / "predict_summary.json")
+    except Exception:  # an unreadable record only loses the header, never the report
+        return {}
+    return {"checkpoint": record.get("checkpoint"), "data": record.get("input"),
+            "prediction_record": str(Path(folder) / "predict_summary.json")}
+
+
+def penalised_counts(summary: dict, protocol: str, metric: str) -> dict[str, int]:
+    """Per organ, how many cases carry a penalty value for ``metric`` (see :data:`PENALISED`)."""
+    counts = {}
+    for organ in summary["organs"]:
+        counts[organ] = sum(1 for case in summary[protocol]["cases"].values()
+                            if case[organ]["status"] in PENALISED and case[organ].get(metric) is not None)
+    return counts
+
+
+def overlap_metrics(record: dict) -> "dict | None":
+    """IoU, precision, recall and TP / FP / FN volumes (ml) of one standard-protocol record (None if unscored).
+
+    Derived from DSC and the two volumes (see the module docstring); precision / recall are None for an empty
+    prediction / reference.
+    """
+    dice, pred, ref = record.get("dice"), record.get("pred_volume_ml"), record.get("ref_volume_ml")
+    if dice is None or pred is None or ref is None:
+        return None
+    tp = min(dice * (pred + ref) / 2.0, pred, ref)
+    union = pred + ref - tp
+    return {"iou": tp / union if union > 0 else None, "precision": tp / pred if pred > 0 else None,
+            "recall": tp / ref if ref > 0 else None, "tp_ml": tp, "fp_ml": max(pred - tp, 0.0),
+            "fn_ml": max(ref - tp, 0.0)}
+
+
+_EXTENDED = (("iou", "IoU (%)", 100.0), ("precision", "Precision (%)", 100.0), ("recall", "Recall (%)", 100.0),
+             ("tp_ml", "TP volume (ml)", 1.0), ("fp_ml", "FP volume (ml)", 1.0), ("fn_ml", "FN volume (ml)", 1.0))
+
+
+def extended_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Per organ: mean (std) of IoU, precision, recall and TP / FP / FN volumes over the scored cases."""
+    import numpy as np
+
+    names = summary.get("display_names", {})
+    header = ["Organ"] + [label for _, label, _ in _EXTENDED]
+    rows = []
+    for organ in summary["organs"]:
+        values = {key: [] for key, _, _ in _EXTENDED}
+        for case in summary["standard"]["cases"].values():
+            derived = overlap_metrics(case[organ]) if case[organ]["status"] != "both_empty" else None
+            for key in values:
+                if derived is not None and derived[key] is not None:
+                    values[key].append(derived[key])
+        cells = []
+        for key, _, scale in _EXTENDED:
+            v = values[key]
+            cells.append(f"{np.mean(v) * scale:.2f} ({np.std(v) * scale:.2f})" if v else "\u2014")
+        rows.append([names.get(organ, organ)] + cells)
+    return header, rows
+
+
+def statistics_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Per organ (rows): mean, std and median of DSC and HD95 of the primary protocol, n and penalised counts."""
+    protocol = primary_protocol(summary)
+    block = summary[protocol]
+    dice_key, hd_key = block["metrics"][0], block["metrics"][1]
+    dice_label, dice_scale, _ = _METRIC_ROWS[(protocol, dice_key)]
+    hd_label, hd_scale, _ = _METRIC_ROWS[(protocol, hd_key)]
+    names = summary.get("display_names", {})
+    header = ["Organ", f"{dice_label} mean", "std", "median", f"{hd_label} mean", "std", "median", "n",
+              "penalised"]
+    penalised = penalised_counts(summary, protocol, hd_key)
+    rows = []
+    for organ in summary["organs"]:
+        d, h = block["organs"][organ][dice_key], block["organs"][organ][hd_key]
+        rows.append([names.get(organ, organ), _fmt(d["mean"], dice_scale), _fmt(d["std"], dice_scale),
+                     _fmt(d["median"], dice_scale), _fmt(h["mean"], hd_scale), _fmt(h["std"], hd_scale),
+                     _fmt(h["median"], hd_scale), str(d["n"]), str(penalised[organ])])
+    return header, rows
+
+
+def provenance_rows(provenance: dict) -> list[tuple[str, str]]:
+    """``(label, text)`` rows of the "What was evaluated" block, in a fixed order, values flattened."""
+    labels = {"model": "Model", "checkpoint": "Checkpoint", "checkpoint_sha256": "Checkpoint sha256",
+              "training": "Training settings", "data": "Data", "prediction_record": "Prediction record",
+              "pipeline_record": "Pipeline record"}
+    rows = []
+    for key in list(labels) + sorted(set(provenance) - set(labels)):
+        value = provenance.get(key)
+        if value in (None, "", {}):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        rows.append((labels.get(key, key.replace("_", " ").capitalize()), str(value)))
+    return rows
 
 
 def primary_protocol(summary: dict) -> str:
@@ -158,14 +297,19 @@ def organ_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     counts = []
     for organ in organs:
         c = summary[protocol]["organs"][organ]["status_counts"]
-        failures = c["pred_empty"] + c["ref_empty"] + c["missing_prediction"]
+        failures = c["pred_empty"] + c["ref_empty"] + c["missing_prediction"] + c.get("unscorable_prediction", 0)
         counts.append(f"{c['scored']} / {failures} / {c['both_empty']}")
     rows.append(["scored / failures / both empty", ""] + counts)
     return header, rows
 
 
 def box_plot_png(summary: dict, protocol: str, metric: str) -> bytes:
-    """PNG bytes of a box plot with one box per organ over the cases (scored values only)."""
+    """PNG bytes of a box plot with one box per organ over the measured (scored) cases.
+
+    Penalised results (:data:`PENALISED`) are drawn apart with their count: for a distance (HD95), as red crosses
+    on a separate panel above a broken axis at the penalty values; for DSC, as red crosses at 0. Both-empty organs
+    are not scored and not drawn.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -176,35 +320,151 @@ def box_plot_png(summary: dict, protocol: str, metric: str) -> bytes:
     colours = dict(zip(organs, get_label_set(summary["label_set"]).colours))
     label, scale, _ = _METRIC_ROWS[(protocol, metric)]
     label = label.format(tol=summary.get("tolerance_mm", 0.0))
-    data, positions, ticks = [], [], []
+    data, positions, ticks, penalties = [], [], [], []
     for position, organ in enumerate(organs, start=1):
-        values = [case[organ][metric] * scale for case in summary[protocol]["cases"].values()
-                  if case[organ].get(metric) is not None and case[organ]["status"] != "both_empty"]
+        measured, penalised = [], []
+        for case in summary[protocol]["cases"].values():
+            record = case[organ]
+            if record.get(metric) is None or record["status"] == "both_empty":
+                continue
+            (penalised if record["status"] in PENALISED else measured).append(record[metric] * scale)
         ticks.append(names.get(organ, organ))
-        if values:
-            data.append(values)
+        if measured:
+            data.append(measured)
             positions.append(position)
-
-    figure = Figure(figsize=(max(6.0, 0.8 * len(organs) + 1.5), 3.6), dpi=100)
+        penalties += [(position, value) for value in penalised]
+    distance = metric.startswith("hd95")
+    apart = distance and bool(penalties)
+    width = max(6.0, 0.8 * len(organs) + 1.5)
+    figure = Figure(figsize=(width, 4.4 if apart else 3.8), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    if apart:
+        top, axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 4], "hspace": 0.08})
+    else:
+        top, axes = None, figure.add_subplot(1, 1, 1)
     if data:
         boxes = axes.boxplot(data, positions=positions, widths=0.6, patch_artist=True, showfliers=True,
-                               medianprops={"color": "black"})
+                             medianprops={"color": "black"})
         for patch, position in zip(boxes["boxes"], positions):
             red, green, blue = colours.get(organs[position - 1], (200, 200, 200))
             patch.set_facecolor((red / 255, green / 255, blue / 255, 0.6))
+    note = ""
+    if penalties:
+        xs = [p for p, _ in penalties]
+        ys = [v for _, v in penalties]
+        target = top if apart else axes
+        target.scatter(xs, ys, marker="x", color="#c0392b", zorder=3,
+                       label=f"penalty ({len(penalties)} organ results: missed, spurious or missing prediction)")
+        target.legend(loc="upper right" if apart else "lower left", fontsize=8, frameon=False)
+        note = f"; {len(penalties)} penalised shown apart"
+    if apart:
+        low, high = min(v for _, v in penalties), max(v for _, v in penalties)
+        margin = max(0.05 * (high - low), 0.02 * high, 1.0)
+        top.set_ylim(low - margin, high + margin)
+        top.spines["bottom"].set_visible(False)
+        axes.spines["top"].set_visible(False)
+        top.tick_params(axis="x", bottom=False)
+        for axis, y in ((top, 0.0), (axes, 1.0)):  # the broken-axis marks
+            axis.plot([0, 0.012], [y - 0.03, y + 0.03], transform=axis.transAxes, color="black", clip_on=False,
+                      linewidth=1)
+        top.set_ylabel("penalty", fontsize=8)
+        top.grid(axis="y", alpha=0.3)
+        if data:
+            axes.set_ylim(bottom=0.0)
     axes.set_xticks(range(1, len(organs) + 1))
     axes.set_xticklabels(ticks, rotation=30, ha="right")
     axes.set_xlim(0.4, len(organs) + 0.6)
     axes.set_ylabel(label)
     title = "standard protocol" if protocol == "standard" else "TransUNet protocol"
-    axes.set_title(f"{label} per organ ({title})", fontsize=10)
+    (top or axes).set_title(f"{label} per organ ({title}{note})", fontsize=10)
     axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.09, right=0.98, top=0.9, bottom=0.25 if apart else 0.28)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def worst_case_thumbnail(summary: dict, row: dict, image_path: "str | Path | None" = None) -> "bytes | None":
+    """PNG bytes: reference and prediction side by side on the axial slice where they disagree most on the organ.
+
+    The CT (``image_path``, or the case's image in the reference cohort folder) is shown underneath in a soft-tissue
+    window when found; None when the label files cannot be read (the report is still written without it).
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    from medseg.data.orientation import reorient
+    from medseg.errors import MedsegError
+    from medseg.io import read_volume
+    from medseg.labels import get_label_set, remap_labels
+
+    info = summary.get("case_info", {}).get(row["case"], {})
+    label_set = get_label_set(summary["label_set"])
+    try:
+        reference = read_volume(info["reference"])
+        ref = np.asarray(reference.array)
+        if info.get("reference_format") == "raw":
+            ref = remap_labels(ref, label_set)
+        pred = np.zeros_like(ref) if not info.get("prediction") else np.asarray(read_volume(info["prediction"]).array)
+        image = read_volume(image_path) if image_path else _case_image(summary, row["case"])
+    except (KeyError, MedsegError, OSError, ValueError):
+        return None
+    if pred.shape != ref.shape:
+        return None
+    ref, affine = reorient(ref.astype(np.uint8), reference.affine)
+    pred, _ = reorient(pred.astype(np.uint8), reference.affine)
+    ct = reorient(np.asarray(image.array), image.affine)[0] if image is not None and image.shape == reference.shape \
+        else None
+    index = label_set.organs.index(row["organ"]) + 1
+    disagreement = ((ref == index) != (pred == index)).sum(axis=(0, 1))
+    k = int(np.argmax(disagreement))
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    colours = np.zeros((label_set.num_classes, 4))
+    colours[1:, :3] = np.asarray(label_set.colours) / 255.0
+    colours[1:, 3] = 0.35
+    colours[index, 3] = 0.85  # the organ in question stands out
+    cmap = ListedColormap(colours)
+    figure = Figure(figsize=(5.2, 2.9), dpi=90)
+    FigureCanvasAgg(figure)
+    names = summary.get("display_names", {})
+    for position, (title, labels) in enumerate((("reference", ref), ("prediction", pred)), start=1):
+        axis = figure.add_subplot(1, 2, position)
+        if ct is not None:
+            axis.imshow(ct[:, :, k], cmap="gray", vmin=-160, vmax=240, aspect=spacing[0] / spacing[1])
+        else:
+            axis.imshow(np.full(labels.shape[:2], 0.3), cmap="gray", vmin=0, vmax=1, aspect=spacing[0] / spacing[1])
+        axis.imshow(labels[:, :, k], cmap=cmap, vmin=0, vmax=label_set.num_classes - 1,
+                    aspect=spacing[0] / spacing[1], interpolation="nearest")
+        axis.contour(labels[:, :, k] == index, levels=[0.5], colors="white", linewidths=0.8)
+        axis.set_title(title, fontsize=8)
+        axis.set_axis_off()
+    figure.suptitle(f"{row['case']} {names.get(row['organ'], row['organ'])}: DSC {_fmt(row['dice'], 100.0)} %, "
+                    f"slice {k} of {ref.shape[2]} ({row['status']})", fontsize=8)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.04)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _case_image(summary: dict, case_id: str):
+    """The CT of ``case_id`` when the reference folder is a cohort with images (else None)."""
+    from medseg.data.cohort import discover_cases
+    from medseg.errors import MedsegError
+    from medseg.io import read_volume
+
+    reference_dir = summary.get("reference_dir")
+    if not reference_dir:
+        return None
+    try:
+        cases = {c.case_id: c for c in discover_cases(reference_dir)}
+        case = cases.get(case_id)
+        if case is None or case.image is None or case.label is None:
+            return None
+        return read_volume(case.image)
+    except (MedsegError, OSError):
+        return None
 
 
 def protocol_lines(summary: dict) -> list[str]:
@@ -217,9 +477,18 @@ DEFAULT_TITLE = "medseg evaluation report"
 
 
 def render_markdown(summary: dict, worst_rows: list[dict], title: str = DEFAULT_TITLE,
-                    figures: "dict[str, bytes] | None" = None) -> str:
-    """report.md text (the figures are linked as the PNG files beside it)."""
+                    figures: "dict[str, bytes] | None" = None, context: "dict | None" = None) -> str:
+    """report.md text (the figures are linked as the PNG files beside it).
+
+    ``context``: ``{"provenance": dict, "extended": bool, "thumbnails": {file stem: png}}`` (see
+    :func:`write_reports`).
+    """
+    context = context or {}
     lines = [f"# {title}", ""]
+    rows = provenance_rows(context.get("provenance") or {})
+    if rows:
+        lines += ["## What was evaluated", ""]
+        lines += [f"- **{label}:** {_md_link(value)}" for label, value in rows] + [""]
     lines += [_intro(summary), ""]
     for line in protocol_lines(summary):
         lines += [f"**Protocol.** {line}", ""]
@@ -229,32 +498,58 @@ def render_markdown(summary: dict, worst_rows: list[dict], title: str = DEFAULT_
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", "## Figures", ""]
+    lines += ["", f"Penalised results: {_penalised_line(summary)}", ""]
+    lines += _markdown_table(f"## Per-organ statistics ({primary_protocol(summary)} protocol; {STD_CONVENTION})",
+                             *statistics_table(summary))
+    if context.get("extended") and "standard" in summary:
+        lines += _markdown_table("## Overlap and volume errors, mean (std) over scored cases (standard protocol; "
+                                 "derived from DSC and the two volumes)", *extended_table(summary))
+    lines += ["## Figures", ""]
     captions = {"dice_boxplot": "DSC per organ", "hd95_boxplot": "HD95 per organ", "training_curve": "Training curve"}
     for name in figures or ("dice_boxplot", "hd95_boxplot"):
         lines += [f"![{captions.get(name, name.replace('_', ' '))}]({name}.png)", ""]
     lines += _worst_markdown(summary, worst_rows)
+    for name in context.get("thumbnails") or {}:
+        lines += [f"![{name}]({name}.png)", ""]
     lines += _problems_markdown(summary)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes], title: str = DEFAULT_TITLE) -> str:
-    """report.html text: a self-contained page with the PNG figures embedded as base64."""
+def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes], title: str = DEFAULT_TITLE,
+                context: "dict | None" = None) -> str:
+    """report.html text: a self-contained page with the PNG figures embedded as base64 (``context``: as for
+    :func:`render_markdown`)."""
     esc = html.escape
+    context = context or {}
     parts = [
         "<!DOCTYPE html>",
         f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>',
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
         "th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
-        "th{background:#eee}.note{color:#444}</style></head><body>",
+        "th{background:#eee}.note{color:#444}.prov th{text-align:left}.prov td{text-align:left}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f"<p>{esc(_intro(summary))}</p>",
     ]
+    rows = provenance_rows(context.get("provenance") or {})
+    if rows:
+        parts.append("<h2>What was evaluated</h2>")
+        parts.append('<table class="prov">' + "".join(
+            f"<tr><th>{esc(label)}</th><td>{_html_link(value)}</td></tr>" for label, value in rows) + "</table>")
+    parts.append(f"<p>{esc(_intro(summary))}</p>")
     parts += [f'<p class="note"><b>Protocol.</b> {esc(line)}</p>' for line in protocol_lines(summary)]
     parts.append(f"<p><b>Counts.</b> {esc(_counts_line(summary))}</p>")
+    parts += [f'<p class="warning"><b>Warning.</b> {esc(w)}</p>' for w in summary.get("warnings", [])]
     header, rows = organ_table(summary)
     parts.append("<h2>Per-organ results (mean over cases)</h2>")
     parts.append(_html_table(header, rows))
+    parts.append(f'<p class="note"><b>Penalised results.</b> {esc(_penalised_line(summary))}</p>')
+    parts.append(f"<h2>Per-organ statistics ({esc(primary_protocol(summary))} protocol)</h2>")
+    parts.append(f'<p class="note">{esc(STD_CONVENTION)}; "penalised" counts the worst-case values inside the '
+                 "statistics.</p>")
+    parts.append(_html_table(*statistics_table(summary)))
+    if context.get("extended") and "standard" in summary:
+        parts.append("<h2>Overlap and volume errors (standard protocol)</h2>")
+        parts.append('<p class="note">Mean (std) over scored cases, derived from DSC and the two volumes.</p>')
+        parts.append(_html_table(*extended_table(summary)))
     parts.append("<h2>Figures</h2>")
     for name, png in figures.items():
         encoded = base64.b64encode(png).decode("ascii")
@@ -262,11 +557,18 @@ def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes]
     protocol = primary_protocol(summary)
     parts.append(f"<h2>Worst cases (lowest DSC, {esc(protocol)} protocol)</h2>")
     parts.append(_html_table(*_worst_table(summary, worst_rows)))
+    if context.get("thumbnails"):
+        parts.append('<p class="note">Reference and prediction on the slice where they disagree most on the organ '
+                     "(the organ outlined in white).</p><p>")
+        for name, png in context["thumbnails"].items():
+            encoded = base64.b64encode(png).decode("ascii")
+            parts.append(f'<img alt="{esc(name)}" src="data:image/png;base64,{encoded}">')
+        parts.append("</p>")
     if summary["missing_predictions"]:
         parts.append("<h2>Missing predictions (scored as failures)</h2>")
         parts.append("<ul>" + "".join(f"<li>{esc(c)}</li>" for c in summary["missing_predictions"]) + "</ul>")
     if summary["errors"]:
-        parts.append("<h2>Errors (cases not scored)</h2>")
+        parts.append("<h2>Errors (unscorable predictions are scored as failures)</h2>")
         parts.append("<ul>" + "".join(f"<li><b>{esc(e['case_id'])}</b>: {esc(e['message'])}</li>"
                                       for e in summary["errors"]) + "</ul>")
     if summary.get("unmatched_predictions"):
@@ -291,8 +593,9 @@ def _counts_line(summary: dict) -> str:
     counts = summary["counts"]
     organ = counts["organ_status"]
     return (f"{counts['cases']} reference cases, {counts['evaluated']} evaluated, "
-            f"{counts['missing_predictions']} missing predictions (scored as failures), "
-            f"{counts['errors']} errors (not scored). Organ results: {organ['scored']} scored, "
+            f"{counts['missing_predictions']} missing and {counts.get('unscorable_predictions', 0)} unscorable "
+            f"predictions (scored as failures), {counts.get('reference_errors', counts['errors'])} unreadable "
+            f"references (not scored). Organ results: {organ['scored']} scored, "
             f"{organ['pred_empty']} empty predictions, {organ['ref_empty']} predictions of an organ absent from the "
             f"reference, {organ['missing_prediction']} from missing predictions, {organ['both_empty']} both empty "
             "(not scored).")
@@ -319,16 +622,50 @@ def _worst_markdown(summary: dict, worst_rows: list[dict]) -> list[str]:
 
 def _problems_markdown(summary: dict) -> list[str]:
     lines = []
+    if summary.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- **{w}**" for w in summary["warnings"]] + [""]
     if summary["missing_predictions"]:
         lines += ["## Missing predictions (scored as failures)", ""]
         lines += [f"- {case_id}" for case_id in summary["missing_predictions"]] + [""]
     if summary["errors"]:
-        lines += ["## Errors (cases not scored)", ""]
+        lines += ["## Errors (unscorable predictions are scored as failures)", ""]
         lines += [f"- **{e['case_id']}**: {e['message']}" for e in summary["errors"]] + [""]
     if summary.get("unmatched_predictions"):
         lines += ["## Predictions without a reference (ignored)", ""]
         lines += [f"- {name}" for name in summary["unmatched_predictions"]] + [""]
     return lines
+
+
+def _penalised_line(summary: dict) -> str:
+    protocol = primary_protocol(summary)
+    hd_key = summary[protocol]["metrics"][1]
+    counts = penalised_counts(summary, protocol, hd_key)
+    total = sum(counts.values())
+    if not total:
+        return "none (every organ result is a measurement)."
+    names = summary.get("display_names", {})
+    listed = ", ".join(f"{names.get(o, o)} {n}" for o, n in counts.items() if n)
+    penalty = "HD95 = image diagonal, DSC 0" if protocol == "standard" else "the paper's (DSC, HD95) pairs"
+    return (f"{total} organ results carry worst-case values ({penalty}): {listed}. They enter the means and are "
+            "drawn apart in the box plots.")
+
+
+def _markdown_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _is_link(value: str) -> bool:
+    return value.endswith((".json", ".html", ".yaml", ".yml", ".md")) and "\n" not in value and " " not in value
+
+
+def _md_link(value: str) -> str:
+    return f"[{value}]({value})" if _is_link(value) else value
+
+
+def _html_link(value: str) -> str:
+    esc = html.escape
+    return f'<a href="{esc(value)}">{esc(value)}</a>' if _is_link(value) else esc(value)
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:

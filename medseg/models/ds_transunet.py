@@ -1,6 +1,6 @@
 """DS-TransUNet: two Swin encoders at two patch sizes, fused by transformers (Lin et al., IEEE TIM 2022).
 
-Architecture (the facts are in ``shared/reference/README.md``; the code is medseg's own)::
+Architecture (as the paper describes it, arXiv:2106.06716; the code is medseg's own)::
 
     image (B, 1, H, W) -> repeated to 3 channels so ImageNet Swin weights fit
       fine encoder   (Swin, patch 4): maps F0..F3 at H/4, H/8, H/16, H/32   with Cf, 2Cf, 4Cf, 8Cf channels

@@ -1,0 +1,719 @@
+"""DICOM in and out: CT series to volumes, label volumes to DICOM-SEG and RTSTRUCT.
+
+Reading uses pydicom for the headers (grouping files by SeriesInstanceUID, checking the slice geometry) and
+SimpleITK/GDCM for the pixel data (every transfer syntax GDCM knows, RescaleSlope/RescaleIntercept applied, so the
+array holds HU). No DICOM parsing is written here.
+
+Geometry, handled once, here:
+    DICOM gives positions in patient LPS millimetres. A series becomes a :class:`medseg.io.Volume` indexed
+    ``[i, j, k]`` = ``[column, row, slice]`` with a RAS+ affine, as nibabel reads the NIfTI file dcm2niix or
+    SimpleITK would write from the same series: ``affine = diag(-1, -1, 1, 1) @ lps_affine``. Slices are ordered
+    by their position along the slice normal ``cross(row direction, column direction)``, so ``k`` increases along
+    that normal. A prediction on that volume maps back to DICOM pixels as ``labels[:, :, k].T`` = the ``(rows,
+    columns)`` frame of slice ``k``.
+
+A series that would give a wrong volume is refused with one line: missing slices, uneven spacing, gantry tilt
+(slices sheared against their normal), mixed orientations or pixel grids, duplicate positions, a single slice,
+multi-frame files, or a Modality other than CT.
+
+Writing:
+    :func:`write_series` writes a volume as a CT series (tests, and turning a NIfTI into DICOM for a viewer);
+    :func:`write_dicom_seg` writes a DICOM-SEG with highdicom (one segment per organ, coded with SNOMED CT,
+    referencing the source series); :func:`write_rtstruct` writes an RT Structure Set built with pydicom (one ROI
+    per organ, closed planar contours per slice traced with scikit-image's marching squares).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io import Volume, atomic_path
+
+log = logging.getLogger(__name__)
+
+#: LPS (DICOM patient) <-> RAS (NIfTI world) for positions: flip x and y.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: How far (share of the slice step, 2 %, but at least SLICE_JITTER_MM) a slice may sit from a regular grid through
+#: the first and last slice before the series counts as uneven; positions are often written with 2 decimals.
+SPACING_TOLERANCE = 0.02
+SLICE_JITTER_MM = 0.02
+#: Absolute tolerances (mm, and direction cosines) for positions and orientations.
+POSITION_TOLERANCE_MM = 1e-3
+ORIENTATION_TOLERANCE = 1e-4
+
+#: SNOMED CT codes of the organs, (code value, meaning), as DICOM's CID 7166 / TotalSegmentator use them.
+ORGAN_CODES: dict[str, tuple[str, str]] = {
+    "spleen": ("78961009", "Spleen"),
+    "kidney_right": ("9846003", "Right kidney"),
+    "kidney_left": ("18639004", "Left kidney"),
+    "gallbladder": ("28231008", "Gallbladder"),
+    "esophagus": ("32849002", "Esophagus"),
+    "liver": ("10200004", "Liver"),
+    "stomach": ("69695003", "Stomach"),
+    "aorta": ("15825003", "Aorta"),
+    "inferior_vena_cava": ("64131007", "Inferior vena cava"),
+    "portal_splenic_vein": ("32764006", "Portal vein"),
+    "pancreas": ("15776009", "Pancreas"),
+    "adrenal_right": ("281625002", "Right adrenal gland"),
+    "adrenal_left": ("281624003", "Left adrenal gland"),
+}
+
+_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+_RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+#: SOP classes that hold no image slices (SEG, RTSTRUCT, SR, presentation states...) are skipped when scanning.
+_IMAGE_FREE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
+
+
+@dataclass(frozen=True)
+class Series:
+    """One DICOM image series found on disk.
+
+    Attributes:
+        uid: SeriesInstanceUID.
+        files: the slice files, sorted along the slice normal (see the module docstring).
+        patient_id, study_date, series_number, description, modality: from the first file ('' when absent).
+        name: the output stem: ``PatientID_StudyDate_SeriesNumber`` (file-name safe), or the UID when those are
+            missing or not unique in the input (set by :func:`find_series`).
+    """
+
+    uid: str
+    files: tuple[Path, ...]
+    patient_id: str = ""
+    study_date: str = ""
+    series_number: str = ""
+    description: str = ""
+    modality: str = ""
+    name: str = ""
+
+    def summary(self) -> dict:
+        """Plain-data description for summaries."""
+        return {"series_instance_uid": self.uid, "patient_id": self.patient_id, "study_date": self.study_date,
+                "series_number": self.series_number, "description": self.description, "modality": self.modality,
+                "slices": len(self.files), "folder": str(self.files[0].parent) if self.files else ""}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding series
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True for a file with the DICOM preamble (``DICM`` at byte 128, as every Part 10 file has)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_input(path: "str | Path") -> bool:
+    """True when ``path`` is a ``.zip`` file, or a folder holding (at any depth) DICOM files and no NIfTI/h5."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() == ".zip"
+    if not path.is_dir():
+        return False
+    return any(_dicom_files(path, limit=1))
+
+
+def _dicom_files(folder: Path, limit: "int | None" = None) -> Iterator[Path]:
+    found = 0
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and is_dicom_file(path):
+            yield path
+            found += 1
+            if limit is not None and found >= limit:
+                return
+
+
+def find_series(folder: "str | Path") -> list[Series]:
+    """Every image series below ``folder`` (any depth), one :class:`Series` per SeriesInstanceUID.
+
+    Files without the DICOM preamble are ignored, and so are SEG, RTSTRUCT, SR and other image-free objects. The
+    geometry is not checked here (see :func:`read_series`).
+
+    Raises:
+        InputError: the folder holds no DICOM image files.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    groups: dict[str, list[tuple[Path, object]]] = {}
+    for path in _dicom_files(folder):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises several types for a corrupt file
+            raise InputError(f"{path}: unreadable DICOM file ({_first_line(exc)})") from None
+        if str(getattr(header, "Modality", "")).upper() in _IMAGE_FREE_MODALITIES:
+            continue
+        uid = str(getattr(header, "SeriesInstanceUID", "") or "")
+        if not uid:
+            raise InputError(f"{path}: DICOM file without a SeriesInstanceUID")
+        groups.setdefault(uid, []).append((path, header))
+    if not groups:
+        raise InputError(f"{folder}: no DICOM image files found")
+    series = []
+    for uid, members in groups.items():
+        first = members[0][1]
+        series.append(Series(
+            uid=uid, files=tuple(p for p, _ in _sort_along_normal(members)),
+            patient_id=str(getattr(first, "PatientID", "") or ""),
+            study_date=str(getattr(first, "StudyDate", "") or ""),
+            series_number=str(getattr(first, "SeriesNumber", "") or ""),
+            description=str(getattr(first, "SeriesDescription", "") or ""),
+            modality=str(getattr(first, "Modality", "") or ""),
+        ))
+    return _named(sorted(series, key=lambda s: (s.patient_id, s.study_date, _int_or(s.series_number), s.uid)))
+
+
+def _named(series: list[Series]) -> list[Series]:
+    """Give each series its output stem; falls back to the UID when the readable name is incomplete or repeated."""
+    readable = {}
+    for s in series:
+        parts = [s.patient_id, s.study_date, s.series_number]
+        readable[s.uid] = _safe_name("_".join(parts)) if all(parts) else ""
+    counts: dict[str, int] = {}
+    for name in readable.values():
+        counts[name] = counts.get(name, 0) + 1
+    return [Series(**{**s.__dict__, "name": readable[s.uid] if readable[s.uid] and counts[readable[s.uid]] == 1
+                      else _safe_name(s.uid)}) for s in series]
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "series"
+
+
+def _int_or(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def _sort_along_normal(members: list[tuple[Path, object]]) -> list[tuple[Path, object]]:
+    """Members sorted by position along the normal of the first file's orientation (unsortable: as found)."""
+    try:
+        normal = _normal(_orientation(members[0][1]))
+        return sorted(members, key=lambda m: float(np.dot(_position(m[1]), normal)))
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return members
+
+
+@contextlib.contextmanager
+def open_dicom_input(path: "str | Path") -> Iterator[list[Series]]:
+    """The series of a DICOM folder or ``.zip`` (extracted into a temporary folder that lives for the block).
+
+    Raises:
+        InputError: not a zip file, a member that would land outside the folder, or no DICOM image files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        yield find_series(path)
+        return
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a zip file")
+    with tempfile.TemporaryDirectory(prefix="medseg-dicom-") as tmp:
+        root = Path(tmp).resolve()
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    target = (root / member).resolve()
+                    if root != target and root not in target.parents:
+                        raise InputError(f"{path}: member {member!r} points outside the archive folder")
+                archive.extractall(root)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InputError(f"{path}: truncated or corrupt zip file ({_first_line(exc)})") from None
+        try:
+            found = find_series(root)
+        except InputError:
+            raise InputError(f"{path}: no DICOM image files in the zip file") from None
+        yield found
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading one series
+
+
+def _orientation(header) -> np.ndarray:
+    return np.asarray([float(v) for v in header.ImageOrientationPatient], dtype=np.float64)
+
+
+def _position(header) -> np.ndarray:
+    return np.asarray([float(v) for v in header.ImagePositionPatient], dtype=np.float64)
+
+
+def _normal(orientation: np.ndarray) -> np.ndarray:
+    normal = np.cross(orientation[:3], orientation[3:])
+    return normal / np.linalg.norm(normal)
+
+
+def check_geometry(headers: list, source: str) -> np.ndarray:
+    """Check that the slices (sorted along their normal) form one regular volume; return its LPS affine.
+
+    Args:
+        headers: pydicom datasets of the slices, sorted along the slice normal.
+        source: what to name in error messages (the series folder and UID).
+
+    Returns:
+        4x4 voxel-to-LPS affine for indices ``(column, row, slice)`` in mm.
+
+    Raises:
+        InputError: one line naming the problem (missing tags, single slice, multi-frame, mixed orientations or
+            pixel grids, duplicate positions, gantry tilt, missing slices, uneven spacing).
+    """
+    if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 for h in headers):
+        raise InputError(f"{source}: multi-frame (enhanced) DICOM is not supported; export classic slices")
+    if len(headers) < 2:
+        raise InputError(f"{source}: a single slice, not a volume")
+    try:
+        orientations = np.stack([_orientation(h) for h in headers])
+        positions = np.stack([_position(h) for h in headers])
+        grids = {(int(h.Rows), int(h.Columns), tuple(round(float(v), 6) for v in h.PixelSpacing)) for h in headers}
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise InputError(f"{source}: slices lack image geometry tags ({_first_line(exc)})") from None
+    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
+        raise InputError(f"{source}: mixed slice orientations (ImageOrientationPatient differs between slices)")
+    if len(grids) > 1:
+        raise InputError(f"{source}: slices differ in Rows/Columns/PixelSpacing")
+    row_direction, column_direction = orientations[0][:3], orientations[0][3:]
+    normal = _normal(orientations[0])
+    along = positions @ normal
+    steps = np.diff(along)
+    if np.any(steps < POSITION_TOLERANCE_MM):
+        at = int(np.argmin(steps))
+        raise InputError(f"{source}: two slices at the same position ({along[at]:.2f} mm along the normal); "
+                         "several acquisitions in one series?")
+    deltas = np.diff(positions, axis=0)
+    shear = np.linalg.norm(deltas - np.outer(deltas @ normal, normal), axis=1)
+    if shear.max() > max(POSITION_TOLERANCE_MM, 1e-3 * float(np.abs(steps).max())):
+        tilt = float(np.degrees(np.arctan2(shear.max(), steps[int(np.argmax(shear))])))
+        raise InputError(f"{source}: gantry tilt ({tilt:.1f} degrees between slice positions and their normal); "
+                         "resample the series to an orthogonal grid first")
+    step = float(np.median(steps))
+    gaps = steps > 1.5 * step
+    if np.any(gaps):
+        at = int(np.argmax(gaps))
+        ratio = steps[at] / step
+        if abs(ratio - round(ratio)) < 0.1 * round(ratio):
+            raise InputError(f"{source}: missing slice(s): a {steps[at]:.2f} mm gap between slices at "
+                             f"{along[at]:.2f} and {along[at + 1]:.2f} mm (spacing elsewhere {step:.2f} mm)")
+    regular = along[0] + np.arange(len(along)) * (along[-1] - along[0]) / (len(along) - 1)
+    if np.abs(along - regular).max() > max(SPACING_TOLERANCE * step, SLICE_JITTER_MM):
+        raise InputError(f"{source}: uneven slice spacing ({steps.min():.2f} to {steps.max():.2f} mm); "
+                         "resample the series to a regular grid first")
+    row_spacing, column_spacing = (float(v) for v in headers[0].PixelSpacing)
+    affine = np.eye(4)
+    affine[:3, 0] = row_direction * column_spacing
+    affine[:3, 1] = column_direction * row_spacing
+    affine[:3, 2] = (positions[-1] - positions[0]) / (len(headers) - 1)
+    affine[:3, 3] = positions[0]
+    return affine
+
+
+def read_headers(series: Series) -> list:
+    """pydicom datasets (no pixel data) of the series' slices, in its slice order."""
+    import pydicom
+
+    headers = []
+    for path in series.files:
+        try:
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception as exc:
+            raise InputError(f"{path}: unreadable DICOM file ({_first_line(exc)})") from None
+    return headers
+
+
+def read_series(series: Series) -> Volume:
+    """Read one series as a HU volume with its RAS affine (see the module docstring for the axes).
+
+    The array is int16 when every value is a whole number in int16 range after RescaleSlope/Intercept (the usual
+    CT case), else float32.
+
+    Raises:
+        InputError: not a CT series (Modality), bad geometry (see :func:`check_geometry`) or pixel data GDCM cannot
+            decode.
+    """
+    import SimpleITK as sitk
+
+    source = f"{series.files[0].parent} (series {series.uid})"
+    if series.modality.upper() != "CT":
+        raise InputError(f"{source}: modality {series.modality or 'unknown'}, not CT; medseg's models segment CT "
+                         "(in HU), so this series is not read")
+    headers = read_headers(series)
+    lps_affine = check_geometry(headers, source)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in series.files])
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{source}: cannot decode the pixel data ({_first_line(exc)})") from None
+    array = np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0))  # (slice, row, col) -> (col, row, slice)
+    _check_reader_geometry(image, lps_affine, source)
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{source}: pixel data contains NaN or infinite values")
+    if np.all(array == np.round(array)) and array.min() >= -32768 and array.max() <= 32767:
+        array = array.astype(np.int16)
+    else:
+        array = np.ascontiguousarray(array, dtype=np.float32)
+    return Volume(array=array, affine=LPS_TO_RAS @ lps_affine)
+
+
+def _check_reader_geometry(image, lps_affine: np.ndarray, source: str) -> None:
+    """Refuse when SimpleITK's geometry disagrees with the one checked here (a reader bug must not pass silently).
+
+    Origin and directions must agree to 1e-3 mm / 1e-4; the slice spacing within :data:`SPACING_TOLERANCE` (a
+    reader may take it from the first two slices, here it is the mean step over the whole series).
+    """
+    spacing = np.linalg.norm(lps_affine[:3, :3], axis=0)
+    direction = lps_affine[:3, :3] / spacing
+    theirs_spacing = np.asarray(image.GetSpacing())
+    agree = (np.allclose(np.asarray(image.GetOrigin()), lps_affine[:3, 3], atol=POSITION_TOLERANCE_MM)
+             and np.allclose(np.asarray(image.GetDirection()).reshape(3, 3), direction, atol=ORIENTATION_TOLERANCE)
+             and np.allclose(theirs_spacing[:2], spacing[:2], rtol=1e-4)
+             and abs(theirs_spacing[2] - spacing[2]) <= SPACING_TOLERANCE * spacing[2])
+    if not agree:
+        raise InputError(f"{source}: SimpleITK's geometry of the series differs from its slice positions")
+
+
+def read_dicom(path: "str | Path") -> Volume:
+    """Read a folder or ``.zip`` holding exactly one DICOM image series.
+
+    Raises:
+        InputError: no series, several series (use :func:`open_dicom_input` to read each), or bad geometry.
+    """
+    with open_dicom_input(path) as series:
+        if len(series) > 1:
+            raise InputError(f"{path}: {len(series)} DICOM series found ({', '.join(s.name for s in series[:3])}"
+                             f"{', ...' if len(series) > 3 else ''}); expected one")
+        return read_series(series[0])
+
+
+def read_image(path: "str | Path", *, dtype=None) -> Volume:
+    """Read a CT image: a NIfTI file (:func:`medseg.io.read_volume`) or one DICOM series (folder or ``.zip``)."""
+    from medseg.io import read_volume
+
+    path = Path(path)
+    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".zip"):
+        volume = read_dicom(path)
+        return volume if dtype is None else Volume(volume.array.astype(dtype, copy=False), volume.affine)
+    return read_volume(path, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing a CT series
+
+
+def write_series(volume: Volume, folder: "str | Path", *, patient_id: str = "ANON", study_date: str = "20000101",
+                 series_number: int = 1, description: str = "medseg", study_uid: "str | None" = None,
+                 series_uid: "str | None" = None, intercept: "float | None" = None) -> list[Path]:
+    """Write ``volume`` (HU, RAS affine) as a CT Image Storage series, one file per slice ``k``.
+
+    Pixels are stored as unsigned 16-bit ``round(HU) - intercept`` with RescaleIntercept ``intercept`` (default:
+    -1024, or the volume's minimum when lower) and slope 1, so :func:`read_series` gives back the same array and affine. The affine must have orthogonal axes (a sheared
+    affine has no DICOM equivalent).
+
+    Returns:
+        The slice files, ``IM0001.dcm``... in ``k`` order.
+
+    Raises:
+        InputError: a sheared affine, or HU values that do not fit the stored range.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    lps = LPS_TO_RAS @ np.asarray(volume.affine, dtype=np.float64)
+    columns_axis, rows_axis, slice_axis = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    column_spacing, row_spacing = float(np.linalg.norm(columns_axis)), float(np.linalg.norm(rows_axis))
+    row_direction, column_direction = columns_axis / column_spacing, rows_axis / row_spacing
+    normal = np.cross(row_direction, column_direction)
+    thickness = float(np.linalg.norm(slice_axis))
+    if abs(abs(float(np.dot(normal, slice_axis))) - thickness) > 1e-4 * thickness or \
+            abs(float(np.dot(row_direction, column_direction))) > 1e-6:
+        raise InputError("write_series: the affine is sheared; DICOM slices need orthogonal axes")
+    if intercept is None:
+        intercept = min(-1024.0, float(np.floor(np.min(volume.array))))
+    stored = np.round(np.asarray(volume.array, dtype=np.float64) - intercept)
+    if stored.min() < 0 or stored.max() > 65535:
+        raise InputError(f"write_series: values {volume.array.min()}..{volume.array.max()} do not fit uint16 "
+                         f"with intercept {intercept}")
+    stored = stored.astype(np.uint16)
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    frame_uid = generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(volume.array.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = _CT_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = _CT_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID = f"{patient_id or 'ANON'}^", patient_id
+        ds.PatientBirthDate, ds.PatientSex = "", "O"
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study_uid, study_date, "120000", "1"
+        ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
+        ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series_uid, int(series_number)
+        ds.SeriesDescription, ds.Manufacturer = description, "medseg"
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.InstanceNumber, ds.AcquisitionNumber = k + 1, 1
+        ds.ContentDate, ds.ContentTime = study_date, "120000"
+        ds.ImagePositionPatient = [_ds(v) for v in lps[:3, 3] + k * slice_axis]
+        ds.ImageOrientationPatient = [_ds(v) for v in (*row_direction, *column_direction)]
+        ds.PixelSpacing = [_ds(row_spacing), _ds(column_spacing)]
+        ds.SliceThickness = _ds(thickness)
+        ds.KVP = ""
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = int(volume.array.shape[1]), int(volume.array.shape[0])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = _ds(intercept), "1", "HU"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        path = folder / f"IM{k + 1:04d}.dcm"
+        with atomic_path(path, suffix=".dcm") as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _ds(value: float) -> str:
+    """A DICOM decimal string (at most 16 characters)."""
+    text = f"{float(value):.10g}"
+    return text if len(text) <= 16 else f"{float(value):.6g}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DICOM-SEG
+
+
+def organ_code(organ: str):
+    """The SNOMED CT code of an organ key as a highdicom CodedConcept (``Organ`` when the organ has no code)."""
+    from highdicom.sr import CodedConcept
+
+    value, meaning = ORGAN_CODES.get(organ, ("91772007", "Organ"))
+    return CodedConcept(value=value, scheme_designator="SCT", meaning=meaning)
+
+
+def frames_of(labels: Volume) -> np.ndarray:
+    """A label volume on a series' grid as DICOM frames ``(slice, rows, columns)`` in the series' slice order."""
+    return np.ascontiguousarray(np.transpose(np.asarray(labels.array), (2, 1, 0)))
+
+
+def _sources_and_frames(labels: Volume, series: Series, path) -> tuple[list, np.ndarray]:
+    """The series' headers and the labels as its frames; a label volume on another grid is an InputError."""
+    sources = read_headers(series)
+    frames = frames_of(labels)
+    if frames.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
+        raise InputError(f"{path}: label volume {labels.shape} does not match series {series.uid}")
+    return sources, frames
+
+
+def organ_masks(frames: np.ndarray, label_set, organs: "list[str] | None" = None) -> tuple[list, list[str]]:
+    """``([(class value, organ, display name, mask), ...], [organs without a voxel])`` of the kept organs."""
+    present, empty = [], []
+    for class_index, (organ, display) in enumerate(zip(label_set.organs, label_set.display_names), start=1):
+        if organs is not None and organ not in organs:
+            continue
+        mask = frames == class_index
+        if mask.any():
+            present.append((class_index, organ, display, mask))
+        else:
+            empty.append(organ)
+    return present, empty
+
+
+def write_dicom_seg(labels: Volume, series: Series, label_set, path: "str | Path", *,
+                    organs: "list[str] | None" = None, description: str = "medseg segmentation",
+                    software_version: str = "") -> dict:
+    """Write a DICOM-SEG (binary, one segment per organ present) referencing ``series``.
+
+    Args:
+        labels: predicted classes on the series' grid (as returned for :func:`read_series`'s volume).
+        series: the source series.
+        label_set: :class:`medseg.labels.LabelSet` of ``labels``.
+        path: the ``.dcm`` file to write (atomically).
+        organs: organ keys to include (default all); organs with no voxel are left out (a segment needs frames).
+        description: SeriesDescription of the SEG.
+
+    Returns:
+        ``{"segments": {segment_number: organ}, "empty": [organ, ...]}``.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sources, frames = _sources_and_frames(labels, series, path)
+    segments, descriptions = {}, []
+    segment_map = np.zeros(frames.shape, dtype=np.uint8)
+    present, empty = organ_masks(frames, label_set, organs)
+    for class_index, organ, display, mask in present:
+        number = len(segments) + 1
+        segments[number] = organ
+        segment_map[mask] = number
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=display,
+            segmented_property_category=codes.SCT.Organ, segmented_property_type=organ_code(organ),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name="medseg", version=software_version or "0", family=codes.cid7162.ArtificialIntelligence),
+            tracking_uid=hd.UID(), tracking_id=f"{organ}",
+        ))
+    if not segments:
+        raise InputError(f"{path}: no organ in the prediction; a DICOM-SEG needs at least one segment")
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=_seg_series_number(series),
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medseg", manufacturer_model_name="medseg",
+        software_versions=software_version or "0", device_serial_number="0", series_description=description,
+        omit_empty_frames=True,
+    )
+    with atomic_path(path, suffix=".dcm") as tmp:
+        seg.save_as(tmp)
+    return {"segments": segments, "empty": empty}
+
+
+def _seg_series_number(series: Series) -> int:
+    return 1000 + _int_or(series.series_number)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RTSTRUCT
+
+
+def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed contours of a 2D binary ``(rows, columns)`` mask, each ``(N, 2)`` in (row, column) pixel units.
+
+    The contours run along the 0.5 iso-line of the mask (marching squares on a zero-padded copy), so they enclose
+    the pixel centres of the mask; a hole gives its own contour (viewers combine nested contours by parity).
+    """
+    from skimage import measure
+
+    padded = np.pad(mask.astype(np.float32), 1)
+    contours = []
+    for contour in measure.find_contours(padded, 0.5):
+        if len(contour) >= 4:
+            contours.append(contour[:-1] - 1.0)  # drop the repeated closing point, undo the padding
+    return contours
+
+
+def write_rtstruct(labels: Volume, series: Series, label_set, path: "str | Path", *,
+                   organs: "list[str] | None" = None, label: str = "medseg") -> dict:
+    """Write an RT Structure Set with one ROI per organ present, referencing ``series``' slices.
+
+    Contour points are in patient LPS mm on each slice's plane (``ImagePositionPatient + column * dc * row
+    direction + row * dr * column direction``). The structure set is built with pydicom.
+
+    Returns:
+        ``{"rois": {roi_number: organ}, "empty": [organ, ...]}``.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sources, frames = _sources_and_frames(labels, series, path)
+    first = sources[0]
+    orientation = _orientation(first)
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    now_date, now_time = _now()
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = _RTSTRUCT_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = _RTSTRUCT_STORAGE, meta.MediaStorageSOPInstanceUID
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID"):
+        setattr(ds, keyword, getattr(first, keyword, ""))
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "RTSTRUCT", generate_uid(), _seg_series_number(series) + 1
+    ds.SeriesDescription, ds.Manufacturer, ds.OperatorsName = "medseg structures", "medseg", ""
+    ds.InstanceNumber = 1
+    ds.StructureSetLabel, ds.StructureSetName = label[:16], label
+    ds.StructureSetDate, ds.StructureSetTime = now_date, now_time
+
+    contour_images = []
+    for header in sources:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = header.SOPClassUID, header.SOPInstanceUID
+        contour_images.append(item)
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = series.uid
+    series_item.ContourImageSequence = Sequence(contour_images)
+    study_item = Dataset()
+    study_item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (as RT objects use)
+    study_item.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study_item.RTReferencedSeriesSequence = Sequence([series_item])
+    frame_item = Dataset()
+    frame_item.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame_item.RTReferencedStudySequence = Sequence([study_item])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_item])
+
+    rois = {}
+    roi_items, contour_items, observation_items = [], [], []
+    present, empty = organ_masks(frames, label_set, organs)
+    for class_index, organ, display, mask in present:
+        number = len(rois) + 1
+        rois[number] = organ
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, first.FrameOfReferenceUID
+        roi.ROIName, roi.ROIGenerationAlgorithm = display, "AUTOMATIC"
+        roi_items.append(roi)
+        contours = []
+        for k in np.flatnonzero(mask.any(axis=(1, 2))):
+            origin = _position(sources[k])
+            for contour in slice_contours(mask[k]):
+                points = (origin + contour[:, 1:2] * column_spacing * orientation[:3]
+                          + contour[:, 0:1] * row_spacing * orientation[3:])
+                image_item = Dataset()
+                image_item.ReferencedSOPClassUID = sources[k].SOPClassUID
+                image_item.ReferencedSOPInstanceUID = sources[k].SOPInstanceUID
+                item = Dataset()
+                item.ContourImageSequence = Sequence([image_item])
+                item.ContourGeometricType = "CLOSED_PLANAR"
+                item.NumberOfContourPoints = len(points)
+                item.ContourData = [f"{v:.3f}" for v in points.reshape(-1)]
+                contours.append(item)
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber = number
+        roi_contour.ROIDisplayColor = list(label_set.colours[class_index - 1])
+        roi_contour.ContourSequence = Sequence(contours)
+        contour_items.append(roi_contour)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "ORGAN", ""
+        observation_items.append(observation)
+    if not rois:
+        raise InputError(f"{path}: no organ in the prediction; an RTSTRUCT needs at least one structure")
+    ds.StructureSetROISequence = Sequence(roi_items)
+    ds.ROIContourSequence = Sequence(contour_items)
+    ds.RTROIObservationsSequence = Sequence(observation_items)
+    with atomic_path(path, suffix=".dcm") as tmp:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+    return {"rois": rois, "empty": empty}
+
+
+def _now() -> tuple[str, str]:
+    import datetime
+
+    now = datetime.datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

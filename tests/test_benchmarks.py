@@ -1,0 +1,49 @@
+"""The benchmark scripts' own logic: side-by-side ratios, and gpu_check.sh's CPU-only mode."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from side_by_side import SideBySide, alternate  # noqa: E402
+
+
+def test_alternate_reverses_the_order_every_other_round_and_keeps_results():
+    calls = []
+    sides = {name: (lambda n=name: calls.append(n) or n.upper()) for name in ("ref", "a", "b")}
+    result = alternate(sides, rounds=3, reference="ref")
+    assert calls == ["ref", "a", "b", "b", "a", "ref", "ref", "a", "b"]
+    assert result.rounds == 3 and result.results == {"ref": "REF", "a": "A", "b": "B"}
+    assert result.load_before and result.load_after
+    with pytest.raises(ValueError, match="reference side"):
+        alternate(sides, rounds=1, reference="missing")
+
+
+def test_ratio_is_the_median_of_per_round_ratios_with_its_range():
+    result = SideBySide(reference="ref", times={"ref": [4.0, 9.0, 6.0], "fast": [2.0, 3.0, 1.0]})
+    assert result.ratios("fast") == [2.0, 3.0, 6.0]
+    assert result.ratio("fast") == 3.0  # not sum(ref) / sum(fast) = 19 / 6
+    assert result.spread("fast") == (2.0, 6.0)
+    assert result.ratio_text("fast") == "3.00x (2.00-6.00)"
+    assert result.median_time("ref") == 6.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only mode")
+def test_gpu_check_without_a_gpu_says_so_runs_a_smoke_run_and_exits_0(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(results)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no GPU present" in done.stdout
+    assert "ddp TransUNet-Tiny: world size 1 (gloo)" in done.stdout  # the torchrun DDP run ran
+    assert "CPU smoke run passed" in done.stdout
+    assert not results.exists()  # no figures are written from a CPU smoke run
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("gpu-check-")]  # its temporary folder is gone
