@@ -77,14 +77,7 @@ def build(key: str, img_size: int = 64, seed: int = 0, in_channels: int = 1) -> 
     return create(name, NUM_CLASSES, img_size, in_channels, **overrides)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The models here are small: one intra-op thread is as fast, and far faster on a busy shared CPU, where
-    # OpenMP workers spin while they wait for each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --- registry and sizes --------------------------------------------------------------------------------------
