@@ -320,14 +320,15 @@ def write_case_outputs(source, target: Path, image, prediction, label_set, args,
 
 
 def run(args) -> int:
+    from medseg.engine.config import PredictConfig
     from medseg.errors import ConfigError
+    from medseg.schema import check_flags
 
+    check_flags(args, PredictConfig)  # --batch-size and the other schema options, checked as a file's keys are
     if args.num_parts < 1:
         raise ConfigError(f"--num-parts: must be at least 1, got {args.num_parts}")
     if not 0 <= args.part_id < args.num_parts:
         raise ConfigError(f"--part-id: must be in 0..{args.num_parts - 1}, got {args.part_id}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size: must be at least 1, got {args.batch_size}")
     with contextlib.ExitStack() as stack:
         return _run(args, stack)
 
