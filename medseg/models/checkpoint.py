@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from medseg.errors import CheckpointError, ConfigError, MedsegError
-from medseg.io import atomic_path
+from medseg.io import atomic_path, check_input_file
 from medseg.labels import LabelSet, get_label_set
 
 logger = logging.getLogger(__name__)
@@ -407,12 +407,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------------------------
 def _torch_load(path: Path, *, map_location, mmap: bool):
     """``torch.load(weights_only=True)`` with one-line errors that name the file."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: file not found")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: file is empty")
+    check_input_file(path, CheckpointError)
     try:
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
