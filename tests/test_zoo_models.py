@@ -195,6 +195,16 @@ def test_wrong_size_and_unknown_override_are_config_errors():
         build_on_meta("SETR-MLA-S", mla_layers=(3, 6))
     with pytest.raises(ConfigError, match="outside 1..12"):
         build_on_meta("SETR-PUP-S", aux_layers=(4, 8, 13))
+    # One check of the class and channel counts, in create() for every model and in the TransUNets' constructors.
+    for name in ("UNet", "TransUNet-Tiny", "DS-TransUNet-Tiny"):
+        with pytest.raises(ConfigError, match=r"^num_classes: must be at least 1, got 0$"):
+            create(name, 0, 128)
+        with pytest.raises(ConfigError, match=r"^in_channels: must be at least 1, got 0$"):
+            create(name, NUM_CLASSES, 128, in_channels=0)
+    from medseg.models.transunet import TINY, TransUNet
+
+    with pytest.raises(ConfigError, match=r"^num_classes: must be at least 1, got 0$"):
+        TransUNet(TINY, 0, 128)
 
 
 # --- training ------------------------------------------------------------------------------------------------
