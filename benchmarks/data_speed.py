@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results_file import write_section  # benchmarks/results_file.py
+from results_file import publish  # benchmarks/results_file.py
 
 SECTION = "## Data stage speed (benchmarks/data_speed.py)"
 
@@ -78,9 +78,7 @@ def main() -> int:
     lines.append(f"Target: synth + prepare of 20 small cases under 120 s on 2 cores "
                  f"({'met' if rows[2][1] < 120 else 'NOT met'}: {rows[2][1]:.1f} s).")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        write_section(args.write, SECTION, text)
+    publish(text, SECTION, args.write)
     return 0
 
 

@@ -18,7 +18,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
-python=${PYTHON:-python}
+python=${PYTHON:-python3}
+if ! "$python" -c "import torch" >/dev/null 2>&1; then
+    echo "gpu_check: $python cannot import torch; activate medseg's environment or set PYTHON" >&2
+    exit 2
+fi
 results=${1:-benchmarks/RESULTS.md}
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-XXXXXX")
 trap 'rm -rf "$work"' EXIT

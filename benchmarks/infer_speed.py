@@ -53,6 +53,7 @@ from side_by_side import alternate, command_text, load_average  # noqa: E402
 
 SECTION_HEADING = "## Inference speed (benchmarks/infer_speed.py)"
 ISSUE_GFLOP_PER_SLICE = 58.0
+REFERENCE_NAME = "reference loop (scipy zoom, batch 1, fp32)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,8 +246,10 @@ def _share(rows, names) -> float:
 
 
 def run(args) -> dict:
+    """Build the volume and the model, time every path over ``args.rounds`` alternating rounds, return the
+    figures :func:`render` writes."""
     from medseg.data.transforms import PreprocessingParams
-    from medseg.engine.inference import make_predictor, orient_view, predict_volume
+    from medseg.engine.inference import make_predictor
     from medseg.labels import SYNAPSE8
     from medseg.models import create
 
@@ -264,40 +267,79 @@ def run(args) -> dict:
     print(f"volume: {volume_text}; model {args.model} ({gflop:.1f} GFLOP per slice, random weights, seed 0)",
           flush=True)
 
-    def to_slice_first(labels_volume) -> np.ndarray:
-        return np.moveaxis(orient_view(labels_volume.array, labels_volume.affine, params.axcodes), -1, 0)
-
     native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
     # as load_predictor (medseg predict) makes them: channels-last weights (ref_model is an untouched copy)
     fp32 = make_predictor(model, args.model, SYNAPSE8, params, device, amp="off", channels_last=True)
     bf16 = make_predictor(model, args.model, SYNAPSE8, params, device, amp="bf16", channels_last=True)
+    sides = _paths(args, volume, stack, params, ref_model, fp32, bf16 if native_bf16 else None, device)
+    bf16_note = "" if native_bf16 else "bf16 skipped: this CPU has no native bf16 (AVX512-BF16/AMX)."
+    _warm_up(args, params, ref_model, fp32, bf16 if native_bf16 else None, device)
+    comparison, agreement, peak_gib = _time_paths(sides, args.rounds, device)
+    reference = agreement[REFERENCE_NAME]
+    rows = []
+    for name in sides:
+        # every round's labels against the same round's reference loop (a nondeterministic path shows as a range)
+        shares = [float((labels == ref).mean()) for labels, ref in zip(agreement[name], reference)]
+        seconds = comparison.median_time(name)
+        rows.append({"path": name, "seconds": seconds, "slices_per_s": depth / seconds,
+                     "ratio": comparison.ratio_text(name), "agreement": min(shares),
+                     "gflops": gflop * depth / seconds, "bf16": "bf16" in name, "peak_gib": peak_gib.get(name)})
+    profiles = {}
+    if args.profile:
+        profiles["reference loop, batch 1, fp32"] = profile_reference_forward(ref_model, args.img_size, device)
+        profiles["fp32"] = profile_forward(fp32, args.img_size, args.batch_size)
+        if native_bf16:
+            profiles["bf16 autocast"] = profile_forward(bf16, args.img_size, args.batch_size)
+    fp32_rate = matmul_gflops(torch.float32, device)
+    bf16_rate = matmul_gflops(torch.bfloat16, device) if native_bf16 else None
+    for row in rows:
+        peak = bf16_rate if row["bf16"] and bf16_rate else fp32_rate
+        row["of_peak"] = row["gflops"] / peak
+    return {"rows": rows, "volume": volume_text, "gflop": gflop, "depth": depth, "fp32_rate": fp32_rate,
+            "bf16_rate": bf16_rate, "bf16_note": bf16_note, "device": device, "profiles": profiles,
+            "machine": machine_line(torch.get_num_threads(), device), "comparison": comparison, "args": args,
+            "model": model}
+
+
+def _paths(args, volume, stack, params, ref_model, fp32, bf16, device) -> dict:
+    """The timed paths, name -> function returning slice-first labels: the reference loop first, then medseg's
+    predict path with torch and scipy resize, fp32 and (when ``bf16`` is a predictor) bf16 autocast."""
+    from medseg.engine.inference import orient_view, predict_volume
+
+    def to_slice_first(labels_volume) -> np.ndarray:
+        return np.moveaxis(orient_view(labels_volume.array, labels_volume.affine, params.axcodes), -1, 0)
+
     b = args.batch_size
-    reference_name = "reference loop (scipy zoom, batch 1, fp32)"
-    sides = {reference_name: lambda: reference_loop(ref_model, stack, args.img_size, device),
-             f"medseg predict (torch resize, batch {b}, fp32)":
-                 lambda: to_slice_first(predict_volume(volume, fp32, batch_size=b, resize="torch")),
-             f"medseg predict (scipy resize as the reference, batch {b}, fp32)":
-                 lambda: to_slice_first(predict_volume(volume, fp32, batch_size=b, resize="scipy"))}
-    bf16_note = ""
-    if native_bf16:
-        sides[f"medseg predict (torch resize, batch {b}, bf16 autocast)"] = \
-            lambda: to_slice_first(predict_volume(volume, bf16, batch_size=b, resize="torch"))
-        sides[f"medseg predict (scipy resize as the reference, batch {b}, bf16 autocast)"] = \
-            lambda: to_slice_first(predict_volume(volume, bf16, batch_size=b, resize="scipy"))
-    else:
-        bf16_note = "bf16 skipped: this CPU has no native bf16 (AVX512-BF16/AMX)."
-    # warm-up on 2 slices: first-call allocations, oneDNN kernel selection, medseg's weight cache
+    predictors = [("fp32", fp32)] + ([("bf16 autocast", bf16)] if bf16 is not None else [])
+    sides = {REFERENCE_NAME: lambda: reference_loop(ref_model, stack, args.img_size, device)}
+    for precision, predictor in predictors:
+        for resize, text in (("torch", "torch resize"), ("scipy", "scipy resize as the reference")):
+            sides[f"medseg predict ({text}, batch {b}, {precision})"] = \
+                lambda predictor=predictor, resize=resize: to_slice_first(
+                    predict_volume(volume, predictor, batch_size=b, resize=resize))
+    return sides
+
+
+def _warm_up(args, params, ref_model, fp32, bf16, device) -> None:
+    """One pass of each path on 2 slices: first-call allocations, oneDNN kernel selection, medseg's weight cache."""
+    from medseg.engine.inference import predict_volume
+
     warm_volume, _ = benchmark_volume(2)
     reference_loop(ref_model, windowed_stack(warm_volume, params), args.img_size, device)
-    predict_volume(warm_volume, fp32, batch_size=b)
-    if native_bf16:
-        predict_volume(warm_volume, bf16, batch_size=b)
+    predict_volume(warm_volume, fp32, batch_size=args.batch_size)
+    if bf16 is not None:
+        predict_volume(warm_volume, bf16, batch_size=args.batch_size)
 
-    agreement: dict[str, list[float]] = {name: [] for name in sides}
+
+def _time_paths(sides: dict, rounds: int, device) -> tuple:
+    """``(comparison, labels, peak_gib)``: the alternating comparison of ``sides`` (see side_by_side.alternate),
+    every round's labels of each path, and each path's peak GPU memory beyond the resident weights (GiB; CUDA
+    only)."""
+    agreement: dict[str, list] = {name: [] for name in sides}
     peak_gib: dict[str, float] = {}
 
     def on_round(index, seconds):
-        line = ", ".join(f"{name.split(' (')[0] if name == reference_name else name}: {t:.2f} s"
+        line = ", ".join(f"{name.split(' (')[0] if name == REFERENCE_NAME else name}: {t:.2f} s"
                          for name, t in seconds.items())
         print(f"round {index + 1}: {line}; load {load_average()}", flush=True)
 
@@ -315,31 +357,8 @@ def run(args) -> dict:
         return call
 
     timed_sides = {name: checked(name, function) for name, function in sides.items()}
-    comparison = alternate(timed_sides, args.rounds, reference_name, sync=lambda: _sync(device), on_round=on_round)
-    reference = agreement[reference_name]
-    rows = []
-    for name in sides:
-        # every round's labels against the same round's reference loop (a nondeterministic path shows as a range)
-        shares = [float((labels == ref).mean()) for labels, ref in zip(agreement[name], reference)]
-        seconds = comparison.median_time(name)
-        rows.append({"path": name, "seconds": seconds, "slices_per_s": depth / seconds,
-                     "ratio": comparison.ratio_text(name), "agreement": min(shares),
-                     "gflops": gflop * depth / seconds, "bf16": "bf16" in name, "peak_gib": peak_gib.get(name)})
-    profiles = {}
-    if args.profile:
-        profiles["reference loop, batch 1, fp32"] = profile_reference_forward(ref_model, args.img_size, device)
-        profiles["fp32"] = profile_forward(fp32, args.img_size, b)
-        if native_bf16:
-            profiles["bf16 autocast"] = profile_forward(bf16, args.img_size, b)
-    fp32_rate = matmul_gflops(torch.float32, device)
-    bf16_rate = matmul_gflops(torch.bfloat16, device) if native_bf16 else None
-    for row in rows:
-        peak = bf16_rate if row["bf16"] and bf16_rate else fp32_rate
-        row["of_peak"] = row["gflops"] / peak
-    return {"rows": rows, "volume": volume_text, "gflop": gflop, "depth": depth, "fp32_rate": fp32_rate,
-            "bf16_rate": bf16_rate, "bf16_note": bf16_note, "device": device, "profiles": profiles,
-            "machine": machine_line(torch.get_num_threads(), device), "comparison": comparison, "args": args,
-            "model": model}
+    comparison = alternate(timed_sides, rounds, REFERENCE_NAME, sync=lambda: _sync(device), on_round=on_round)
+    return comparison, agreement, peak_gib
 
 
 def render(result: dict) -> str:

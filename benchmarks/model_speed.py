@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-from results_file import cpu_name, write_section  # noqa: E402  benchmarks/results_file.py
+from results_file import cpu_name, publish  # noqa: E402  benchmarks/results_file.py
 
 DEFAULT_MODELS = ["R50-ViT-B_16", "ViT-B_16", "R50-ViT-L_16", "DS-TransUNet-B"]
 SECTION_HEADING = "## Model forward time on CPU (benchmarks/model_speed.py)"
@@ -117,9 +117,7 @@ def main(argv: "list[str] | None" = None) -> int:
     command = "python benchmarks/model_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = markdown_section(results, skipped, command.strip(), machine, args.img_size, args.batch, args.warmup)
     print()
-    print(section)
-    if args.write:
-        write_section(args.write, SECTION_HEADING, section)
+    publish(section, SECTION_HEADING, args.write)
     return 0
 
 

@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from results_file import cpu_name, write_section  # benchmarks/results_file.py
+from results_file import cpu_name, publish  # benchmarks/results_file.py
 
 SECTION_HEADING = "## Model zoo on the phantom cohort (benchmarks/zoo.py)"
 REPO = Path(__file__).resolve().parents[1]
@@ -542,10 +542,7 @@ def main(argv: "list[str] | None" = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.render:
-        section = markdown_section(json.loads(args.render.read_text()))
-        print(section)
-        if args.write:
-            write_section(args.write, SECTION_HEADING, section)
+        publish(markdown_section(json.loads(args.render.read_text())), SECTION_HEADING, args.write)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
@@ -597,9 +594,8 @@ def main(argv: "list[str] | None" = None) -> int:
     json_path = args.json or args.run_dir / "zoo.json"
     json_path.write_text(json.dumps(report, indent=1, default=str))
     print()
-    print(section)
+    publish(section, SECTION_HEADING, args.write)
     if args.write:
-        write_section(args.write, SECTION_HEADING, section)
         log.info("wrote %s", args.write)
     return 1 if any("error" in row for row in rows) else 0
 

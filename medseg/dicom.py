@@ -620,16 +620,50 @@ def write_rtstruct(labels: Volume, series: Series, label_set, path: "str | Path"
         ``{"rois": {roi_number: organ}, "empty": [organ, ...]}``.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     sources, frames = _sources_and_frames(labels, series, path)
     first = sources[0]
-    orientation = _orientation(first)
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    now_date, now_time = _now()
+    ds = _rtstruct_dataset(series, first, label)
+    ds.ReferencedFrameOfReferenceSequence = Sequence([_rtstruct_referenced_frame(series, sources)])
 
+    rois = {}
+    roi_items, contour_items, observation_items = [], [], []
+    present, empty = organ_masks(frames, label_set, organs)
+    for class_index, organ, display, mask in present:
+        number = len(rois) + 1
+        rois[number] = organ
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, first.FrameOfReferenceUID
+        roi.ROIName, roi.ROIGenerationAlgorithm = display, "AUTOMATIC"
+        roi_items.append(roi)
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber = number
+        roi_contour.ROIDisplayColor = list(label_set.colours[class_index - 1])
+        roi_contour.ContourSequence = Sequence(_rtstruct_contours(mask, sources))
+        contour_items.append(roi_contour)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "ORGAN", ""
+        observation_items.append(observation)
+    if not rois:
+        raise InputError(f"{path}: no organ in the prediction; an RTSTRUCT needs at least one structure")
+    ds.StructureSetROISequence = Sequence(roi_items)
+    ds.ROIContourSequence = Sequence(contour_items)
+    ds.RTROIObservationsSequence = Sequence(observation_items)
+    with atomic_path(path, suffix=".dcm") as tmp:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+    return {"rois": rois, "empty": empty}
+
+
+def _rtstruct_dataset(series: Series, first, label: str):
+    """A new RT Structure Set dataset (file meta, patient and study copied from the series' ``first`` slice, new
+    series, structure set ``label`` dated now), without its references and ROIs."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    now_date, now_time = _now()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = _RTSTRUCT_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -645,7 +679,16 @@ def write_rtstruct(labels: Volume, series: Series, label_set, path: "str | Path"
     ds.InstanceNumber = 1
     ds.StructureSetLabel, ds.StructureSetName = label[:16], label
     ds.StructureSetDate, ds.StructureSetTime = now_date, now_time
+    return ds
 
+
+def _rtstruct_referenced_frame(series: Series, sources: list):
+    """The Referenced Frame of Reference item: frame of reference -> study -> series -> every slice of
+    ``sources``."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    first = sources[0]
     contour_images = []
     for header in sources:
         item = Dataset()
@@ -661,50 +704,33 @@ def write_rtstruct(labels: Volume, series: Series, label_set, path: "str | Path"
     frame_item = Dataset()
     frame_item.FrameOfReferenceUID = first.FrameOfReferenceUID
     frame_item.RTReferencedStudySequence = Sequence([study_item])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_item])
+    return frame_item
 
-    rois = {}
-    roi_items, contour_items, observation_items = [], [], []
-    present, empty = organ_masks(frames, label_set, organs)
-    for class_index, organ, display, mask in present:
-        number = len(rois) + 1
-        rois[number] = organ
-        roi = Dataset()
-        roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, first.FrameOfReferenceUID
-        roi.ROIName, roi.ROIGenerationAlgorithm = display, "AUTOMATIC"
-        roi_items.append(roi)
-        contours = []
-        for k in np.flatnonzero(mask.any(axis=(1, 2))):
-            origin = _position(sources[k])
-            for contour in slice_contours(mask[k]):
-                points = (origin + contour[:, 1:2] * column_spacing * orientation[:3]
-                          + contour[:, 0:1] * row_spacing * orientation[3:])
-                image_item = Dataset()
-                image_item.ReferencedSOPClassUID = sources[k].SOPClassUID
-                image_item.ReferencedSOPInstanceUID = sources[k].SOPInstanceUID
-                item = Dataset()
-                item.ContourImageSequence = Sequence([image_item])
-                item.ContourGeometricType = "CLOSED_PLANAR"
-                item.NumberOfContourPoints = len(points)
-                item.ContourData = [f"{v:.3f}" for v in points.reshape(-1)]
-                contours.append(item)
-        roi_contour = Dataset()
-        roi_contour.ReferencedROINumber = number
-        roi_contour.ROIDisplayColor = list(label_set.colours[class_index - 1])
-        roi_contour.ContourSequence = Sequence(contours)
-        contour_items.append(roi_contour)
-        observation = Dataset()
-        observation.ObservationNumber, observation.ReferencedROINumber = number, number
-        observation.RTROIInterpretedType, observation.ROIInterpreter = "ORGAN", ""
-        observation_items.append(observation)
-    if not rois:
-        raise InputError(f"{path}: no organ in the prediction; an RTSTRUCT needs at least one structure")
-    ds.StructureSetROISequence = Sequence(roi_items)
-    ds.ROIContourSequence = Sequence(contour_items)
-    ds.RTROIObservationsSequence = Sequence(observation_items)
-    with atomic_path(path, suffix=".dcm") as tmp:
-        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-    return {"rois": rois, "empty": empty}
+
+def _rtstruct_contours(mask: np.ndarray, sources: list) -> list:
+    """Contour items of one organ's ``mask`` (slices, rows, columns; slice ``k`` lies on ``sources[k]``): closed
+    planar contours in patient LPS mm, each referencing its slice."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    orientation = _orientation(sources[0])
+    row_spacing, column_spacing = (float(v) for v in sources[0].PixelSpacing)
+    contours = []
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        origin = _position(sources[k])
+        for contour in slice_contours(mask[k]):
+            points = (origin + contour[:, 1:2] * column_spacing * orientation[:3]
+                      + contour[:, 0:1] * row_spacing * orientation[3:])
+            image_item = Dataset()
+            image_item.ReferencedSOPClassUID = sources[k].SOPClassUID
+            image_item.ReferencedSOPInstanceUID = sources[k].SOPInstanceUID
+            item = Dataset()
+            item.ContourImageSequence = Sequence([image_item])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(points)
+            item.ContourData = [f"{v:.3f}" for v in points.reshape(-1)]
+            contours.append(item)
+    return contours
 
 
 def _now() -> tuple[str, str]:

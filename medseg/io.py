@@ -72,6 +72,16 @@ def strip_nifti_suffix(name: str) -> str:
     return name
 
 
+def check_input_file(path: Path, error: type = InputError) -> None:
+    """Raise ``error`` naming ``path`` unless it is an existing, non-empty regular file."""
+    if not path.exists():
+        raise error(f"{path}: file not found")
+    if not path.is_file():
+        raise error(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise error(f"{path}: file is empty")
+
+
 def read_volume(path: "str | Path", *, dtype=None) -> Volume:
     """Read a 3D NIfTI file (``.nii`` or ``.nii.gz``) into a :class:`Volume`.
 
@@ -86,12 +96,7 @@ def read_volume(path: "str | Path", *, dtype=None) -> Volume:
     import nibabel as nib
 
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty")
+    check_input_file(path)
     try:
         image = nib.load(str(path))
         array = np.asanyarray(image.dataobj)

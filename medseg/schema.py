@@ -220,6 +220,15 @@ def flag_values(args, cls) -> dict:
     return values
 
 
+def check_flags(args, cls) -> dict:
+    """The command line's values for ``cls``'s flagged fields, checked like a file's (messages name the flag, e.g.
+    ``--batch-size: must be at least 1, got 0``)."""
+    kinds = field_kinds(cls)
+    values = flag_values(args, cls)
+    flags = {f.name: f.metadata["flag"] for f in dataclasses.fields(cls) if f.name in values}
+    return {name: check_value(kinds[name], value, flags[name]) for name, value in values.items()}
+
+
 def suggest(key: str, known) -> str:
     """`` (did you mean X?)`` for a near miss, else `` (known: a, b, ...)``."""
     known = list(known)

@@ -38,7 +38,7 @@ def test_ratio_is_the_median_of_per_round_ratios_with_its_range():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only mode")
 def test_gpu_check_without_a_gpu_says_so_runs_a_smoke_run_and_exits_0(tmp_path):
     results = tmp_path / "RESULTS.md"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path), "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(results)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -144,7 +144,6 @@ def test_read_checkpoint_info_does_not_build_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "create", no_build)
     info = read_checkpoint_info(path)
     assert info.model_name == "TransUNet-Tiny" and info.extra == {"epoch": 7}
-    assert info.num_tensors == len(tiny_model().state_dict())
 
 
 def test_save_refuses_what_would_not_load(tmp_path):

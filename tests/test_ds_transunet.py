@@ -21,13 +21,7 @@ from medseg.models.ds_transunet import (
 NUM_CLASSES = 9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Test machines are shared: one torch thread is faster than several fighting over busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(seed: int = 0, **overrides) -> DSTransUNet:

@@ -77,14 +77,7 @@ def build(key: str, img_size: int = 64, seed: int = 0, in_channels: int = 1) -> 
     return create(name, NUM_CLASSES, img_size, in_channels, **overrides)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The models here are small: one intra-op thread is as fast, and far faster on a busy shared CPU, where
-    # OpenMP workers spin while they wait for each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --- registry and sizes --------------------------------------------------------------------------------------
@@ -202,6 +195,16 @@ def test_wrong_size_and_unknown_override_are_config_errors():
         build_on_meta("SETR-MLA-S", mla_layers=(3, 6))
     with pytest.raises(ConfigError, match="outside 1..12"):
         build_on_meta("SETR-PUP-S", aux_layers=(4, 8, 13))
+    # One check of the class and channel counts, in create() for every model and in the TransUNets' constructors.
+    for name in ("UNet", "TransUNet-Tiny", "DS-TransUNet-Tiny"):
+        with pytest.raises(ConfigError, match=r"^num_classes: must be at least 1, got 0$"):
+            create(name, 0, 128)
+        with pytest.raises(ConfigError, match=r"^in_channels: must be at least 1, got 0$"):
+            create(name, NUM_CLASSES, 128, in_channels=0)
+    from medseg.models.transunet import TINY, TransUNet
+
+    with pytest.raises(ConfigError, match=r"^num_classes: must be at least 1, got 0$"):
+        TransUNet(TINY, 0, 128)
 
 
 # --- training ------------------------------------------------------------------------------------------------

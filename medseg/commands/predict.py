@@ -320,38 +320,30 @@ def write_case_outputs(source, target: Path, image, prediction, label_set, args,
 
 
 def run(args) -> int:
+    from medseg.engine.config import PredictConfig
     from medseg.errors import ConfigError
+    from medseg.schema import check_flags
 
+    check_flags(args, PredictConfig)  # --batch-size and the other schema options, checked as a file's keys are
     if args.num_parts < 1:
         raise ConfigError(f"--num-parts: must be at least 1, got {args.num_parts}")
     if not 0 <= args.part_id < args.num_parts:
         raise ConfigError(f"--part-id: must be in 0..{args.num_parts - 1}, got {args.part_id}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size: must be at least 1, got {args.batch_size}")
     with contextlib.ExitStack() as stack:
         return _run(args, stack)
 
 
 def _run(args, stack: contextlib.ExitStack) -> int:
-    from medseg import __version__
-    from medseg.engine.inference import load_predictor
-    from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
-    from medseg.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, ConfigError, MedsegError, OutputError
-    from medseg.io import check_output_path, is_nifti, remove_stale_temps, write_json
+    """The whole run: plan the outputs, sort out what is already done, predict the rest, write the summary."""
+    from medseg.engine.provenance import checkpoint_sha256, expected_record
+    from medseg.errors import EXIT_OK
+    from medseg.io import remove_stale_temps
     from medseg.outputs import parse_output_types
 
     args.output_types = parse_output_types(getattr(args, "output_type", None))
     inputs = open_inputs(args.input, stack)
     dicom_input = bool(inputs) and isinstance(inputs[0], DicomCase)
-    dicom_outputs = [t for t in args.output_types if t != "nifti"]
-    if dicom_outputs and not dicom_input:
-        raise ConfigError(f"--output-type {dicom_outputs[0]}: needs a DICOM series input; {args.input} holds NIfTI "
-                          "or h5 volumes")
-    if dicom_outputs and is_nifti(args.output):
-        raise ConfigError(f"{args.output}: --output-type {dicom_outputs[0]} needs an output folder")
-    single = args.input.is_file() and not dicom_input
-    single_output = single or (dicom_input and len(inputs) == 1 and is_nifti(args.output))
-    check_output_path(args.output, "output file" if single_output else "output folder", folder=not single_output)
+    single_output = _check_outputs(args, inputs, dicom_input)
     all_pairs = plan_outputs(inputs, args.output, single_output)
     pairs = all_pairs[args.part_id::args.num_parts]
     if not pairs:
@@ -361,6 +353,36 @@ def _run(args, stack: contextlib.ExitStack) -> int:
     remove_stale_temps(args.output.parent if single_output else args.output)
     settings = run_settings(args, checkpoint_sha256(args.checkpoint))
     expected = {source.name: expected_record(settings, _source_files(source)) for source, _ in pairs}
+    todo, records = _sort_done(args, pairs, expected)
+    started = time.perf_counter()
+    records.update(_predict_cases(args, todo, expected, single_output))
+    return _finish(args, pairs, todo, records, settings, dicom_input, single_output,
+                   time.perf_counter() - started)
+
+
+def _check_outputs(args, inputs: list, dicom_input: bool) -> bool:
+    """Check ``--output`` against the inputs and ``--output-type``; returns whether it is a single output file."""
+    from medseg.errors import ConfigError
+    from medseg.io import check_output_path, is_nifti
+
+    dicom_outputs = [t for t in args.output_types if t != "nifti"]
+    if dicom_outputs and not dicom_input:
+        raise ConfigError(f"--output-type {dicom_outputs[0]}: needs a DICOM series input; {args.input} holds NIfTI "
+                          "or h5 volumes")
+    if dicom_outputs and is_nifti(args.output):
+        raise ConfigError(f"{args.output}: --output-type {dicom_outputs[0]} needs an output folder")
+    single = args.input.is_file() and not dicom_input
+    single_output = single or (dicom_input and len(inputs) == 1 and is_nifti(args.output))
+    check_output_path(args.output, "output file" if single_output else "output folder", folder=not single_output)
+    return single_output
+
+
+def _sort_done(args, pairs: list, expected: dict) -> tuple[list, dict]:
+    """``(todo, records)``: the (source, target) pairs to predict and the records of those already done with the
+    same settings; an output made with other settings is an error unless ``--overwrite``."""
+    from medseg.engine.provenance import record_mismatch
+    from medseg.errors import OutputError
+
     todo, records, conflicts = [], {}, []
     for source, target in pairs:
         marker = done_marker(target, args.output_types)
@@ -377,16 +399,27 @@ def _run(args, stack: contextlib.ExitStack) -> int:
         more = f" (and {len(conflicts) - 1} more output(s) there)" if len(conflicts) > 1 else ""
         raise OutputError(f"{marker}: exists and {why}{more}; pass --overwrite to replace it, or choose another "
                           "output folder")
-    started = time.perf_counter()
-    if todo:
-        predictor = load_predictor(args.checkpoint, args.device, model_name=args.model, labels=args.labels,
-                                   img_size=args.img_size, amp=args.amp)
-        log.info("model %s (%s, %d classes, input %d px) on %s, amp %s; %d case(s) to predict",
-                 predictor.model_name, predictor.label_set.name, predictor.num_classes, predictor.img_size,
-                 predictor.device, predictor.amp, len(todo))
-        from medseg.outputs import parse_organs
+    return todo, records
 
-        args.organ_list = parse_organs(getattr(args, "organs", None), predictor.label_set)
+
+def _predict_cases(args, todo: list, expected: dict, single_output: bool) -> dict:
+    """Load the model (only if there is something to do) and predict each (source, target) pair of ``todo``;
+    returns each case's record. A case that fails is recorded and skipped, unless it is the only output."""
+    from medseg import __version__
+    from medseg.engine.inference import load_predictor
+    from medseg.errors import MedsegError
+
+    if not todo:
+        return {}
+    predictor = load_predictor(args.checkpoint, args.device, model_name=args.model, labels=args.labels,
+                               img_size=args.img_size, amp=args.amp)
+    log.info("model %s (%s, %d classes, input %d px) on %s, amp %s; %d case(s) to predict",
+             predictor.model_name, predictor.label_set.name, predictor.num_classes, predictor.img_size,
+             predictor.device, predictor.amp, len(todo))
+    from medseg.outputs import parse_organs
+
+    args.organ_list = parse_organs(getattr(args, "organs", None), predictor.label_set)
+    records: dict = {}
     folders_done: set = set()
     for number, (source, target) in enumerate(todo, start=1):
         try:
@@ -406,10 +439,17 @@ def _run(args, stack: contextlib.ExitStack) -> int:
             log.info("[%d/%d] %s -> %s (%.1f s)", number, len(todo), source.name, target, record["seconds"])
         record["output"] = str(target)
         records[source.name] = record
+    return records
+
+
+def _finish(args, pairs: list, todo: list, records: dict, settings: dict, dicom_input: bool, single_output: bool,
+            elapsed: float) -> int:
+    """Statistics table, ``predict_summary.json`` (folder outputs), the closing lines; returns the exit code."""
+    from medseg.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED
+    from medseg.io import write_json
 
     counts = {status: sum(r["status"] == status for r in records.values())
               for status in ("predicted", "exists", "failed")}
-    elapsed = time.perf_counter() - started
     if args.statistics and todo:
         write_statistics_table(args, pairs)
     if not single_output:

@@ -463,35 +463,42 @@ def contrast_phase(seed: int, case_index: int) -> str:
                        _rng(seed, _STREAM_CONTRAST, 2_000_000 + case_index))
 
 
-def make_anatomy(seed: int, case_index: int) -> Anatomy:
-    """Draw the anatomy of case ``case_index`` of ``seed`` (depends on nothing else).
+class _Draw:
+    """Random draws for one patient: the anatomy stream ``rng`` and the patient's size factor ``s``.
 
-    Positions are written for an average patient (scale 1) in mm, patient coordinates (x right, y anterior,
-    z superior; origin at the vertebral body centre at renal-hilum level), then scaled and jittered.
+    Every helper consumes ``rng`` in a fixed order, so the steps of :func:`make_anatomy` must run in the order they
+    are written there (changing it changes every phantom).
     """
-    rng = _rng(seed, _STREAM_ANATOMY, case_index)
-    s = float(rng.uniform(0.9, 1.15))
 
-    def point(x, y, z, jitter=4.0):
+    def __init__(self, rng: np.random.Generator, s: float):
+        self.rng = rng
+        self.s = s
+
+    def point(self, x, y, z, jitter=4.0):
         """A landmark (mm) for an average patient, scaled to this one and jittered by ``jitter`` mm (sd)."""
-        return np.array([x, y, z], dtype=np.float64) * s + rng.normal(0.0, jitter, 3)
+        return np.array([x, y, z], dtype=np.float64) * self.s + self.rng.normal(0.0, jitter, 3)
 
-    def size():
+    def size(self):
         """A per-organ size factor."""
-        return float(np.clip(rng.normal(1.0, 0.06), 0.88, 1.12))
+        return float(np.clip(self.rng.normal(1.0, 0.06), 0.88, 1.12))
 
-    def blob(centre, radii, yaw=0.0, pitch=0.0, roll=0.0, bumpiness=0.04, angle_jitter=6.0):
+    def blob(self, centre, radii, yaw=0.0, pitch=0.0, roll=0.0, bumpiness=0.04, angle_jitter=6.0):
         """A randomly deformed ellipsoid; ``radii`` already in mm for this patient."""
+        rng = self.rng
         rotation = _rotation(yaw + rng.normal(0, angle_jitter), pitch + rng.normal(0, angle_jitter),
                              roll + rng.normal(0, angle_jitter))
         return Blob(np.asarray(centre, dtype=np.float64), np.asarray(radii, dtype=np.float64), rotation,
                     rng.normal(0.0, bumpiness, N_BUMPS))
 
-    def tube(points, radii, jitter=3.0):
+    def tube(self, points, radii, jitter=3.0):
         """A tube through landmarks of an average patient (mm) with radii for an average patient (mm)."""
-        return Tube([point(*p, jitter=jitter) for p in points], [r * s for r in radii])
+        return Tube([self.point(*p, jitter=jitter) for p in points], [r * self.s for r in radii])
 
-    # Body: the cavity inside the abdominal wall muscle, then the wall, then subcutaneous fat.
+
+def _draw_body(d: _Draw) -> tuple[BodyOutline, BodyOutline, BodyOutline]:
+    """The body outlines ``(cavity, muscle, skin)``: the cavity inside the abdominal wall muscle, then the wall,
+    then subcutaneous fat."""
+    s, rng = d.s, d.rng
     cavity = BodyOutline(
         centre_y=30.0 * s,
         half_width=118.0 * s * rng.normal(1.0, 0.04),
@@ -506,9 +513,15 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     fatness = float(rng.uniform(0.0, 1.0))
     muscle = cavity.grown(wall, wall, wall)
     skin = muscle.grown(8.0 + 27.0 * fatness, 8.0 + 37.0 * fatness, 22.0 + 20.0 * fatness)
+    return cavity, muscle, skin
 
-    dome_right = point(55.0, 40.0, 150.0, jitter=6.0)
-    dome_left = point(-55.0, 35.0, 150.0, jitter=4.0)
+
+def _draw_diaphragm_and_spine(d: _Draw) -> tuple[np.ndarray, np.ndarray, dict, float]:
+    """``(dome_right, dome_left, spine, z_bifurcation)``: diaphragm dome apexes (mm), vertebral geometry (mm) and
+    the height (mm) of the aortic bifurcation."""
+    s, rng = d.s, d.rng
+    dome_right = d.point(55.0, 40.0, 150.0, jitter=6.0)
+    dome_left = d.point(-55.0, 35.0, 150.0, jitter=4.0)
     dome_left[2] = dome_right[2] - rng.uniform(5.0, 25.0)
     period = 32.0 * s * rng.uniform(0.95, 1.05)
     spine = {
@@ -516,10 +529,15 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
         "period": period, "phase": float(rng.uniform(0.0, period)), "disc": 6.0 * s,
     }
     z_bifurcation = (-110.0 + rng.normal(0.0, 8.0)) * s
+    return dome_right, dome_left, spine, z_bifurcation
 
-    organs = {}
-    extras = {}
 
+def _draw_upper_abdomen(d: _Draw, organs: dict, extras: dict) -> float:
+    """Liver (with hepatic veins), gallbladder, stomach, duodenum and spleen into ``organs`` / ``extras``.
+
+    Returns the stomach's air-fluid level ``y`` (mm).
+    """
+    s, rng, point, size, blob, tube = d.s, d.rng, d.point, d.size, d.blob, d.tube
     # Liver: a big right lobe and an anterior left lobe crossing the midline.
     liver_size = size()
     left_lobe_size = liver_size * rng.uniform(0.8, 1.2)
@@ -554,7 +572,12 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
 
     organs["spleen"] = blob(point(-88, -10, 82), np.array([27, 62, 52]) * s * size(), yaw=33, pitch=-10,
                             bumpiness=0.05)
+    return stomach_air_y
 
+
+def _draw_retroperitoneum(d: _Draw, organs: dict, extras: dict) -> None:
+    """Kidneys (with renal sinus and hilum), adrenal glands and pancreas into ``organs`` / ``extras``."""
+    s, point, size, blob, tube = d.s, d.point, d.size, d.blob, d.tube
     # Kidneys: hila face antero-medially, upper poles lean medially; a renal sinus (fat + pelvis) at the hilum.
     for key, side, centre in (("kidney_right", 1.0, (64, -8, 5)), ("kidney_left", -1.0, (-64, -6, 20))):
         k_size = size()
@@ -572,7 +595,12 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     organs["pancreas"] = tube([(24, 58, 5), (4, 68, 22), (-30, 62, 32), (-62, 42, 42), (-80, 26, 48)],
                               np.array([15, 10, 11, 10, 7]) * size())
 
-    # Great vessels. The aorta bifurcates into the (unlabelled) iliac arteries near L4.
+
+def _draw_vessels(d: _Draw, organs: dict, extras: dict, z_bifurcation: float, heart_z: float) -> None:
+    """Great vessels into ``organs`` / ``extras``: aorta and IVC with the iliac vessels (the aorta bifurcates near
+    L4 at ``z_bifurcation`` mm), portal/splenic, mesenteric vessels; ``heart_z`` (mm, average patient) is where the
+    IVC ends."""
+    s, size, tube = d.s, d.size, d.tube
     organs["aorta"] = tube([(-30, 14, 330), (-26, 16, 200), (-16, 24, 140), (-12, 32, 60), (-10, 34, -40),
                             (-6, 34, z_bifurcation / s)], np.array([12.5, 12.5, 12, 11.5, 10.5, 9.5]) * size(),
                            jitter=1.5)
@@ -580,7 +608,6 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     extras["iliac_arteries"] = Union([
         tube([(-6, 34, bottom), (40 * side, 32, bottom - 70), (65 * side, 45, bottom - 160)], [7, 6.5, 6])
         for side in (1, -1)])
-    heart_z = dome_right[2] / s + 45
     organs["inferior_vena_cava"] = tube([(18, 28, bottom - 15), (22, 30, -40), (22, 32, 20), (24, 30, 70),
                                          (20, 26, 120), (10, 40, heart_z - 20)],
                                         np.array([10, 11, 12, 12, 13, 14]) * size(), jitter=1.5)
@@ -597,6 +624,12 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     extras["mesenteric_arteries"] = Union([
         tube([(-10, 40, 40), (-4, 56, 20), (-2, 64, -40), (0, 72, -100)], [4.5, 4, 3.5, 3]),  # SMA
     ])
+
+
+def _draw_chest_and_pelvis(d: _Draw, organs: dict, extras: dict, heart_z: float) -> None:
+    """Esophagus, mediastinum and heart (at ``heart_z`` mm, average patient), then colon (ascending, transverse,
+    descending, sigmoid) and bladder, into ``organs`` / ``extras``."""
+    s, point, size, blob, tube = d.s, d.point, d.size, d.blob, d.tube
     organs["esophagus"] = tube([(-2, 28, 330), (-4, 32, 200), (-12, 40, 150), (-28, 52, 122), (-38, 55, 108)],
                                np.array([8.5, 8.5, 8.5, 8.5, 8]) * size(), jitter=1.5)
     extras["mediastinum"] = Union([
@@ -605,28 +638,18 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
     ])
     extras["heart"] = blob(point(-15, 72, heart_z), np.array([62, 52, 55]) * s * size(), yaw=-20, bumpiness=0.03)
 
-    # Colon (ascending, transverse, descending, sigmoid), a few small-bowel-free landmarks and the bladder.
     extras["colon"] = tube([(95, 25, -120), (98, 30, -30), (92, 40, 15), (75, 70, 28), (35, 105, 8),
                             (-30, 105, 12), (-80, 60, 50), (-100, 20, 20), (-102, 15, -60), (-95, 25, -150),
                             (-50, 60, -220), (0, 50, -260)],
                            [25, 25, 24, 22, 20, 20, 20, 18, 18, 18, 15, 15], jitter=5.0)
     extras["bladder"] = blob(point(0, 70, -290), np.array([45, 38, 35]) * s * size(), bumpiness=0.05)
 
-    omitted = omitted_organs(seed, case_index)
-    for key in omitted:
-        organs.pop(key, None)
 
-    # CT numbers (HU) for this patient in its contrast phase (medseg.data.phantom_contrast), from its own stream so
-    # that the phase never shifts the anatomy.
-    contrast_rng = _rng(seed, _STREAM_CONTRAST, case_index)
-    phase = contrast_phase(seed, case_index)
-    hu = draw_ct_numbers(contrast_rng, phase)
-    fields = {
-        "bowel": _smooth_field(rng, 5.5, _BOWEL_LO, _BOWEL_HI, _BOWEL_STEP),
-        "content": _smooth_field(rng, 6.0),
-        "shape": _smooth_field(rng, 8.0),
-    }
-    params = {
+def _draw_patient_params(rng: np.random.Generator, contrast_rng: np.random.Generator, phase: str,
+                         stomach_air_y: float, z_bifurcation: float) -> dict:
+    """:attr:`Anatomy.params`: the remaining draws from the anatomy stream ``rng`` (after the smooth fields) and
+    the contrast stream ``contrast_rng`` (after the CT numbers)."""
+    return {
         "stomach_air_y": stomach_air_y,
         "z_bifurcation": z_bifurcation,
         "esophagus_air": bool(rng.uniform() < 0.4),
@@ -644,6 +667,42 @@ def make_anatomy(seed: int, case_index: int) -> Anatomy:
         # Amplitude (HU) of the parenchymal texture.
         "texture_hu": float(contrast_rng.uniform(3.0, 10.0)),
     }
+
+
+def make_anatomy(seed: int, case_index: int) -> Anatomy:
+    """Draw the anatomy of case ``case_index`` of ``seed`` (depends on nothing else).
+
+    Positions are written for an average patient (scale 1) in mm, patient coordinates (x right, y anterior,
+    z superior; origin at the vertebral body centre at renal-hilum level), then scaled and jittered. The steps
+    share one random stream, so their order is part of every phantom's identity.
+    """
+    rng = _rng(seed, _STREAM_ANATOMY, case_index)
+    s = float(rng.uniform(0.9, 1.15))
+    d = _Draw(rng, s)
+    cavity, muscle, skin = _draw_body(d)
+    dome_right, dome_left, spine, z_bifurcation = _draw_diaphragm_and_spine(d)
+    organs, extras = {}, {}
+    stomach_air_y = _draw_upper_abdomen(d, organs, extras)
+    _draw_retroperitoneum(d, organs, extras)
+    heart_z = dome_right[2] / s + 45
+    _draw_vessels(d, organs, extras, z_bifurcation, heart_z)
+    _draw_chest_and_pelvis(d, organs, extras, heart_z)
+
+    omitted = omitted_organs(seed, case_index)
+    for key in omitted:
+        organs.pop(key, None)
+
+    # CT numbers (HU) for this patient in its contrast phase (medseg.data.phantom_contrast), from its own stream so
+    # that the phase never shifts the anatomy.
+    contrast_rng = _rng(seed, _STREAM_CONTRAST, case_index)
+    phase = contrast_phase(seed, case_index)
+    hu = draw_ct_numbers(contrast_rng, phase)
+    fields = {
+        "bowel": _smooth_field(rng, 5.5, _BOWEL_LO, _BOWEL_HI, _BOWEL_STEP),
+        "content": _smooth_field(rng, 6.0),
+        "shape": _smooth_field(rng, 8.0),
+    }
+    params = _draw_patient_params(rng, contrast_rng, phase, stomach_air_y, z_bifurcation)
     return Anatomy(scale=s, cavity=cavity, muscle=muscle, skin=skin, dome_right=dome_right, dome_left=dome_left,
                    dome_drop=90.0 * s, spine=spine, organs=organs, extras=extras,
                    hu={k: float(v) for k, v in hu.items()}, fields=fields, omitted=omitted, params=params)

@@ -214,8 +214,6 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
             removed again). ConfigError: ``out_dir`` holds a cache made with other settings.
         OutputError: ``out_dir`` cannot be created.
     """
-    from medseg.progress import progress_bar as tqdm
-
     label_set = get_label_set(labels)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     check_output_path(out_dir, "output folder", folder=True)
@@ -234,6 +232,24 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
 
     summary = PrepareSummary(out_dir=out_dir, skipped_files=dict(cohort.skipped))
     entries: dict[str, dict] = {}
+    todo = _plan_cases(cases, splits, out_dir, label_set, params, entries, summary)
+    _prepare_all(todo, workers, progress, entries, summary)
+
+    if not entries:  # nothing usable: leave no folder that looks like a cache behind
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        first = sorted(summary.failed.items())[0] if summary.failed else ("", "no case")
+        raise InputError(f"no case of {raw_dir} could be prepared ({len(summary.failed)} failed; first: "
+                         f"{first[1]})")
+    _write_manifest(out_dir, header, entries, summary)
+    return summary
+
+
+def _plan_cases(cases, splits: dict, out_dir: Path, label_set: LabelSet, params: PreprocessingParams,
+                entries: dict, summary: PrepareSummary) -> list:
+    """The preparation jobs: every case whose cached folder is missing or was made from other sources or settings
+    (listed in ``summary.reprepared``). A case already done is put in ``entries`` and ``summary.already_done``; one
+    whose sources cannot be read goes to ``summary.failed``."""
     todo = []
     for case in cases:
         try:
@@ -255,6 +271,13 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
             summary.reprepared[case.case_id] = why
             log.info("%s: prepared again: %s", case.case_id, why)
         todo.append((out_dir, case, splits[case.case_id], label_set, params, provenance))
+    return todo
+
+
+def _prepare_all(todo: list, workers: int, progress: bool, entries: dict, summary: PrepareSummary) -> None:
+    """Run the jobs of :func:`_plan_cases` (in ``workers`` processes when more than one), collecting each case's
+    entry or error into ``entries`` / ``summary``."""
+    from medseg.progress import progress_bar as tqdm
 
     bar = tqdm(total=len(todo), desc="prepare", unit="case", disable=not progress or not todo)
     if workers > 1 and len(todo) > 1:
@@ -273,18 +296,14 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
             bar.update()
     bar.close()
 
-    if not entries:  # nothing usable: leave no folder that looks like a cache behind
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        first = sorted(summary.failed.items())[0] if summary.failed else ("", "no case")
-        raise InputError(f"no case of {raw_dir} could be prepared ({len(summary.failed)} failed; first: "
-                         f"{first[1]})")
+
+def _write_manifest(out_dir: Path, header: dict, entries: dict, summary: PrepareSummary) -> None:
+    """The cache's manifest: ``header``, the prepared cases (by id) and what was skipped, written atomically."""
     manifest = dict(header)
     manifest["cases"] = [entries[cid] for cid in sorted(entries)]
     manifest["skipped"] = [{"case_id": cid, "error": msg} for cid, msg in sorted(summary.failed.items())]
     manifest["skipped_files"] = [{"file": path, "reason": why} for path, why in sorted(summary.skipped_files.items())]
     write_json(out_dir / MANIFEST, manifest)
-    return summary
 
 
 def _collect(result, entries: dict, summary: PrepareSummary) -> None:

@@ -103,6 +103,17 @@ class ResNet18(nn.Module):
         return feat8, feat16, feat32
 
 
+def channel_attention(channels: int) -> nn.Sequential:
+    """The official ARM/FFM channel attention: ``(B, C, h, w)`` -> ``(B, C, 1, 1)`` weights in (0, 1) from a global
+    average pool, 1x1 conv (no bias), BN and sigmoid (indices 1 and 2 are the official ``conv_atten``/``bn_atten``)."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(channels, channels, 1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.Sigmoid(),
+    )
+
+
 class AttentionRefinement(nn.Module):
     """ARM: 3x3 conv to ``out_channels``, then channel attention (global pool, 1x1 conv, BN, sigmoid) multiplies it.
 
@@ -112,12 +123,7 @@ class AttentionRefinement(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = ConvBNReLU(in_channels, out_channels, 3)
-        self.attention = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(out_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.Sigmoid(),
-        )
+        self.attention = channel_attention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -177,12 +183,7 @@ class FeatureFusion(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = ConvBNReLU(in_channels, out_channels, 1)
-        self.attention = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(out_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.Sigmoid(),
-        )
+        self.attention = channel_attention(out_channels)
 
     def forward(self, spatial: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.conv(torch.cat([spatial, context], dim=1))
@@ -277,9 +278,14 @@ def _conv_bn(official: str, ours: str) -> list[tuple[str, str]]:
     return [(rf"{official}\.conv\.(.*)", rf"{ours}.0.\1"), (rf"{official}\.bn\.(.*)", rf"{ours}.1.\1")]
 
 
+def _resnet_rules(official_prefix: str) -> list[tuple[str, str | None]]:
+    """Rules for torchvision ResNet-18 keys (after the regex ``official_prefix``) onto the context path's backbone."""
+    return [(official_prefix + pattern, None if target is None else f"context_path.backbone.{target}")
+            for pattern, target in _RESNET_RULES]
+
+
 def _official_rules() -> list[tuple[str, str | None]]:
-    rules = [(rf"cp\.resnet\.{pattern}", None if target is None else f"context_path.backbone.{target}")
-             for pattern, target in _RESNET_RULES]
+    rules = _resnet_rules(r"cp\.resnet\.")
     for arm in ("arm16", "arm32"):
         rules += _conv_bn(rf"cp\.{arm}\.conv", f"context_path.{arm}.conv")
         rules += [(rf"cp\.{arm}\.conv_atten\.(.*)", rf"context_path.{arm}.attention.1.\1"),
@@ -319,8 +325,7 @@ def load_resnet18_imagenet(model: BiSeNet, path) -> PretrainedReport:
     """
     report = PretrainedReport(source=Path(path).name, family="bisenet")
     state = read_weights(path, "torchvision ResNet-18 checkpoint")
-    rules = [(pattern, None if target is None else f"context_path.backbone.{target}")
-             for pattern, target in _RESNET_RULES]
+    rules = _resnet_rules("")
     renamed, report.unexpected = rename_keys(state, rules)
     adapt_first_kernel(renamed, "context_path.backbone.stem.0.weight", model.context_path.backbone.stem[0].in_channels,
                        report)

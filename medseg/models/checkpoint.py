@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from medseg.errors import CheckpointError, ConfigError, MedsegError
-from medseg.io import atomic_path
+from medseg.io import atomic_path, check_input_file
 from medseg.labels import LabelSet, get_label_set
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ class CheckpointInfo:
         training_state: optimizer / scheduler / RNG state for resuming training, or ``None``.
         version: checkpoint format version (``None`` for a bare state_dict).
         medseg_version: medseg version that wrote the file (``None`` for a bare state_dict).
-        num_tensors: number of entries of the state_dict.
     """
 
     path: Path
@@ -77,7 +76,6 @@ class CheckpointInfo:
     training_state: "dict | None" = None
     version: "int | None" = None
     medseg_version: "str | None" = None
-    num_tensors: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -409,12 +407,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------------------------
 def _torch_load(path: Path, *, map_location, mmap: bool):
     """``torch.load(weights_only=True)`` with one-line errors that name the file."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: file not found")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: file is empty")
+    check_input_file(path, CheckpointError)
     try:
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -453,13 +446,12 @@ def _info_from_payload(path: Path, data) -> CheckpointInfo:
                 training_state=data.get("training_state"),
                 version=version,
                 medseg_version=data.get("medseg_version"),
-                num_tensors=len(state_dict),
             )
         except (KeyError, TypeError, ValueError, MedsegError) as exc:
             raise CheckpointError(f"{path}: malformed medseg checkpoint ({_first_line(exc)})") from None
         return info
-    state_dict = _state_dict_of(path, data)
-    return CheckpointInfo(path=path, kind="state_dict", model_name=None, num_tensors=len(state_dict))
+    _state_dict_of(path, data)  # a file that is no state_dict is an error here too
+    return CheckpointInfo(path=path, kind="state_dict", model_name=None)
 
 
 def _state_dict_of(path: Path, data) -> dict:

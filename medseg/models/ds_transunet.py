@@ -79,7 +79,7 @@ from medseg.errors import CheckpointError, ConfigError
 from medseg.models.layers import TransformerLayer
 from medseg.models.pretrained import (PretrainedReport, copy_weights, read_weights, register_official_converter,
                                       register_pretrained_loader, rename_keys)
-from medseg.models.options import check_options, dataclass_options
+from medseg.models.options import check_counts, check_options, dataclass_options
 from medseg.models.registry import OfficialCount, register_model
 
 logger = logging.getLogger(__name__)
@@ -458,10 +458,7 @@ class DSTransUNet(nn.Module):
     def __init__(self, config: DSTransUNetConfig, num_classes: int, in_channels: int = 1, img_size: int = 224):
         super().__init__()
         config.validate()
-        if num_classes < 1:
-            raise ConfigError(f"num_classes: must be at least 1, got {num_classes}")
-        if in_channels < 1:
-            raise ConfigError(f"in_channels: must be at least 1, got {in_channels}")
+        check_counts(num_classes, in_channels)
         self.config = config
         self.num_classes = num_classes
         self.in_channels = in_channels

@@ -25,6 +25,13 @@ def check_options(model_name: str, options: Mapping, known: Iterable[str]) -> No
                           f"(known: {', '.join(sorted(known))})")
 
 
+def check_counts(num_classes: int, in_channels: int) -> None:
+    """Raise :class:`ConfigError` unless ``num_classes`` (output classes) and ``in_channels`` are at least 1."""
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {value!r}")
+
+
 def constructor_options(cls, fixed: Iterable[str] = ("self", "num_classes", "img_size", "in_channels")) -> set[str]:
     """The keyword options of ``cls.__init__`` a builder passes through (all but the ``fixed`` ones)."""
     import inspect

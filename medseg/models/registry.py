@@ -128,7 +128,10 @@ def create(name: str, num_classes: int, img_size: int = 224, in_channels: int = 
         in_channels: image channels (1 for CT).
         **overrides: architecture-specific config values (e.g. ``hidden_size``); unknown keys are an error.
     """
+    from medseg.models.options import check_counts
+
     spec = get_spec(name)
+    check_counts(num_classes, in_channels)
     if img_size % spec.img_size_multiple:
         raise ConfigError(f"img_size: {name} needs a multiple of {spec.img_size_multiple}, got {img_size}")
     # Each builder checks its options with medseg.models.options.check_options (one ConfigError for all).

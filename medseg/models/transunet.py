@@ -40,7 +40,7 @@ from torch import nn
 
 from medseg.errors import CheckpointError, ConfigError
 from medseg.models.checkpoint import unwrap_model
-from medseg.models.options import check_options, dataclass_options
+from medseg.models.options import check_counts, check_options, dataclass_options
 from medseg.models.pretrained import PretrainedReport, register_pretrained_loader
 from medseg.models.registry import OfficialCount, register_model
 
@@ -490,8 +490,7 @@ class TransUNet(nn.Module):
         super().__init__()
         if img_size % TOKEN_STRIDE or img_size <= 0:
             raise ConfigError(f"img_size: TransUNet needs a positive multiple of {TOKEN_STRIDE}, got {img_size}")
-        if num_classes < 1:
-            raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+        check_counts(num_classes, in_channels)
         self.config = config
         self.num_classes = num_classes
         self.img_size = img_size
