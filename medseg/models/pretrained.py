@@ -178,7 +178,7 @@ def convert_official(family: str, state_dict: Mapping[str, torch.Tensor], model:
 
 def _file_digests(path) -> list[tuple[str, str]]:
     """``(file name, sha256)`` of the weight file(s) behind ``path``, for the record of what initialised a run."""
-    import hashlib
+    from medseg.io import file_sha256
 
     if isinstance(path, (list, tuple)):
         paths = [Path(p) for p in path]
@@ -190,14 +190,7 @@ def _file_digests(path) -> list[tuple[str, str]]:
             files += [item / name for name in ("model.safetensors", "pytorch_model.bin") if (item / name).is_file()]
         elif item.is_file():
             files.append(item)
-    digests = []
-    for file in files:
-        digest = hashlib.sha256()
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digests.append((file.name, digest.hexdigest()))
-    return digests
+    return [(file.name, file_sha256(file)) for file in files]
 
 
 def __getattr__(name: str):
