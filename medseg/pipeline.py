@@ -378,7 +378,7 @@ def _test_cases(outputs) -> list[dict]:
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     from medseg.engine.inference import load_predictor, predict_volume
     from medseg.outputs import write_label_map, write_labels_nifti
-    from medseg.progress import progress_bar as tqdm
+    from medseg.progress import progress_bar
 
     from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
 
@@ -391,7 +391,7 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
                 "resize": params["resize"], "amp": predictor.amp, "model": None, "labels": None, "img_size": None}
     labels_dir = stage_dir / "labels"
     entries = _test_cases(outputs)
-    for entry in tqdm(entries, desc="predict", unit="case", disable=not progress):
+    for entry in progress_bar(entries, desc="predict", unit="case", disable=not progress):
         target = labels_dir / f"{entry['case_id']}.nii.gz"
         expected = expected_record(settings, entry["source_image"])
         if target.exists() and record_mismatch(target, expected) is None:

@@ -1460,14 +1460,14 @@ def write_cohort(out_dir: "str | Path", cases: int, seed: int, size: str = "smal
         seed: integer >= 0.
         size: ``small`` or ``full``.
         workers: processes generating cases in parallel (1: in this process).
-        progress: show a tqdm progress bar.
+        progress: show progress (a bar on a terminal, log lines elsewhere; medseg.progress).
         preview: also render ``preview.png``.
 
     Returns:
         Summary: ``out_dir``, ``cases``, ``seed``, ``size``, ``seconds``, ``preview`` (path or None),
         ``omitted`` (case id -> omitted organs), ``manifest`` (path of phantom.json).
     """
-    from medseg.progress import progress_bar as tqdm
+    from medseg.progress import progress_bar
 
     out_dir = Path(out_dir)
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
@@ -1487,7 +1487,7 @@ def write_cohort(out_dir: "str | Path", cases: int, seed: int, size: str = "smal
         _remove_stale_cases(out_dir, old, cases)
 
     infos: dict[int, dict] = {}
-    bar = tqdm(total=cases, desc=f"synth {size}", unit="case", disable=not progress)
+    bar = progress_bar(total=cases, desc=f"synth {size}", unit="case", disable=not progress)
     try:
         if workers == 1:
             for index in range(1, cases + 1):

@@ -277,9 +277,9 @@ def _plan_cases(cases, splits: dict, out_dir: Path, label_set: LabelSet, params:
 def _prepare_all(todo: list, workers: int, progress: bool, entries: dict, summary: PrepareSummary) -> None:
     """Run the jobs of :func:`_plan_cases` (in ``workers`` processes when more than one), collecting each case's
     entry or error into ``entries`` / ``summary``."""
-    from medseg.progress import progress_bar as tqdm
+    from medseg.progress import progress_bar
 
-    bar = tqdm(total=len(todo), desc="prepare", unit="case", disable=not progress or not todo)
+    bar = progress_bar(total=len(todo), desc="prepare", unit="case", disable=not progress or not todo)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_prepare_one, job) for job in todo]

@@ -329,7 +329,7 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     Returns:
         ``(labels uint8 (H, W, D), probabilities float16 (H, W, D, C) or None)``.
     """
-    from medseg.progress import progress_bar as tqdm
+    from medseg.progress import progress_bar
 
     if oriented.ndim != 3:
         raise InputError(f"expected a 3D volume, got shape {oriented.shape}")
@@ -348,7 +348,7 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     if probabilities:
         probs_out = np.empty((height, width, depth, predictor.num_classes), dtype=np.float16)
 
-    bar = tqdm(total=depth, desc=description, unit="slice", disable=not progress, leave=False)
+    bar = progress_bar(total=depth, desc=description, unit="slice", disable=not progress, leave=False)
     for start in range(0, depth, batch_size):
         stop = min(start + batch_size, depth)
         chunk = np.moveaxis(np.asarray(oriented[:, :, start:stop]), -1, 0)  # (b, H, W), stored dtype

@@ -704,9 +704,9 @@ def train(config: TrainConfig) -> RunResult:
         stop.install()
         with torch_settings(config.deterministic, config.threads, device):
             if config.progress and context.is_main:
-                from medseg.progress import logging_redirect as logging_redirect_tqdm
+                from medseg.progress import logging_redirect
 
-                with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
+                with logging_redirect():  # log lines print above the progress bar instead of through it
                     return _train(config, context, device, stop, started, log_files)
             return _train(config, context, device, stop, started, log_files)
     finally:
@@ -721,7 +721,7 @@ def train(config: TrainConfig) -> RunResult:
 def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: StopRequest,
            started: float, log_files: list) -> RunResult:
     """The run, step by step: check, data, model, resume, epochs (train, validate, save), finish."""
-    from medseg.progress import progress_bar as tqdm
+    from medseg.progress import progress_bar
 
     run_dir = Path(config.out)
     if (run_dir / LAST).exists() and not config.resume:
@@ -765,7 +765,7 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
                  len(data.dataset), len(data.dataset.case_ids), config.epochs, data.batches_per_epoch,
                  config.batch_size, context.world_size, "es" if context.world_size > 1 else "", device, run.amp)
 
-    bar = tqdm(total=data.max_iterations, initial=position.iteration, desc="train", unit="it", dynamic_ncols=True,
+    bar = progress_bar(total=data.max_iterations, initial=position.iteration, desc="train", unit="it", dynamic_ncols=True,
                disable=not (config.progress and context.is_main))
     stop_reason = None
     while position.epoch < config.epochs and stop_reason is None:

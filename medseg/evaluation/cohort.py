@@ -308,7 +308,7 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
         tolerance_mm: NSD tolerance in mm.
         workers: processes evaluating cases in parallel (1 = in this process); default :func:`default_workers`.
         reference_format: ``auto``, ``raw`` or ``classes``.
-        progress: show a progress bar over cases (tqdm, on stderr).
+        progress: show progress over cases on stderr (a bar on a terminal, log lines elsewhere; medseg.progress).
 
     Returns:
         The summary dict described in the module docstring.
@@ -317,7 +317,7 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
         InputError: a folder is missing or unusable, or no prediction matches a reference.
         ConfigError: bad protocol, tolerance, workers or reference format.
     """
-    from medseg.progress import progress_bar as tqdm
+    from medseg.progress import progress_bar
 
     label_set = get_label_set(labels)
     protocols_of(protocol)
@@ -337,7 +337,7 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
             logger.warning("%s: no prediction; scored as a failure (missing_prediction)", pair.case_id)
 
     records = []
-    bar = tqdm(total=len(pairs), desc="evaluate", unit="case", disable=not progress)
+    bar = progress_bar(total=len(pairs), desc="evaluate", unit="case", disable=not progress)
     workers = min(workers, len(pairs))
     if workers == 1:
         for pair in pairs:
