@@ -765,8 +765,8 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
                  len(data.dataset), len(data.dataset.case_ids), config.epochs, data.batches_per_epoch,
                  config.batch_size, context.world_size, "es" if context.world_size > 1 else "", device, run.amp)
 
-    bar = progress_bar(total=data.max_iterations, initial=position.iteration, desc="train", unit="it", dynamic_ncols=True,
-               disable=not (config.progress and context.is_main))
+    bar = progress_bar(total=data.max_iterations, initial=position.iteration, desc="train", unit="it",
+                       dynamic_ncols=True, disable=not (config.progress and context.is_main))
     stop_reason = None
     while position.epoch < config.epochs and stop_reason is None:
         stop_reason = train_one_epoch(run, stop, bar)
