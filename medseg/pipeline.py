@@ -401,7 +401,8 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
         write_labels_nifti(target, labels, predictor.label_set,
                            provenance=dict(expected, checkpoint=str(checkpoint), input=entry["source_image"]))
     write_label_map(labels_dir, predictor.label_set)
-    return {"predictions": str(labels_dir), "checkpoint": str(checkpoint), "cases": len(entries)}
+    return {"predictions": str(labels_dir), "checkpoint": str(checkpoint),
+            "checkpoint_sha256": settings["checkpoint_sha256"], "cases": len(entries)}
 
 
 def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
@@ -462,8 +463,13 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
 def _report_provenance(pipeline, outputs) -> dict:
     """What the report evaluates: model, checkpoint (with its sha256), training settings, data, pipeline record."""
     train = pipeline.stages.get("train", {})
-    checkpoint = (outputs.get("predict") or {}).get("checkpoint")
-    sha = file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
+    predicted = outputs.get("predict") or {}
+    checkpoint = predicted.get("checkpoint")
+    # The hash the predict stage took when it made the predictions (a predict record written before it kept one
+    # falls back to hashing the file now).
+    sha = predicted.get("checkpoint_sha256")
+    if sha is None and checkpoint and Path(checkpoint).is_file():
+        sha = file_sha256(checkpoint)
     trained = outputs.get("train") or {}
     settings = {key: train[key] for key in ("epochs", "batch_size", "lr", "img_size", "seed", "augmentation")
                 if key in train}

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.io import read_volume
+from medseg.io import read_provenance, read_volume
 
 NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
 
@@ -29,6 +29,9 @@ def test_every_stage_leaves_its_outputs(tiny_runs):
     for name in ("report.html", "report.md", "per_case.csv", "dice_boxplot.png", "training_curve.png"):
         assert (run / "report" / name).stat().st_size > 0
     assert "Aorta" in (run / "report" / "report.md").read_text()
+    # the report names the checkpoint by the hash recorded in the predictions it evaluates
+    recorded = read_provenance(run / "predict" / "labels" / f"{held_out[0]['case_id']}.nii.gz")["checkpoint_sha256"]
+    assert recorded in (run / "report" / "report.md").read_text()
 
 
 def test_rerun_skips_everything(tiny_runs, capsys):
