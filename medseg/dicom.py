@@ -31,6 +31,7 @@ import hashlib
 import logging
 import re
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -723,26 +724,31 @@ def write_dicom_seg(labels: Volume, series: Series, label_set, path: "str | Path
 
 
 class _DemoteInfo(logging.Handler):
-    """Passes highdicom's warnings and errors on to the root logger's handlers, and its INFO and DEBUG records to
-    this module's logger at DEBUG level."""
+    """Passes highdicom's warnings and errors on to the root logger's handlers, logs its INFO records with this
+    module's logger at DEBUG level, and drops its own DEBUG records (hundreds of lines per DICOM-SEG)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno > logging.INFO:
             logging.getLogger().handle(record)
-        else:
+        elif record.levelno == logging.INFO:
             log.debug("highdicom: %s", record.getMessage())
 
 
 @contextlib.contextmanager
 def _highdicom_info_as_debug() -> Iterator[None]:
-    """While the block runs, highdicom's INFO records (one line per frame position check) reach the user only
-    with debug logging on (``medseg -v``); its warnings and errors pass unchanged."""
+    """While the block runs, highdicom's INFO records (about forty lines per DICOM-SEG) reach the user only with
+    debug logging on (``medseg -v``); its log warnings and errors pass unchanged, and its Python warnings about
+    the source's values (e.g. a one-component PatientName) are logged as one debug line each."""
     highdicom_log = logging.getLogger("highdicom")
     handler, propagate = _DemoteInfo(), highdicom_log.propagate
     highdicom_log.addHandler(handler)
     highdicom_log.propagate = False
     try:
-        yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            yield
+        for warning in caught:
+            log.debug("highdicom: %s", _first_line(warning.message))
     finally:
         highdicom_log.propagate = propagate
         highdicom_log.removeHandler(handler)

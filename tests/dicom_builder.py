@@ -112,12 +112,27 @@ def build_series(array: np.ndarray, affine: np.ndarray, folder: Path, *, anonymi
     return paths
 
 
+#: The UIDs an anonymiser may leave empty; gdcmconv mints a new SOPInstanceUID for an empty one.
+EMPTIABLE_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
 def gdcmconv(paths: list[Path], kind: str) -> None:
-    """Re-encode each file in place with gdcmconv to the transfer syntax ``kind`` (a key of :data:`GDCMCONV`)."""
+    """Re-encode each file in place with gdcmconv to the transfer syntax ``kind`` (a key of :data:`GDCMCONV`).
+
+    UIDs that were empty before (see :data:`EMPTIABLE_UIDS`) are emptied again afterwards (gdcmconv fills an empty
+    SOPInstanceUID with a new one, into the file meta too), so an anonymised series stays as anonymised.
+    """
     tool = need_tool("gdcmconv")
     options, syntax = GDCMCONV[kind]
     for path in paths:
+        before = pydicom.dcmread(path, stop_before_pixels=True)
         encoded = path.with_suffix(".enc")
         subprocess.run([tool, *options, str(path), str(encoded)], check=True, capture_output=True)
+        after = pydicom.dcmread(encoded)
+        empty = [keyword for keyword in EMPTIABLE_UIDS if not str(before.get(keyword, "") or "")]
+        if empty:
+            for keyword in empty:
+                setattr(after, keyword, "")
+            after.save_as(encoded, enforce_file_format=True)
         encoded.replace(path)
         assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax, (path, kind)
