@@ -32,10 +32,15 @@ import sys
 from importlib.metadata import version
 
 import medseg
-names = ["torch", "monai", "numpy", "scipy", "nibabel", "SimpleITK", "scikit-image", "pandas", "h5py", "matplotlib",
-         "tqdm", "PyYAML", "transformers"]
+names = ["torch", "monai", "numpy", "scipy", "nibabel", "SimpleITK", "pydicom", "highdicom", "scikit-image", "pandas",
+         "h5py", "matplotlib", "tqdm", "PyYAML", "transformers"]
 if sys.argv[1]:
     names += ["pytest", "medpy", "nbclient", "nbformat", "ipykernel"]
 print("setup: installed " + ", ".join(f"{name} {version(name)}" for name in names))
+if sys.argv[1]:  # the DICOM tests' Debian tools (.ci/run installs them with apt-get)
+    import shutil
+    tools = {"gdcmconv": "libgdcm-tools", "dciodvfy": "dicom3tools"}
+    missing = [package for tool, package in tools.items() if shutil.which(tool) is None]
+    print("setup: DICOM test tools " + (f"missing: apt-get install {' '.join(missing)}" if missing else "present"))
 print(f"setup: medseg {medseg.__version__} ready")
 PY
