@@ -83,6 +83,7 @@ ORGAN_CODES: dict[str, tuple[str, str]] = {
 _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: SOP classes that hold no image slices (SEG, RTSTRUCT, SR, presentation states...) are skipped when scanning.
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 _IMAGE_FREE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
 
 
@@ -128,7 +129,7 @@ class Series:
         folder = self.files[0].parent if self.files else ""
         if self.uid:
             return f"{folder} (series {self.uid})"
-        return f"{folder} (series {self.name or '?'}, no SeriesInstanceUID)"
+        return f"{folder} (series '{self.name or '?'}', no SeriesInstanceUID)"
 
     def summary(self) -> dict:
         """Plain-data description for summaries: identity, the rule that grouped the files, and which UIDs DICOM
@@ -213,6 +214,14 @@ def _text(header, keyword: str) -> str:
     return str(getattr(header, keyword, "") or "").strip()
 
 
+def is_image(header) -> bool:
+    """True for a file that holds image slices: not a DICOMDIR (CD and USB exports carry one), not an image-free
+    object by Modality (SEG, RTSTRUCT, SR, ...), and with Rows."""
+    sop_class = _text(getattr(header, "file_meta", None), "MediaStorageSOPClassUID")
+    return (sop_class != _MEDIA_STORAGE_DIRECTORY and _text(header, "Modality").upper() not in _IMAGE_FREE_MODALITIES
+            and bool(_text(header, "Rows")))
+
+
 def sop_instance_uid(header) -> tuple[str, bool]:
     """``(SOP Instance UID, taken from the file meta)``: the dataset's SOPInstanceUID, or when that is empty or
     absent the file meta's MediaStorageSOPInstanceUID (Part 10 requires both to be equal); '' when neither exists."""
@@ -246,8 +255,8 @@ def series_key(header) -> tuple[str, tuple]:
 def find_series(folder: "str | Path") -> list[Series]:
     """Every image series below ``folder`` (any depth), grouped by :func:`series_key`.
 
-    Files without the DICOM preamble are ignored, and so are SEG, RTSTRUCT, SR and other image-free objects. The
-    geometry is not checked here (see :func:`read_series`).
+    Files without the DICOM preamble are ignored, and so are DICOMDIR files, SEG, RTSTRUCT, SR and other image-free
+    objects (see :func:`is_image`). The geometry is not checked here (see :func:`read_series`).
 
     Raises:
         InputError: an unreadable DICOM file, or the folder holds no DICOM image files.
@@ -259,7 +268,7 @@ def find_series(folder: "str | Path") -> list[Series]:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # pydicom raises several types for a corrupt file
             raise InputError(f"{path}: unreadable DICOM file ({_first_line(exc)})") from None
-        if _text(header, "Modality").upper() in _IMAGE_FREE_MODALITIES:
+        if not is_image(header):
             continue
         groups.setdefault(series_key(header), []).append((path, header))
     if not groups:

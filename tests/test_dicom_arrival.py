@@ -20,6 +20,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_builder import GDCMCONV, build_series, gdcmconv, need_tool
 from helpers import DATA_DIR
@@ -180,6 +182,24 @@ def test_two_series_in_one_folder_shuffled_and_renamed(crop, tmp_path):
         assert_same_as_sitk(volume, sitk_series(folder=tmp_path / "in", series_id=series.uid))
         np.testing.assert_array_equal(volume.array, expected)
         np.testing.assert_allclose(volume.affine, expected_affine, atol=1e-3)
+
+
+def test_dicomdir_and_image_free_files_are_not_series(crop, tmp_path):
+    """A CD export's DICOMDIR and a structured report beside the slices are skipped, not read as a series."""
+    array, _, affine = crop
+    build_series(array, affine, tmp_path / "in")
+    for name, sop_class, modality in (("DICOMDIR", "1.2.840.10008.1.3.10", ""),
+                                      ("report", "1.2.840.10008.5.1.4.1.1.88.11", "SR")):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        if modality:
+            ds.Modality, ds.SOPClassUID = modality, sop_class
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.save_as(tmp_path / "in" / name, enforce_file_format=True)
+    (series,) = dicom.find_series(tmp_path / "in")
+    assert len(series.files) == CROP_SHAPE[2] and series.name == "PAT7_20230405_4"
 
 
 def test_two_anonymised_series_in_one_folder_grouped_by_frame_of_reference(crop, tmp_path):
