@@ -34,6 +34,7 @@ GDCMCONV = {
     "jpeg2000-lossy": (["--j2k", "--lossy", "-r", "10"], "1.2.840.10008.1.2.4.91"),
     "jpeg-lossless": (["--jpeg"], "1.2.840.10008.1.2.4.70"),
     "jpeg-ls-lossless": (["--jpegls"], "1.2.840.10008.1.2.4.80"),
+    "jpeg-ls-near-lossless": (["--jpegls", "--lossy", "-e", "3"], "1.2.840.10008.1.2.4.81"),
     "rle": (["--rle"], "1.2.840.10008.1.2.5"),
     "deflated": (["--deflated"], "1.2.840.10008.1.2.1.99"),
 }
@@ -66,11 +67,13 @@ def build_series(array: np.ndarray, affine: np.ndarray, folder: Path, *, anonymi
 
     ``anonymised``: Study/Series/SOP Instance UIDs present but empty (the SOP UID only in the file meta), empty
     PatientID, SeriesNumber and StudyDate, as common anonymisation tools leave them. ``big_endian``: Explicit VR Big
-    Endian. ``file_names``: the name of each slice file (default ``IM0001.dcm``...).
+    Endian. ``frame_uid``: the FrameOfReferenceUID (default a new one; '' leaves it empty). ``file_names``: the
+    name of each slice file (default ``IM0001.dcm``...).
     """
     geometry = lps_geometry(affine)
     folder.mkdir(parents=True, exist_ok=True)
-    study_uid, series_uid, frame_uid = generate_uid(), series_uid or generate_uid(), frame_uid or generate_uid()
+    study_uid, series_uid = generate_uid(), series_uid or generate_uid()
+    frame_uid = generate_uid() if frame_uid is None else frame_uid
     paths = []
     for k in range(array.shape[2]):
         meta = FileMetaDataset()
