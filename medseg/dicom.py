@@ -1,8 +1,11 @@
 """DICOM in and out: CT series to volumes, label volumes to DICOM-SEG and RTSTRUCT.
 
-Reading uses pydicom for the headers (grouping files by SeriesInstanceUID, checking the slice geometry) and
-SimpleITK/GDCM for the pixel data (every transfer syntax GDCM knows, RescaleSlope/RescaleIntercept applied, so the
-array holds HU). No DICOM parsing is written here.
+Reading uses pydicom for the headers (grouping files into series, checking the slice geometry) and SimpleITK/GDCM
+for the pixel data (every transfer syntax GDCM knows: uncompressed little or big endian, deflated, RLE, JPEG
+lossless, JPEG-LS, JPEG 2000; RescaleSlope/RescaleIntercept applied, so the array holds HU). No DICOM parsing is
+written here. Files group by SeriesInstanceUID, or where anonymisation left it empty by FrameOfReferenceUID +
+orientation + pixel grid (:func:`series_key`; :attr:`Series.grouped_by` records which); an empty SOPInstanceUID is
+taken from the file meta header.
 
 Geometry, handled once, here:
     DICOM gives positions in patient LPS millimetres. A series becomes a :class:`medseg.io.Volume` indexed
@@ -12,15 +15,17 @@ Geometry, handled once, here:
     that normal. A prediction on that volume maps back to DICOM pixels as ``labels[:, :, k].T`` = the ``(rows,
     columns)`` frame of slice ``k``.
 
-A series that would give a wrong volume is refused with one line: missing slices, uneven spacing, gantry tilt
-(slices sheared against their normal), mixed orientations or pixel grids, duplicate positions, a single slice,
-multi-frame files, or a Modality other than CT.
+A series that would give a wrong volume is refused with one line naming it and the reason: missing slices, uneven
+spacing, gantry tilt (slices sheared against their normal), all slices at one position, mixed orientations or pixel
+grids, duplicate positions, a single slice, multi-frame files, or a Modality other than CT.
 
 Writing:
     :func:`write_series` writes a volume as a CT series (tests, and turning a NIfTI into DICOM for a viewer);
     :func:`write_dicom_seg` writes a DICOM-SEG with highdicom (one segment per organ, coded with SNOMED CT,
     referencing the source series); :func:`write_rtstruct` writes an RT Structure Set built with pydicom (one ROI
-    per organ, closed planar contours per slice traced with scikit-image's marching squares).
+    per organ, closed planar contours per slice traced with scikit-image's marching squares). Both reference the
+    source through :func:`source_headers` (UIDs the source lacks are minted by :func:`output_uids` and reported)
+    and pass dicom3tools' ``dciodvfy`` without errors.
 """
 from __future__ import annotations
 
