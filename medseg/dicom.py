@@ -600,6 +600,7 @@ def write_series(volume: Volume, folder: "str | Path", *, patient_id: str = "ANO
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series_uid, int(series_number)
         ds.SeriesDescription, ds.Manufacturer = description, "medseg"
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
+        ds.PatientPosition, ds.Laterality = "", ""  # Type 2C: unknown here, present and empty
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.InstanceNumber, ds.AcquisitionNumber = k + 1, 1
         ds.ContentDate, ds.ContentTime = study_date, "120000"

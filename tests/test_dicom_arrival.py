@@ -312,7 +312,8 @@ def test_dicom_seg_and_rtstruct_pass_dciodvfy(anonymised, frame_uid, minted, cro
 def test_medseg_written_series_outputs_pass_dciodvfy(crop, tmp_path):
     """The CT series medseg writes (write_series) and the DICOM-SEG / RTSTRUCT made on it."""
     array, labels, affine = crop
-    dicom.write_series(Volume(array, affine), tmp_path / "s")
+    slices = dicom.write_series(Volume(array, affine), tmp_path / "s")
+    assert dciodvfy_errors(slices[0], "CTImage") == []
     series, volume = read_only_series(tmp_path / "s")
     prediction = Volume(labels, volume.affine)
     dicom.write_dicom_seg(prediction, series, SYNAPSE8, tmp_path / "seg.dcm")
