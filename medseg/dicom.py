@@ -219,12 +219,18 @@ def _text(header, keyword: str) -> str:
     return str(getattr(header, keyword, "") or "").strip()
 
 
-def is_image(header) -> bool:
-    """True for a file that holds image slices: not a DICOMDIR (CD and USB exports carry one), not an image-free
-    object by Modality (SEG, RTSTRUCT, SR, ...), and with Rows."""
-    sop_class = _text(getattr(header, "file_meta", None), "MediaStorageSOPClassUID")
-    return (sop_class != _MEDIA_STORAGE_DIRECTORY and _text(header, "Modality").upper() not in _IMAGE_FREE_MODALITIES
-            and bool(_text(header, "Rows")))
+def skip_reason(header) -> str:
+    """Why a DICOM file is no slice of a CT volume ('' when it may be one): a DICOMDIR (CD and USB exports carry
+    one), an image-free object by Modality (SEG, RTSTRUCT, SR, ...), a file without Rows, or a localizer (scout:
+    ImageType LOCALIZER, a projection image that study exports put beside the volumes)."""
+    if _text(getattr(header, "file_meta", None), "MediaStorageSOPClassUID") == _MEDIA_STORAGE_DIRECTORY:
+        return "DICOMDIR"
+    if _text(header, "Modality").upper() in _IMAGE_FREE_MODALITIES or not _text(header, "Rows"):
+        return "non-image object"
+    image_type = [str(v).strip().upper() for v in (getattr(header, "ImageType", None) or [])]
+    if "LOCALIZER" in image_type:
+        return "localizer"
+    return ""
 
 
 def sop_instance_uid(header) -> tuple[str, bool]:
@@ -261,23 +267,30 @@ def find_series(folder: "str | Path") -> list[Series]:
     """Every image series below ``folder`` (any depth), grouped by :func:`series_key`.
 
     Files without the DICOM preamble are ignored, and so are DICOMDIR files, SEG, RTSTRUCT, SR and other image-free
-    objects (see :func:`is_image`). The geometry is not checked here (see :func:`read_series`).
+    objects, and localizers (see :func:`skip_reason`; logged as one line). The geometry is not checked here (see
+    :func:`read_series`).
 
     Raises:
         InputError: an unreadable DICOM file, or the folder holds no DICOM image files.
     """
     folder = Path(folder)
     groups: dict[tuple, list[tuple[Path, object]]] = {}
+    skipped: dict[str, int] = {}
     for path in _dicom_files(folder):
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # pydicom raises several types for a corrupt file
             raise InputError(f"{path}: unreadable DICOM file ({_first_line(exc)})") from None
-        if not is_image(header):
+        reason = skip_reason(header)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
             continue
         groups.setdefault(series_key(header), []).append((path, header))
+    if skipped:
+        log.info("%s: skipped %s", folder, ", ".join(f"{n} {reason} file(s)" for reason, n in sorted(skipped.items())))
     if not groups:
-        raise InputError(f"{folder}: no DICOM image files found")
+        found = f" (only {', '.join(f'{n} {reason}' for reason, n in sorted(skipped.items()))})" if skipped else ""
+        raise InputError(f"{folder}: no DICOM image files found{found}")
     series = [_series_of(rule, members) for (rule, _), members in groups.items()]
     return _named(sorted(series, key=lambda s: (s.patient_id, s.study_date, _int_or(s.series_number), s.uid,
                                                 s.sop_uids)))

@@ -187,8 +187,9 @@ def test_two_series_in_one_folder_shuffled_and_renamed(crop, tmp_path):
         np.testing.assert_allclose(volume.affine, expected_affine, atol=1e-3)
 
 
-def test_dicomdir_and_image_free_files_are_not_series(crop, tmp_path):
-    """A CD export's DICOMDIR and a structured report beside the slices are skipped, not read as a series."""
+def test_dicomdir_localizer_and_image_free_files_are_not_series(crop, tmp_path):
+    """A CD export's DICOMDIR, a structured report and a localizer (scout) beside the slices are skipped, not read
+    as series; a folder holding only such files says what it found."""
     array, _, affine = crop
     build_series(array, affine, tmp_path / "in")
     for name, sop_class, modality in (("DICOMDIR", "1.2.840.10008.1.3.10", ""),
@@ -201,8 +202,14 @@ def test_dicomdir_and_image_free_files_are_not_series(crop, tmp_path):
             ds.Modality, ds.SOPClassUID = modality, sop_class
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
         ds.save_as(tmp_path / "in" / name, enforce_file_format=True)
+    (scout,) = build_series(array[:, :, :1], affine, tmp_path / "in" / "scout", series_number="1")
+    ds = pydicom.dcmread(scout)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.save_as(scout)
     (series,) = dicom.find_series(tmp_path / "in")
     assert len(series.files) == CROP_SHAPE[2] and series.name == "PAT7_20230405_4"
+    with pytest.raises(InputError, match=r"no DICOM image files found \(only 1 localizer\)"):
+        dicom.find_series(tmp_path / "in" / "scout")
 
 
 def test_two_anonymised_series_in_one_folder_grouped_by_frame_of_reference(crop, tmp_path):
