@@ -682,7 +682,7 @@ def _sources_and_frames(labels: Volume, series: Series, path, output: str) -> tu
     sources = source_headers(series, output)
     frames = frames_of(labels)
     if frames.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
-        raise InputError(f"{path}: label volume {labels.shape} does not match series {series.uid}")
+        raise InputError(f"{path}: label volume {labels.shape} does not match the grid of {series.label()}")
     return sources, frames
 
 
