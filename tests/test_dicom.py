@@ -106,6 +106,7 @@ def _small_series(folder: Path) -> list[Path]:
     ("single", "single slice"),
     ("multiframe", "multi-frame"),
     ("modality", "modality MR, not CT"),
+    ("mixed-modality", "modality CT/MR, not CT"),
 ])
 def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
     files = _small_series(tmp_path / "s")
@@ -123,6 +124,8 @@ def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
     elif problem == "modality":
         for k in range(len(files)):
             _edit(files, k, Modality="MR")
+    elif problem == "mixed-modality":  # the first file says CT, a later one MR
+        _edit(files, 3, Modality="MR")
     elif problem == "multiframe":
         _edit(files, 0, NumberOfFrames=2)
     elif problem == "single":
