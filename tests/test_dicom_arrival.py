@@ -98,12 +98,21 @@ def test_plain_series_equals_simpleitk_and_the_nifti(crop, tmp_path):
     assert series.grouped_by == "SeriesInstanceUID" and series.name == "PAT7_20230405_4"
 
 
-def test_anonymised_series_with_empty_uids(crop, tmp_path):
-    """Study/Series/SOP Instance UIDs empty (SOP UID in the file meta only), PatientID, StudyDate, SeriesNumber
-    empty: read as SimpleITK reads it, grouped by frame of reference and grid, the SOP UIDs from the file meta."""
+@pytest.mark.parametrize("uids", ["empty", "missing"])
+def test_anonymised_series_with_empty_uids(uids, crop, tmp_path):
+    """Study/Series/SOP Instance UIDs empty or missing (SOP UID in the file meta only), PatientID, StudyDate,
+    SeriesNumber empty: read as SimpleITK reads it, grouped by frame of reference and grid, the SOP UIDs from the
+    file meta."""
     array, _, affine = crop
     files = build_series(array, affine, tmp_path / "s", anonymised=True)
-    assert pydicom.dcmread(files[0]).SOPInstanceUID == "" and pydicom.dcmread(files[0]).SeriesInstanceUID == ""
+    if uids == "missing":
+        for path in files:
+            ds = pydicom.dcmread(path)
+            del ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID
+            ds.save_as(path)
+        assert "SeriesInstanceUID" not in pydicom.dcmread(files[0])
+    else:
+        assert pydicom.dcmread(files[0]).SOPInstanceUID == "" and pydicom.dcmread(files[0]).SeriesInstanceUID == ""
     series, volume = read_only_series(tmp_path / "s")
     assert_same_as_sitk(volume, sitk_series(folder=tmp_path / "s", series_id=""))
     np.testing.assert_array_equal(volume.array, array)
