@@ -2,7 +2,7 @@
 # Install medseg and its dependencies into the current Python environment (a virtual environment is best:
 #   python3 -m venv .venv && . .venv/bin/activate), saying what it installs as it goes.
 #   bash scripts/setup.sh          the package (what the demo pipeline needs)
-#   bash scripts/setup.sh --test   plus the test tools (pytest, medpy, nbclient)
+#   bash scripts/setup.sh --test   plus the test tools (pytest, medpy, nbclient; gdcmconv and dciodvfy with apt-get)
 # PYTHON selects the interpreter (default: python3). Without an NVIDIA GPU, PyTorch's CPU build is installed first,
 # so pip does not pull the CUDA packages.
 set -euo pipefail
@@ -24,6 +24,23 @@ else
     version=${MEDSEG_TORCH_VERSION:-2.13.0}
     echo "setup: installing torch==$version (CPU build: no NVIDIA GPU found)"
     pip_install "torch==$version" ${TORCH_CPU_INDEX:+--index-url "$TORCH_CPU_INDEX"}
+fi
+if [ -n "$extras" ]; then
+    # The DICOM tests encode series with GDCM's gdcmconv and validate outputs with dicom3tools' dciodvfy (Debian).
+    missing=()
+    command -v gdcmconv >/dev/null 2>&1 || missing+=(libgdcm-tools)
+    command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        sudo=""
+        [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
+        if [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; then
+            echo "setup: installing ${missing[*]} with apt-get (DICOM test tools)"
+            $sudo apt-get update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        else
+            echo "setup: cannot install ${missing[*]} (not root, no sudo): the DICOM tool tests will skip"
+        fi
+    fi
 fi
 echo "setup: installing medseg${extras} (editable) and its dependencies from pyproject.toml"
 pip_install -e ".${extras}"
