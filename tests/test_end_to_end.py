@@ -1,6 +1,5 @@
-"""The demo pipeline end to end on a small phantom cohort, and the research notebooks on its outputs."""
+"""The demo pipeline end to end on a small phantom cohort (the notebooks on a demo run: tests/test_notebooks.py)."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -74,44 +73,3 @@ def test_repository_paths_work_from_the_notebooks_folder(monkeypatch):
         # the same folder from both places, whether or not a demo run has created it
         assert repo_path("runs/demo").resolve() == root.resolve() / "runs" / "demo"
     assert repo_path("/abs/where") == Path("/abs/where")
-
-
-def _run_notebook(name: str, env: dict, tmp_path: Path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
-        f"{name}: committed notebooks carry no outputs"
-    old = {key: os.environ.get(key) for key in env}
-    os.environ.update({key: str(value) for key, value in env.items()})
-    try:
-        # Jupyter starts a notebook's kernel in the notebook's own folder: run them there
-        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return notebook
-
-
-@pytest.mark.slow
-def test_notebook_cohort_exploration(tiny_runs, tmp_path):
-    _run_notebook("01_cohort_exploration.ipynb", {"MEDSEG_DATA": tiny_runs["cohort"], "MEDSEG_MAX_CASES": 4},
-                  tmp_path)
-
-
-@pytest.mark.slow
-def test_notebook_volume_inference(tiny_runs, tmp_path):
-    _run_notebook("02_volume_inference.ipynb",
-                  {"MEDSEG_CHECKPOINT": tiny_runs["a"] / "train" / "run" / "last.pt"}, tmp_path)
-
-
-@pytest.mark.slow
-def test_notebook_model_comparison(tiny_runs, tmp_path):
-    _run_notebook("03_model_comparison.ipynb",
-                  {"MEDSEG_RUN_A": tiny_runs["a"], "MEDSEG_RUN_B": tiny_runs["b"], "MEDSEG_NAME_A": "TransUNet",
-                   "MEDSEG_NAME_B": "DS-TransUNet", "MEDSEG_FIGURE_DIR": tmp_path / "figures"}, tmp_path)
-    assert (tmp_path / "figures" / "dice_comparison.pdf").stat().st_size > 0

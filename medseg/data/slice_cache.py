@@ -7,6 +7,10 @@ Layout (see docs/architecture.md)::
     OUT/cases/<case_id>/label.npy  uint8 (D, H, W) classes of the label set (labelled cases only)
     OUT/cases/<case_id>/case.json  the case's manifest entry
 
+Source paths (``source_image``, ``source_label``) given relative are recorded relative to the cache folder
+(``../../synth/cohort/img/img0001.nii.gz``), so :func:`load_manifest` finds them from any working directory (a
+notebook's kernel runs in ``notebooks/``); absolute ones are recorded as they are.
+
 A case folder is written under a temporary name and renamed when complete, so an interrupted run leaves no
 half-written case. Each ``case.json`` records what made the case (``provenance``: the SHA-256 of the source image
 and label files' contents, and every setting that shaped the arrays: label set, preprocessing, cache version,
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "medseg-slices"
 CACHE_VERSION = 2  # bump whenever the arrays a case holds would change for the same sources and settings
 MANIFEST = "manifest.json"
+#: The manifest header's ``source_paths`` value of caches whose relative source paths are relative to the cache.
+SOURCES_RELATIVE_TO_CACHE = "relative to this folder"
 
 
 @dataclass
@@ -60,8 +66,28 @@ class PrepareSummary:
     skipped_files: dict[str, str] = field(default_factory=dict)
 
 
-def case_provenance(case: Case, split: str, label_set: LabelSet, params: PreprocessingParams) -> dict:
-    """What shapes a prepared case: its source files' content hashes and every setting (plain JSON data).
+def recorded_source(path, out_dir) -> "str | None":
+    """How the cache at ``out_dir`` records a source file: an absolute ``path`` as given, a relative one (from the
+    working directory) relative to ``out_dir``, so the record does not depend on where it is read from."""
+    if path is None:
+        return None
+    if Path(path).is_absolute():
+        return str(path)
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
+
+
+def resolve_source(recorded: "str | None", prepared_dir) -> "str | None":
+    """The path of a source file recorded by :func:`recorded_source`, usable from the working directory: an
+    absolute record as it is, a relative one joined to ``prepared_dir`` (lexically normalised, as it was made)."""
+    if recorded is None or Path(recorded).is_absolute():
+        return recorded
+    return os.path.normpath(Path(prepared_dir) / recorded)
+
+
+def case_provenance(case: Case, split: str, label_set: LabelSet, params: PreprocessingParams,
+                    out_dir=".") -> dict:
+    """What shapes a prepared case: its source files' content hashes and every setting (plain JSON data); source
+    paths as the cache at ``out_dir`` records them (:func:`recorded_source`).
 
     Raises:
         InputError: a source file cannot be read.
@@ -76,9 +102,9 @@ def case_provenance(case: Case, split: str, label_set: LabelSet, params: Preproc
         except OSError as exc:
             raise InputError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     return {
-        "source_image": str(case.image),
+        "source_image": recorded_source(case.image, out_dir),
         "source_image_sha256": hashes["image"],
-        "source_label": str(case.label) if case.label is not None else None,
+        "source_label": recorded_source(case.label, out_dir),
         "source_label_sha256": hashes["label"],
         "cache_version": CACHE_VERSION,
         "label_set": label_set.to_dict(),
@@ -114,14 +140,15 @@ def preprocess_case(case: Case, label_set: LabelSet, params: PreprocessingParams
     return volume_preprocessing(label_set, params)(data)
 
 
-def case_entry(case: Case, split: str, result: dict, provenance: "dict | None" = None) -> dict:
-    """The manifest entry of a prepared case (plain JSON data), with its provenance record."""
+def case_entry(case: Case, split: str, result: dict, provenance: "dict | None" = None, out_dir=".") -> dict:
+    """The manifest entry of a prepared case (plain JSON data), with its provenance record; source paths as the
+    cache at ``out_dir`` records them (:func:`recorded_source`)."""
     oriented_affine = np.asarray(result["oriented_affine"])
     return {
         "case_id": case.case_id,
         "split": split,
-        "source_image": str(case.image),
-        "source_label": str(case.label) if case.label is not None else None,
+        "source_image": recorded_source(case.image, out_dir),
+        "source_label": recorded_source(case.label, out_dir),
         "source_shape": list(result["image_source_shape"]),
         "source_affine": np.asarray(result["image_source_affine"]).tolist(),
         "oriented_shape": list(result["oriented_shape"]),
@@ -161,9 +188,9 @@ def _write_case(out_dir: Path, case: Case, split: str, label_set: LabelSet, para
                 provenance: "dict | None" = None) -> dict:
     """Preprocess one case and write its folder atomically; returns its manifest entry."""
     if provenance is None:
-        provenance = case_provenance(case, split, label_set, params)
+        provenance = case_provenance(case, split, label_set, params, out_dir)
     result = preprocess_case(case, label_set, params)
-    entry = case_entry(case, split, result, provenance)
+    entry = case_entry(case, split, result, provenance, out_dir)
     return write_case_folder(out_dir, case.case_id, result[IMAGE], result.get(LABEL), entry)
 
 
@@ -184,6 +211,7 @@ def _cache_header(label_set: LabelSet, params: PreprocessingParams, split_mode: 
         "preprocessing": params.to_dict(),
         "split_mode": split_mode,
         "split_seed": seed,
+        "source_paths": SOURCES_RELATIVE_TO_CACHE,
     }
 
 
@@ -253,7 +281,7 @@ def _plan_cases(cases, splits: dict, out_dir: Path, label_set: LabelSet, params:
     todo = []
     for case in cases:
         try:
-            provenance = case_provenance(case, splits[case.case_id], label_set, params)
+            provenance = case_provenance(case, splits[case.case_id], label_set, params, out_dir)
         except InputError as exc:
             summary.failed[case.case_id] = str(exc)
             continue
@@ -331,7 +359,9 @@ def _check_existing_cache(out_dir: Path, header: dict) -> None:
 
 
 def load_manifest(prepared_dir) -> dict:
-    """Read and check a slice cache's manifest.
+    """Read and check a slice cache's manifest; each entry's ``source_image`` / ``source_label`` is a path usable
+    from the working directory (:func:`resolve_source`; a manifest written before source paths were recorded
+    relative to the cache keeps them as written).
 
     Raises:
         InputError: the folder or manifest is missing, or it is not a medseg slice cache.
@@ -345,6 +375,16 @@ def load_manifest(prepared_dir) -> dict:
     manifest = read_json(path)
     if manifest.get("format") != CACHE_FORMAT:
         raise InputError(f"{path}: not a medseg slice cache (format {manifest.get('format')!r})")
+    return _with_resolved_sources(manifest, prepared_dir)
+
+
+def _with_resolved_sources(manifest: dict, prepared_dir: Path) -> dict:
+    """``manifest`` with its entries' source paths resolved against ``prepared_dir`` (see :func:`load_manifest`)."""
+    if manifest.get("source_paths") != SOURCES_RELATIVE_TO_CACHE:
+        return manifest
+    for entry in manifest.get("cases", []):
+        for key in ("source_image", "source_label"):
+            entry[key] = resolve_source(entry.get(key), prepared_dir)
     return manifest
 
 

@@ -1,0 +1,228 @@
+"""The research notebooks as a user runs them, and what they show.
+
+A user runs the README's demo (``medseg run pipelines/demo.yaml`` at the repository root, output in ``runs/demo/``)
+and opens a notebook in Jupyter: the kernel starts in ``notebooks/`` with no MEDSEG_* variable set. The fixture below
+builds that situation in a temporary copy of the repository layout (``notebooks/``, ``pipelines/``) with a tiny
+demo run, and each test executes a notebook there with nbclient, then checks the values it shows against what
+medseg's own modules compute from the files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import TINY_RUN_SETTINGS
+from medseg.data.slice_cache import load_manifest, prepare_cohort, recorded_source
+from medseg.io import read_volume
+
+REPOSITORY = Path(__file__).parents[1]
+NOTEBOOKS = sorted(p.name for p in (REPOSITORY / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def user_repo(tmp_path_factory) -> Path:
+    """A copy of the repository's ``notebooks/`` and ``pipelines/`` after the README's demo command, run at its
+    root with the tiny settings of the suite (6 phantom cases, 3 held out, one short epoch)."""
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(REPOSITORY / "notebooks", root / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(REPOSITORY / "pipelines", root / "pipelines")
+    from medseg.cli import main
+
+    sets = [arg for setting in TINY_RUN_SETTINGS for arg in ("--set", setting)]
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        assert main(["run", "pipelines/demo.yaml", *sets, "--no-progress"]) == 0
+    finally:
+        os.chdir(previous)
+    return root
+
+
+def run_notebook(name: str, repo: Path):
+    """Execute ``repo/notebooks/name`` as Jupyter does: kernel in ``notebooks/``, no MEDSEG_* variable set."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(repo / "notebooks" / name, as_version=4)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MEDSEG_")}
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(repo / "notebooks")}})
+    client.execute(env=environment)
+    return notebook
+
+
+def printed(cell) -> str:
+    """What a cell printed (stdout and stderr streams), concatenated."""
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.output_type == "stream")
+
+
+def shown_table(cell) -> list[list[str]]:
+    """The rows (header row first) of the HTML table a cell shows as its result (a pandas DataFrame)."""
+    html = next(o.data["text/html"] for o in cell.outputs
+                if o.output_type in ("execute_result", "display_data") and "text/html" in o.get("data", {}))
+    parser = _TableParser()
+    parser.feed(html)
+    return parser.rows
+
+
+class _TableParser(HTMLParser):
+    """Cells of the first table's rows, as text (pandas' ``DataFrame._repr_html_``: a header row, then one row
+    per index value with the index in a ``th``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: "list[str] | None" = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def table_by_index(rows: list[list[str]]) -> dict[str, dict[str, str]]:
+    """``{index: {column: cell}}`` of :func:`shown_table` rows (first row: the column names after the index)."""
+    header = [h for h in rows[0]]
+    columns = header[1:] if len(header) == len(rows[1]) else header
+    return {row[0]: dict(zip(columns[-(len(row) - 1):], row[1:])) for row in rows[1:] if row and row[0]}
+
+
+def cell_with(notebook, text: str):
+    """The one code cell whose source holds ``text``."""
+    found = [c for c in notebook.cells if c.cell_type == "code" and text in c.source]
+    assert len(found) == 1, f"{len(found)} cells hold {text!r}"
+    return found[0]
+
+
+def test_committed_notebooks_carry_no_outputs():
+    nbformat = pytest.importorskip("nbformat")
+    assert NOTEBOOKS == ["01_cohort_exploration.ipynb", "02_volume_inference.ipynb", "03_model_comparison.ipynb"]
+    for name in NOTEBOOKS:
+        notebook = nbformat.read(REPOSITORY / "notebooks" / name, as_version=4)
+        assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Source paths of a slice cache do not depend on the working directory
+
+
+def test_manifest_source_paths_resolve_from_another_working_directory(tiny_cohort, tmp_path, monkeypatch):
+    """A cache prepared from relative paths (as the demo pipeline does at the repository root) names its sources
+    relative to itself, so a notebook in another folder finds them; absolute paths stay absolute."""
+    project = tmp_path / "project"
+    shutil.copytree(tiny_cohort, project / "cohort")
+    monkeypatch.chdir(project)
+    prepare_cohort("cohort", "runs/slices", labels="synapse8", split="seeded", test_fraction=0.5, progress=False)
+    recorded = json.loads((project / "runs" / "slices" / "manifest.json").read_text())["cases"][0]
+    assert recorded["source_image"] == "../../cohort/img/img0001.nii.gz"
+    elsewhere = tmp_path / "project" / "notebooks"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for entry in load_manifest("../runs/slices")["cases"]:
+        assert Path(entry["source_image"]).resolve() == (project / "cohort" / "img" / f"img{entry['case_id'][-4:]}"
+                                                         ".nii.gz")
+        assert read_volume(entry["source_label"]).shape == read_volume(entry["source_image"]).shape
+    assert recorded_source(project / "cohort" / "img" / "img0001.nii.gz", "runs/slices") == \
+        str(project / "cohort" / "img" / "img0001.nii.gz")
+    # prepared again from the notebooks folder with the same cohort: every case is reused, the record is the same
+    summary = prepare_cohort("../cohort", "../runs/slices", labels="synapse8", split="seeded", test_fraction=0.5,
+                             progress=False)
+    assert summary.written == [] and len(summary.already_done) == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The notebooks, run as a user does
+
+
+@pytest.mark.slow
+def test_notebook_01_shows_the_demo_cohort(user_repo):
+    from medseg.data.cohort import discover_cases
+    from medseg.labels import BTCV13
+
+    notebook = run_notebook("01_cohort_exploration.ipynb", user_repo)
+    cohort = user_repo / "runs" / "demo" / "synth" / "cohort"
+    cases = discover_cases(cohort)
+    assert len(cases) == 6
+    assert printed(cell_with(notebook, "labelled cases in")).strip() == f"6 labelled cases in {cohort.resolve()}"
+    table = table_by_index(shown_table(cell_with(notebook, "table = pd.DataFrame(rows)")))
+    assert sorted(table) == sorted(c.case_id for c in cases)
+    for case in cases:  # every organ's volume as medseg.io reads the label file: voxels x voxel volume
+        label = read_volume(case.label)
+        voxel_ml = float(np.prod(label.spacing)) / 1000.0
+        for value, name in enumerate(BTCV13.display_names, start=1):
+            expected = round(int((label.array == value).sum()) * voxel_ml, 1)
+            assert float(table[case.case_id][name]) == pytest.approx(expected, abs=0.051), (case.case_id, name)
+    summary = table_by_index(shown_table(cell_with(notebook, "cases missing the organ")))
+    liver = [float(table[c.case_id]["Liver"]) for c in cases]
+    assert float(summary["Liver"]["mean"]) == pytest.approx(np.mean(liver), abs=0.051)
+    assert int(summary["Gallbladder"]["cases missing the organ"]) == \
+        sum(float(table[c.case_id]["Gallbladder"]) == 0 for c in cases)
+
+
+@pytest.mark.slow
+def test_notebook_02_predicts_a_held_out_case_of_the_demo(user_repo):
+    notebook = run_notebook("02_volume_inference.ipynb", user_repo)
+    manifest = load_manifest(user_repo / "runs" / "demo" / "prepare" / "slices")
+    first = [e for e in manifest["cases"] if e["split"] == "test"][0]
+    shown = printed(cell_with(notebook, "print(\"image:\", IMAGE)"))
+    image_line = next(line for line in shown.splitlines() if line.startswith("image: "))
+    assert Path(image_line[len("image: "):]).resolve() == Path(first["source_image"]).resolve()
+    ct = read_volume(first["source_image"])
+    assert printed(cell_with(notebook, "prediction = predict_volume")).startswith(f"{ct.shape} voxels")
+
+
+@pytest.mark.slow
+def test_notebook_03_makes_and_compares_a_second_run(user_repo):
+    from medseg.evaluation.compare import load_summary
+
+    figures = user_repo / "figures"
+    notebook = run_notebook("03_model_comparison.ipynb", user_repo)
+    run_a, run_b = user_repo / "runs" / "demo", user_repo / "runs" / "demo_ds"
+    record_b = json.loads((run_b / "report" / "pipeline.json").read_text())
+    record_a = json.loads((run_a / "report" / "pipeline.json").read_text())
+    assert record_b["stages"]["train"]["params"]["model"] == "DS-TransUNet-Tiny"
+    for stage in ("prepare", "train", "predict", "evaluate"):  # only the model differs
+        params_a, params_b = record_a["stages"][stage]["params"], record_b["stages"][stage]["params"]
+        assert {k: v for k, v in params_b.items() if k != "model"} == {k: v for k, v in params_a.items()
+                                                                      if k != "model"}, stage
+    summary_a, summary_b = load_summary(run_a), load_summary(run_b)
+    assert sorted(summary_b["standard"]["cases"]) == sorted(summary_a["standard"]["cases"])  # same held-out cases
+    assert "TransUNet-Tiny (" in printed(cell_with(notebook, "summary_a, summary_b = load_summary"))
+    assert "; 3 cases in both" in printed(cell_with(notebook, "summary_a, summary_b = load_summary"))
+
+    means = table_by_index(shown_table(cell_with(notebook, "means = organ_means(")))
+    names = summary_a["display_names"]
+    for model, summary in (("TransUNet-Tiny", summary_a), ("DS-TransUNet-Tiny", summary_b)):
+        for organ in summary["organs"]:  # mean and population std (ddof=0) as the evaluation summary has them
+            stats = summary["standard"]["organs"][organ]["dice"]
+            if stats["n"]:
+                assert float(means[names[organ]][f"{model} dice mean"]) == pytest.approx(stats["mean"], abs=5e-4)
+                assert float(means[names[organ]][f"{model} dice std"]) == pytest.approx(stats["std"], abs=5e-4)
+
+    box_cell = cell_with(notebook, "box_plot_png(")
+    images = [o for o in box_cell.outputs if o.output_type == "display_data" and "image/png" in o.data]
+    assert len(images) == 4  # Dice and HD95 of each run, as the reports draw them
+    footnote = printed(cell_with(notebook, "footnote = ")).splitlines()[-1]
+    assert footnote.startswith("Mean Dice over 3 paired held-out cases")
+    assert (figures / "dice_comparison.pdf").stat().st_size > 0
+
+    # executed again, run B is found and every one of its stages is cached
+    notebook = run_notebook("03_model_comparison.ipynb", user_repo)
+    statuses = printed(cell_with(notebook, "run_pipeline(pipeline_b")).splitlines()
+    assert statuses and all(line.endswith(": cached") for line in statuses)
