@@ -58,8 +58,9 @@ def run_notebook(name: str, repo: Path):
 
 
 def printed(cell) -> str:
-    """What a cell printed (stdout and stderr streams), concatenated."""
-    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.output_type == "stream")
+    """What a cell printed to stdout (warnings go to stderr), concatenated."""
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.output_type == "stream" and o.get("name") == "stdout")
 
 
 def shown_table(cell) -> list[list[str]]:
@@ -97,10 +98,11 @@ class _TableParser(HTMLParser):
 
 
 def table_by_index(rows: list[list[str]]) -> dict[str, dict[str, str]]:
-    """``{index: {column: cell}}`` of :func:`shown_table` rows (first row: the column names after the index)."""
-    header = [h for h in rows[0]]
-    columns = header[1:] if len(header) == len(rows[1]) else header
-    return {row[0]: dict(zip(columns[-(len(row) - 1):], row[1:])) for row in rows[1:] if row and row[0]}
+    """``{index: {column: cell}}`` of :func:`shown_table` rows: the first row names the columns after the index; a
+    row naming the index (pandas adds one when the index has a name) holds no values and is left out."""
+    columns = rows[0][1:]
+    return {row[0]: dict(zip(columns, row[1:])) for row in rows[1:]
+            if len(row) == len(rows[0]) and any(row[1:])}
 
 
 def cell_with(notebook, text: str):
