@@ -203,7 +203,8 @@ def render_views(rows: list[list[View]], label_set: LabelSet, *, title: str = ""
         f"window L{(window[0] + window[1]) / 2:g} W{window[1] - window[0]:g} HU"
     heading = f"{title}  ({window_text}; patient right on the left)".strip()
     characters = int(panel_inches * columns * 72 / (0.55 * (font_size + 2)))  # about what fits across the figure
-    figure.suptitle(textwrap.fill(heading, characters), fontsize=font_size + 2)
+    figure.suptitle("\n".join(textwrap.fill(line, characters) for line in heading.splitlines()),
+                    fontsize=font_size + 2)
     return figure
 
 
