@@ -42,7 +42,7 @@ def _check_report(report: Path, summary: dict) -> None:
     markdown = (report / "report.md").read_text()
     lines = markdown.splitlines()
     header = next(line for line in lines if line.startswith("|  | Mean |")).strip("| ").split(" | ")
-    assert header[1:] == ["Mean"] + [summary["display_names"][o] for o in summary["organs"]]
+    assert header == ["Mean"] + [summary["display_names"][o] for o in summary["organs"]]
     block = summary["standard"]
     dsc = next(line for line in lines if line.startswith("| DSC (%) |")).strip("| ").split(" | ")
 

@@ -64,7 +64,7 @@ def test_penalised_results_are_counted_and_plotted_apart(summary):
             assert max(measured_hd95) <= boxes[0].get_ylim()[1] < penalty
             assert marked[0].get_ylim()[0] < penalty < marked[0].get_ylim()[1]
         # the legend of the crosses covers no plot and no organ name
-        (legend,) = figure.legends
+        (legend,) = figure.legends + [axis.get_legend() for axis in figure.axes if axis.get_legend()]
         box = legend.get_window_extent(renderer)
         for axis in figure.axes:
             assert not _overlaps(box, axis.get_window_extent(renderer)), metric
