@@ -67,6 +67,17 @@ def test_segformer_matches_official(layout, overrides):
     assert_matches_official("SegFormer-B0", "segformer", layout, main="logits_upsampled", **overrides)
 
 
+def test_segformer_uses_the_official_layer_norm_eps():
+    """The official MiT builds its block norms and stage norms with eps 1e-6 (transformers: 1e-5); its patch-embedding
+    and sequence-reduction norms with the default 1e-5."""
+    model = create("SegFormer-B0", num_classes=2, img_size=64, in_channels=1, **REDUCED_MIT)
+    eps = {name: module.eps for name, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)}
+    official = {name: (1e-5 if ("patch_embeddings" in name or "sequence_reduction" in name) else 1e-6)
+                for name in eps}
+    assert eps == official
+    assert sum(value == 1e-6 for value in eps.values()) == 4 * 2 + 4  # one block per stage: 2 norms each; 4 stages
+
+
 def test_ds_transunet_matches_official_at_64():
     """The published model at 64 px, where every Swin grid but the first is at most one window (fine 16, 8, 4, 2;
     coarse 8, 4, 2, 1): the official rule for small grids (pad after the first norm to a full window, keep the
