@@ -92,17 +92,27 @@ def test_ds_transunet_matches_official_at_64():
                                          ("TopFormer-Tiny", "topformer_tiny_9cls_64")])
 def test_official_checkpoint_loads_by_model_name(tmp_path, name, layout):
     """A state_dict saved by the official code (here CoinCheung's BiSeNet and mmseg's TopFormer, nested under
-    ``state_dict`` as mmseg saves it) loads with only the architecture named; classes and RGB input are read from
-    the weights, and the model computes the official logits."""
+    ``state_dict`` as mmseg saves it) loads with only the architecture named; classes are read from the weights.
+    With ``in_channels=3`` the model computes the official logits; by default (1-channel CT) the first kernel is
+    summed over RGB, which computes the official logits of the grey image repeated to three channels."""
     from medseg.models.checkpoint import load_checkpoint
 
     path = tmp_path / "official.pth"
     torch.save({"state_dict": official_weights(ZOO / f"{layout}_state_dict.tsv")}, path)
-    model, info = load_checkpoint(path, model_name=name, img_size=64)
+    main = "logits_upsampled" if "logits_upsampled" in parity_io(layout) else "logits"
+    model, info = load_checkpoint(path, model_name=name, img_size=64, in_channels=3)
     assert info.model_config["num_classes"] == 9 and info.model_config["in_channels"] == 3
+    assert info.input_adaptation is None
     io = parity_io(layout)
     with torch.no_grad():
-        assert_close(model(io["input"]), io["logits_upsampled" if "logits_upsampled" in io else "logits"], name)
+        assert_close(model(io["input"]), io[main], name)
+        grey = io["input"][:, :1]
+        rgb_on_grey = model(grey.repeat(1, 3, 1, 1))
+    model, info = load_checkpoint(path, model_name=name, img_size=64)
+    assert info.model_config["in_channels"] == 1
+    assert "summed over RGB" in info.input_adaptation
+    with torch.no_grad():
+        assert_close(model(grey), rgb_on_grey, f"{name} on the grey image")
 
 
 # ---------------------------------------------------------------- published SETR sizes: the official layout loads

@@ -36,9 +36,15 @@ def official_weights(path: Path) -> dict[str, torch.Tensor]:
     Integer entries are not drawn: ``num_batches_tracked`` is 0, other integer buffers (Swin's
     ``relative_position_index``) are returned as zeros of their shape and must be taken from the model.
     """
+    return weights_for_layout(read_layout(path))
+
+
+def weights_for_layout(rows: list[tuple[str, tuple[int, ...], str]]) -> dict[str, torch.Tensor]:
+    """Tensors for ``(key, shape, dtype)`` rows by the fixture's weight rule (see :func:`official_weights`); also
+    for a layout whose shapes a test has narrowed."""
     rng = np.random.default_rng(SEED)
     weights = {}
-    for key, shape, dtype in read_layout(path):
+    for key, shape, dtype in rows:
         if dtype.startswith("int"):
             weights[key] = torch.zeros(shape, dtype=torch.int64)
             continue
