@@ -32,6 +32,7 @@ import io
 from pathlib import Path
 
 from medseg.io import atomic_path, write_json, write_text
+from medseg.labels import describe_label_map, get_label_set
 
 #: Row label, unit scale and decimals of each metric in the report tables.
 _METRIC_ROWS = {
@@ -582,11 +583,13 @@ def _intro(summary: dict) -> str:
     label_set = summary["label_set"]["name"]
     formats = [info.get("reference_format") for info in summary.get("case_info", {}).values()]
     raw, classes = formats.count("raw"), formats.count("classes")
+    label_map = describe_label_map(get_label_set(summary["label_set"]))
     return (f"medseg {summary['medseg_version']}; label set {label_set}; protocol {summary['protocol']}; "
             f"NSD tolerance {summary['tolerance_mm']:g} mm; spacing from the {summary['spacing_source']}; "
             f"references {summary.get('reference_dir')} (reference format {summary.get('reference_format')}: "
-            f"{raw} read as raw BTCV values mapped to {label_set}, {classes} as {label_set} classes); "
-            f"predictions {summary.get('prediction_dir')}.")
+            f"{raw} read as raw {'label-map' if label_map else 'BTCV'} values mapped to {label_set}, {classes} as "
+            f"{label_set} classes); predictions {summary.get('prediction_dir')}."
+            + (f" Raw values read through the {label_map}." if label_map else ""))
 
 
 def _counts_line(summary: dict) -> str:
