@@ -206,3 +206,22 @@ def test_evaluate_refuses_an_explicit_map_for_class_references(cohorts, tmp_path
     with pytest.raises(ConfigError, match="follow no label map"):
         evaluate_folders(predictions, predictions, reference_format="classes",
                          label_map=cohorts["amos"] / "dataset.json", workers=1, progress=False)
+
+
+def test_pipeline_prepare_stage_takes_a_label_map_and_reruns_when_it_changes(cohorts, tmp_path):
+    from medseg.pipeline import load_pipeline, run_pipeline
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(cohorts["amos"], cohort, ignore=shutil.ignore_patterns("dataset.json"))
+    label_map = _write(tmp_path, {"labels": AMOS_LABELS}, "amos.json")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {cohort}\nstages:\n"
+                    f"  prepare: {{split: seeded, label_map: {label_map}}}\n")
+    assert [r.status for r in run_pipeline(load_pipeline(path), progress=False)] == ["ran"]
+    record = load_manifest(tmp_path / "run" / "prepare" / "slices")["label_set"]["label_map"]
+    assert record["sha256"] == read_label_map(label_map).sha256
+    assert [r.status for r in run_pipeline(load_pipeline(path), progress=False)] == ["cached"]
+    label_map.write_text(json.dumps({"labels": dict(AMOS_LABELS, **{"6": "stomach", "7": "liver"})}))
+    assert [r.status for r in run_pipeline(load_pipeline(path), progress=False)] == ["ran"]  # noticed, not skipped
+    record = load_manifest(tmp_path / "run" / "prepare" / "slices")["label_set"]["label_map"]
+    assert record["sha256"] == read_label_map(label_map).sha256 and record["values"]["6"]["organ"] == "stomach"
