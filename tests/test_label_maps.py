@@ -225,3 +225,23 @@ def test_pipeline_prepare_stage_takes_a_label_map_and_reruns_when_it_changes(coh
     assert [r.status for r in run_pipeline(load_pipeline(path), progress=False)] == ["ran"]  # noticed, not skipped
     record = load_manifest(tmp_path / "run" / "prepare" / "slices")["label_set"]["label_map"]
     assert record["sha256"] == read_label_map(label_map).sha256 and record["values"]["6"]["organ"] == "stomach"
+
+
+def test_pipeline_trains_and_evaluates_an_amos_numbered_cohort(cohorts, tmp_path):
+    """The cohort's dataset.json is found by the prepare stage; the evaluate stage reads the held-out AMOS label
+    files through the same map (values 14 and 15 would otherwise be unreadable references) and records it."""
+    from medseg.models.checkpoint import read_checkpoint_info
+    from medseg.pipeline import load_pipeline, run_pipeline
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {cohorts['amos']}\nstages:\n"
+                    "  prepare: {split: seeded, test_fraction: 0.34}\n"
+                    "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 1, batch_size: 8, workers: 0,"
+                    " threads: 1, tensorboard: false}\n"
+                    "  predict: {}\n  evaluate: {}\n")
+    results = {r.name: r for r in run_pipeline(load_pipeline(path), progress=False)}
+    summary = json.loads(Path(results["evaluate"].outputs["summary"]).read_text())
+    sha = read_label_map(cohorts["amos"] / "dataset.json").sha256
+    assert summary["counts"]["failed"] == 0 and summary["counts"]["evaluated"] == 1
+    assert summary["label_set"]["label_map"]["sha256"] == sha
+    assert read_checkpoint_info(tmp_path / "run" / "train" / "run" / "last.pt").label_set.label_map["sha256"] == sha
