@@ -384,9 +384,13 @@ def _name_value_pairs(labels: dict, path: Path) -> list[tuple[str, int]]:
     return pairs
 
 
+#: Label folders whose parent is a dataset root (nnU-Net's ``labelsTr``, BTCV's ``label``, ...).
+_LABEL_FOLDER_NAMES = ("labelsTr", "labelsTs", "label", "labels")
+
+
 def find_label_map(cohort_dir: "str | Path | None", explicit: "str | Path | None" = None) -> "Path | None":
-    """The label map to use: ``explicit`` when given (it must exist), else ``cohort_dir/dataset.json`` when present,
-    else None (BTCV numbering).
+    """The label map to use: ``explicit`` when given (it must exist), else ``cohort_dir/dataset.json`` when present
+    (for a label folder such as ``labelsTr/``, its parent's ``dataset.json``), else None (BTCV numbering).
 
     Raises:
         ConfigError: ``explicit`` is not a file.
@@ -396,9 +400,13 @@ def find_label_map(cohort_dir: "str | Path | None", explicit: "str | Path | None
         if not explicit.is_file():
             raise ConfigError(f"--label-map: {explicit}: no such file")
         return explicit
-    if cohort_dir is not None and (Path(cohort_dir) / DATASET_JSON).is_file():
-        return Path(cohort_dir) / DATASET_JSON
-    return None
+    if cohort_dir is None:
+        return None
+    folder = Path(cohort_dir)
+    candidates = [folder / DATASET_JSON]
+    if folder.name in _LABEL_FOLDER_NAMES:
+        candidates.append(folder.parent / DATASET_JSON)
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def with_label_map(label_set: "str | LabelSet | dict", label_map: "LabelMap | str | Path | None") -> LabelSet:

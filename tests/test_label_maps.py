@@ -245,3 +245,47 @@ def test_pipeline_trains_and_evaluates_an_amos_numbered_cohort(cohorts, tmp_path
     assert summary["counts"]["failed"] == 0 and summary["counts"]["evaluated"] == 1
     assert summary["label_set"]["label_map"]["sha256"] == sha
     assert read_checkpoint_info(tmp_path / "run" / "train" / "run" / "last.pt").label_set.label_map["sha256"] == sha
+
+
+def test_evaluate_finds_the_dataset_json_above_a_label_folder(cohorts, tmp_path):
+    """References given as the label folder itself (``amos/label``): the dataset root's map still applies, so AMOS
+    value 10 (pancreas) is never read as BTCV's 10 (portal vein)."""
+    from medseg.evaluation.cohort import evaluate_folders
+
+    predictions = _predictions(cohorts["btcv"], tmp_path / "pred")
+    summary = evaluate_folders(cohorts["amos"] / "label", predictions, reference_format="raw", workers=1,
+                               progress=False)
+    original = evaluate_folders(cohorts["btcv"] / "label", predictions, reference_format="raw", workers=1,
+                                progress=False)
+    assert summary["label_set"]["label_map"]["source"] == str(cohorts["amos"] / "dataset.json")
+    assert summary["standard"]["foreground_mean"] == original["standard"]["foreground_mean"]
+
+
+# Label names of the public sets (TotalSegmentator v2 and v1 extras, WORD, FLARE22, MSD tasks 3/7/8/9).
+TOTALSEGMENTATOR = (
+    "spleen kidney_right kidney_left gallbladder liver stomach pancreas adrenal_gland_right adrenal_gland_left "
+    "lung_upper_lobe_left lung_lower_lobe_left lung_upper_lobe_right lung_middle_lobe_right lung_lower_lobe_right "
+    "esophagus trachea thyroid_gland small_bowel duodenum colon urinary_bladder prostate kidney_cyst_left "
+    "kidney_cyst_right sacrum vertebrae_S1 vertebrae_L5 vertebrae_L1 vertebrae_T12 vertebrae_T1 vertebrae_C7 "
+    "vertebrae_C1 heart aorta pulmonary_vein brachiocephalic_trunk subclavian_artery_right subclavian_artery_left "
+    "common_carotid_artery_right common_carotid_artery_left brachiocephalic_vein_left brachiocephalic_vein_right "
+    "atrial_appendage_left superior_vena_cava inferior_vena_cava portal_vein_and_splenic_vein iliac_artery_left "
+    "iliac_artery_right iliac_vena_left iliac_vena_right humerus_left humerus_right scapula_left scapula_right "
+    "clavicula_left clavicula_right femur_left femur_right hip_left hip_right spinal_cord gluteus_maximus_left "
+    "gluteus_maximus_right gluteus_medius_left gluteus_medius_right gluteus_minimus_left gluteus_minimus_right "
+    "autochthon_left autochthon_right iliopsoas_left iliopsoas_right brain skull rib_left_1 rib_left_12 "
+    "rib_right_1 rib_right_12 sternum costal_cartilages heart_myocardium heart_atrium_left heart_ventricle_right "
+    "pulmonary_artery face").split()
+WORD = ("liver spleen kidney_left kidney_right stomach gallbladder esophagus pancreas duodenum colon intestine "
+        "adrenal rectum bladder Head_of_femur_L Head_of_femur_R").split()
+FLARE = ["Liver", "Right kidney", "Spleen", "Pancreas", "Aorta", "Inferior vena cava", "Right adrenal gland",
+         "Left adrenal gland", "Gallbladder", "Esophagus", "Stomach", "Duodenum", "Left kidney"]
+MSD = ["background", "liver", "cancer", "pancreas", "spleen", "Vessel", "Tumour"]
+
+
+def test_every_name_of_the_public_sets_is_known():
+    organs = {name: organ_for_name(name) for name in TOTALSEGMENTATOR + WORD + FLARE + MSD}
+    # medseg's 13 organs are found under their TotalSegmentator and FLARE names, each once per set
+    assert {organs[name] for name in TOTALSEGMENTATOR} - {None} == set(BTCV13.organs)
+    assert {organs[name] for name in FLARE} - {None} == set(BTCV13.organs) - {"portal_splenic_vein"}
+    assert sum(organs[name] is not None for name in TOTALSEGMENTATOR) == 13
