@@ -276,9 +276,9 @@ def load_checkpoint(
         img_size: model input size; for a bare state_dict default the variant's published size; checked against
             a medseg checkpoint.
         in_channels: image channels; checked against a medseg checkpoint. For a bare state_dict default 1: an RGB
-            file (every official codebase's) then gets its first kernel summed over RGB, which is exactly the
-            RGB model applied to the grey image repeated three times, and ``info.input_adaptation`` says so;
-            pass 3 to keep the RGB input.
+            official-codebase file (renamed by the family's key map) then gets its first kernel summed over RGB,
+            which is exactly the RGB model applied to the grey image repeated three times, and
+            ``info.input_adaptation`` says so; pass 3 to keep the RGB input.
         map_location: device the weights (and the model) go to.
 
     Returns:
@@ -316,7 +316,7 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: {exc}") from None
         state_dict = strip_wrapper_prefix(state_dict)
         official = _official_layout(name, spec.family, state_dict)  # an official codebase's checkpoint, renamed
-        file_channels = _infer_in_channels(name, official if official is not None else state_dict)
+        file_channels = _infer_in_channels(name, official) if official is not None else None
         config = {
             "num_classes": num_classes if num_classes is not None else
             _infer_num_classes(path, name, official if official is not None else state_dict),
