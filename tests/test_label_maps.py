@@ -143,8 +143,8 @@ def test_a_changed_label_map_prepares_the_cases_again(cohorts, tmp_path):
     ("Inferior vena cava", "inferior_vena_cava"), ("kidney_right", "kidney_right"), ("right kidney", "kidney_right"),
     ("right_kidney", "kidney_right"), ("Kidney R", "kidney_right"), ("adrenal_gland_left", "adrenal_left"),
     ("Left adrenal gland", "adrenal_left"), ("portal_vein_and_splenic_vein", "portal_splenic_vein"),
-    ("portal vein and splenic vein", "portal_splenic_vein"), ("esophagus", "esophagus"), ("gall bladder", "gallbladder"),
-    ("arota", "aorta"), ("Liver", "liver"),
+    ("portal vein and splenic vein", "portal_splenic_vein"), ("esophagus", "esophagus"),
+    ("gall bladder", "gallbladder"), ("arota", "aorta"), ("Liver", "liver"),
     # outside medseg's organs: background
     ("duodenum", None), ("bladder", None), ("urinary_bladder", None), ("prostate/uterus", None), ("colon", None),
     ("intestine", None), ("Head_of_femur_L", None), ("vertebrae_L1", None), ("rib_left_7", None),

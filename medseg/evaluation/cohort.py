@@ -14,6 +14,9 @@ hold raw BTCV values (0..13) and are mapped onto the label set (:func:`medseg.la
 ``"classes"`` they already hold the label set's classes; ``"auto"`` means raw for a ``label/`` or ``labelsTr/``
 cohort folder (the BTCV and nnU-Net layouts), otherwise the values of all reference files decide: raw when every file holds a value above the label set's highest class, classes when none does, and a
 folder where some files do and some do not is an error (pass the format explicitly). The format used is recorded.
+Raw references in another numbering (AMOS, WORD, TotalSegmentator, ...) are read through a label map: ``label_map``,
+else the ``dataset.json`` of REF_DIR (or of the dataset root above a ``labelsTr/`` or ``label/`` folder); the format
+is then raw (:func:`reference_label_set`).
 
 Per case: the spacing is the reference NIfTI's (from its affine, mm, array axis order). The prediction must lie on
 the reference's voxel grid: the same shape and affine within :data:`medseg.io.GRID_TOLERANCE_MM` (the largest
