@@ -289,3 +289,11 @@ def test_every_name_of_the_public_sets_is_known():
     assert {organs[name] for name in TOTALSEGMENTATOR} - {None} == set(BTCV13.organs)
     assert {organs[name] for name in FLARE} - {None} == set(BTCV13.organs) - {"portal_splenic_vein"}
     assert sum(organs[name] is not None for name in TOTALSEGMENTATOR) == 13
+
+
+def test_a_label_map_for_a_transunet_layout_input_is_refused(tmp_path, capsys):
+    (tmp_path / "transunet" / "train_npz").mkdir(parents=True)
+    small = _write(tmp_path, {"liver": 1})
+    assert main(["prepare", str(tmp_path / "transunet"), str(tmp_path / "out"), "--label-map", str(small)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--label-map" in error and "TransUNet layout" in error and "\n" not in error

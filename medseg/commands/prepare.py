@@ -53,6 +53,9 @@ def run(args) -> int:
     if is_transunet_layout(args.raw_dir):
         if args.format != "medseg":
             raise ConfigError("--format: a TransUNet-layout input converts to the medseg format only")
+        if args.label_map is not None:
+            raise ConfigError(f"--label-map: {args.raw_dir} is in the TransUNet layout, whose labels are already "
+                              f"{args.labels} classes")
         manifest = import_transunet(args.raw_dir, args.out_dir, labels=args.labels)
         print(f"imported {len(manifest['cases'])} cases from the TransUNet layout into {args.out_dir}")
         return 0
