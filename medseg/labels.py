@@ -295,9 +295,14 @@ def organ_for_name(name: str, source: str = "label map") -> "str | None":
     ordered = _ordered(name)
     if normal in _OTHER_NAMES or _OTHER_PATTERNS.fullmatch(ordered):
         return None
+    raise ConfigError(f"{source}: unknown organ name {name!r} ({known_names_text()})")
+
+
+def known_names_text() -> str:
+    """The organ names a label map may use, for one-line errors."""
     known = "; ".join(f"{key}: {', '.join(aliases)}" for key, aliases in ORGAN_ALIASES.items())
-    raise ConfigError(f"{source}: unknown organ name {name!r} (known organ names: {known}; and structures "
-                      f"outside medseg's organs, mapped to background: {', '.join(OTHER_STRUCTURES[1:12])}, ...)")
+    return (f"known organ names: {known}; and structures outside medseg's organs, mapped to background: "
+            f"{', '.join(OTHER_STRUCTURES[1:12])}, ...")
 
 
 @dataclass(frozen=True)
@@ -360,7 +365,7 @@ def read_label_map(path: "str | Path") -> LabelMap:
     for value, organ in sorted(organs.items()):
         if organ is not None and organ in seen:
             raise ConfigError(f"{path}: label map is ambiguous: {names[seen[organ]]!r} ({seen[organ]}) and "
-                              f"{names[value]!r} ({value}) are both {organ}")
+                              f"{names[value]!r} ({value}) are both {organ} ({known_names_text()})")
         if organ is not None:
             seen[organ] = value
     if organs.get(0) is not None:

@@ -182,6 +182,8 @@ def test_ambiguous_or_malformed_maps_are_one_line_errors(tmp_path, labels, why):
     with pytest.raises(ConfigError, match=why) as error:
         read_label_map(_write(tmp_path, labels))
     assert "\n" not in str(error.value)
+    if "both" in why:  # ambiguous names: the known names are listed, as for an unknown one
+        assert "known organ names: spleen: spleen; kidney_right: right kidney" in str(error.value)
 
 
 def test_values_the_map_does_not_name_are_an_input_error(tmp_path):
