@@ -34,8 +34,8 @@ def tiny_cohort(tmp_path_factory) -> Path:
 def tiny_runs(tmp_path_factory) -> dict:
     """Two finished demo-pipeline runs on one small phantom cohort: TransUNet-Tiny (a) and DS-TransUNet-Tiny (b).
 
-    Trained for one short epoch at 64 px, so their scores are low; they exist to exercise every stage, the
-    notebooks and the run comparison.
+    Trained for one short epoch at 64 px, so their scores are low; they exist to exercise every stage and the
+    run comparison (the notebooks run on a demo run of their own: tests/test_notebooks.py).
     """
     from medseg.pipeline import load_pipeline, run_pipeline
 

@@ -161,7 +161,8 @@ def test_notebook_01_shows_the_demo_cohort(user_repo):
     cohort = user_repo / "runs" / "demo" / "synth" / "cohort"
     cases = discover_cases(cohort)
     assert len(cases) == 6
-    assert printed(cell_with(notebook, "labelled cases in")).strip() == f"6 labelled cases in {cohort.resolve()}"
+    assert printed(cell_with(notebook, "labelled cases in")).strip() == \
+        f"6 of 6 labelled cases in {cohort.resolve()} (at most MEDSEG_MAX_CASES=8)"
     table = table_by_index(shown_table(cell_with(notebook, "table = pd.DataFrame(rows)")))
     assert sorted(table) == sorted(c.case_id for c in cases)
     for case in cases:  # every organ's volume as medseg.io reads the label file: voxels x voxel volume
