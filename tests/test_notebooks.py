@@ -19,6 +19,7 @@ import pytest
 
 from helpers import TINY_RUN_SETTINGS
 from medseg.data.slice_cache import load_manifest, prepare_cohort, recorded_source
+from medseg.data.transunet_format import export_transunet
 from medseg.io import read_volume
 
 REPOSITORY = Path(__file__).parents[1]
@@ -146,6 +147,10 @@ def test_manifest_source_paths_resolve_from_another_working_directory(tiny_cohor
     summary = prepare_cohort("../cohort", "../runs/slices", labels="synapse8", split="seeded", test_fraction=0.5,
                              progress=False)
     assert summary.written == [] and len(summary.already_done) == 4
+    # a TransUNet export records the sources relative to its own folder
+    export_transunet("../runs/slices", "../export")
+    exported = json.loads((project / "export" / "medseg_manifest.json").read_text())["cases"][0]
+    assert exported["source_image"] == "../cohort/img/img0001.nii.gz"
 
 
 # ----------------------------------------------------------------------------------------------------------------
