@@ -456,9 +456,3 @@ def orient_view(array: np.ndarray, affine: np.ndarray, axcodes="PLS") -> np.ndar
     """``array`` permuted/flipped into ``axcodes`` order as a numpy view: the prepare chain's orientation step
     (:func:`medseg.data.orientation.orient_view`)."""
     return _orient(array, affine, tuple(axcodes))[0]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Statistics: one implementation, in medseg.outputs (kept importable from here).
-
-from medseg.outputs import organ_statistics as label_statistics  # noqa: E402,F401
