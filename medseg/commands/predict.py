@@ -68,7 +68,7 @@ def print_summary(summary) -> None:
         print(f"warning: {summary.output} holds predictions of {len(summary.folder_checkpoints)} checkpoints "
               "(see predict_summary.json)", file=sys.stderr)
     for name, error in summary.failed.items():
-        print(f"failed {name}: {error}", file=sys.stderr)
+        print(f"medseg predict: skipped {name}: {error}", file=sys.stderr)
 
 
 def summary_part(summary) -> str:

@@ -456,3 +456,10 @@ def orient_view(array: np.ndarray, affine: np.ndarray, axcodes="PLS") -> np.ndar
     """``array`` permuted/flipped into ``axcodes`` order as a numpy view: the prepare chain's orientation step
     (:func:`medseg.data.orientation.orient_view`)."""
     return _orient(array, affine, tuple(axcodes))[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics: one implementation, in medseg.prediction.outputs (importable from here for notebooks/02 until it
+# imports medseg.prediction.outputs.organ_statistics itself).
+
+from medseg.prediction.outputs import organ_statistics as label_statistics  # noqa: E402,F401

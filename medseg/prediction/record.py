@@ -98,31 +98,23 @@ def file_fingerprint(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def write_case_record(target: Path, provenance: dict, outputs: dict[str, Path]) -> Path:
+def write_case_record(target: Path, provenance: dict, outputs: dict[str, Path], written: list[Path]) -> Path:
     """Write ``NAME_record.json`` for the case predicted to ``target``.
 
     Args:
         target: the case's main output path (its NIfTI name, also when only DICOM outputs are written).
         provenance: what made it (the NIfTI header's record).
-        outputs: kind -> file (a folder for ``masks``: each file inside is listed).
+        outputs: kind -> file (the folder for ``masks``).
+        written: every file the case wrote (each split mask among them).
     """
     folder = target.parent
     files = {}
-    for path in output_files(outputs):
-        files[path.relative_to(folder).as_posix()] = file_fingerprint(path)
+    for path in written:
+        files[Path(path).relative_to(folder).as_posix()] = file_fingerprint(Path(path))
     record = {"format": RECORD_FORMAT, "version": 1, "provenance": provenance,
               "outputs": {kind: Path(path).relative_to(folder).as_posix() for kind, path in outputs.items()},
               "files": files, "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     return write_json(record_path(target), record)
-
-
-def output_files(outputs: dict[str, Path]) -> list[Path]:
-    """The files of a case's outputs (kind -> file, or folder of masks), sorted by name within a folder."""
-    files = []
-    for path in outputs.values():
-        path = Path(path)
-        files += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    return files
 
 
 def read_case_record(target: Path) -> "dict | None":

@@ -34,8 +34,7 @@ from medseg.labels import BTCV13, SYNAPSE8, get_label_set
 from medseg.prediction import outputs
 from medseg.prediction.cases import (DicomCase, extra_paths, input_text, main_output, open_inputs, output_paths,
                                      plan_outputs, sidecar, source_files)
-from medseg.prediction.record import (CasePlan, checkpoint_sha256, expected_record, folder_records, output_files,
-                                      plan_case, read_case_record, record_path, stem, write_case_record)
+from medseg.prediction.record import (CasePlan, checkpoint_sha256, expected_record, folder_records, plan_case, read_case_record, record_path, stem, write_case_record)
 from medseg.schema import OUTPUT_TYPES, PredictRequest
 
 log = logging.getLogger(__name__)
@@ -296,13 +295,15 @@ def predict_case(source, target: Path, predictor: Predictor, request: PredictReq
     if request.preview:
         written["preview"] = outputs.write_preview(sidecar(target, "preview", ".png"), volume, prediction,
                                                    predictor.label_set, title=stem(target), hu=not h5_input)
+    files = [path for kind, path in written.items()]
     if request.split_masks:
         written["masks"] = target.with_name(stem(target))
-        outputs.write_split_masks(written["masks"], prediction, predictor.label_set, organs)
+        files += outputs.write_split_masks(written["masks"], prediction, predictor.label_set, organs)
     info.update(write_main_outputs(source, target, prediction, predictor.label_set, request.output_types, organs,
                                    provenance, written))
-    remove_stale_files(target, previous, written)
-    write_case_record(target, provenance, written)
+    files += [written[kind] for kind in request.output_types]
+    remove_stale_files(target, previous, files)
+    write_case_record(target, provenance, written, files)
     if isinstance(source, DicomCase):
         info["dicom"] = source.series.summary()
     return {"status": "predicted", "seconds": round(time.perf_counter() - started, 3), "shape": list(prediction.shape),
@@ -355,10 +356,10 @@ def write_main_outputs(source, target: Path, prediction: Volume, label_set, type
 MASK_NAMES = {f"{organ}.nii.gz" for organ in (*SYNAPSE8.organs, *BTCV13.organs)}
 
 
-def remove_stale_files(target: Path, previous: "dict | None", written: dict) -> list[Path]:
-    """Remove the files of a case's previous outputs that its new outputs do not include: those its previous
-    record lists, and any output or extra named after the case (outputs of older medseg versions had no record)."""
-    keep = {path.resolve() for path in output_files(written)}
+def remove_stale_files(target: Path, previous: "dict | None", written: list[Path]) -> list[Path]:
+    """Remove the files of a case's previous outputs that its new ``written`` files do not include: those its
+    previous record lists, and any output or extra named after the case (older medseg versions wrote no record)."""
+    keep = {Path(path).resolve() for path in written}
     candidates = [target.parent / name for name in (previous or {}).get("files", {})]
     candidates += list(output_paths(target, list(OUTPUT_TYPES)).values())
     extras = extra_paths(target)
