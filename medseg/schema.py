@@ -80,8 +80,9 @@ def field_kinds(cls) -> dict[str, FieldKind]:
     kinds = {}
     for f in dataclasses.fields(cls):
         kind = _kind(hints[f.name], f.metadata.get("minimum"), f"{cls.__name__}.{f.name}")
-        kinds[f.name] = dataclasses.replace(kind, pattern=f.metadata.get("pattern"), parse=f.metadata.get("parse"),
-                                            pattern_text=f.metadata.get("metavar") if f.metadata.get("pattern") else None)
+        pattern = f.metadata.get("pattern")
+        kinds[f.name] = dataclasses.replace(kind, pattern=pattern, parse=f.metadata.get("parse"),
+                                            pattern_text=f.metadata.get("metavar") if pattern else None)
     return kinds
 
 
@@ -216,7 +217,8 @@ def add_arguments(parser, cls, *, defaults: bool = False) -> None:
     None, so that :func:`flag_values` can tell what the command line gave (to override a file's values).
     """
     kinds = field_kinds(cls)
-    for f in dataclasses.fields(cls):
+    fields = sorted(dataclasses.fields(cls), key=lambda f: not _required(f))  # required options first
+    for f in fields:
         flag = f.metadata.get("flag")
         if not flag:
             continue
@@ -228,7 +230,7 @@ def add_arguments(parser, cls, *, defaults: bool = False) -> None:
             action = "store_false" if flag.startswith("--no-") else "store_true"
             parser.add_argument(*names, dest=f.name, action=action, default=default, help=help_text)
             continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        required = _required(f)
         if kind.base is list:
             parser.add_argument(*names, dest=f.name, nargs="+", action="extend", default=None, required=required,
                                 metavar=f.metadata.get("metavar"), help=help_text)
@@ -236,6 +238,10 @@ def add_arguments(parser, cls, *, defaults: bool = False) -> None:
         shown = "" if f.default in (dataclasses.MISSING, "", None) else f" (default {f.default})"
         parser.add_argument(*names, dest=f.name, type=kind.base, choices=kind.choices, default=default,
                             required=required, metavar=f.metadata.get("metavar"), help=help_text + shown)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def flag_values(args, cls) -> dict:
@@ -371,8 +377,8 @@ class PredictRequest(PredictOptions):
         None, flag="--labels", help="label set of a bare state_dict (default synapse8)")
     img_size: "int | None" = setting(None, minimum=1, flag="--img-size",
                                      help="input size of a bare state_dict (default: the model's, 224)")
-    num_parts: int = setting(1, minimum=1, flag="--num-parts", help="split a folder into N parts (default 1)")
-    part_id: int = setting(0, minimum=0, flag="--part-id", help="which part to run, 0..N-1 (default 0)")
+    num_parts: int = setting(1, minimum=1, flag="--num-parts", help="split a folder into N parts")
+    part_id: int = setting(0, minimum=0, flag="--part-id", help="which part to run, 0..N-1")
     progress: bool = setting(True, flag="--no-progress", help="no progress bars")
 
     def __post_init__(self):

@@ -8,22 +8,25 @@ folder (see :mod:`medseg.dicom`). OUTPUT is a file name
 (``img0001.nii.gz`` -> ``img0001.nii.gz``; ``BTCV_01_0000.nii.gz`` -> ``BTCV_01.nii.gz``; ``case0001.npy.h5`` ->
 ``case0001.nii.gz``). Each prediction has exactly its input's shape and affine.
 
-Every NIfTI prediction records what made it inside the file (a header extension, see
-:func:`medseg.io.read_provenance`): the SHA-256 of the checkpoint and of the input (file, or a DICOM series' files),
-and the settings that change the labels (``--tta``, ``--resize``, amp, ``--organs``, and the bare-state_dict
-options). Folder runs: a bad case is reported and skipped, the others complete; an output that already exists is
-skipped only when its record matches this run exactly, so an interrupted run can simply be restarted; an output made
-by another checkpoint, other settings or another version of the input (or one without a record, such as a DICOM-only
-output) stops the run before anything is written, with a one-line error naming ``--overwrite``. ``--num-parts N
+The command is argument parsing plus one call of :func:`medseg.prediction.predict_cases` (one flag per field of
+:class:`medseg.schema.PredictRequest`, with the field's name): the pipeline's predict stage and notebooks make the
+same call. Every case records what made it: inside each NIfTI (a header extension, see
+:func:`medseg.io.read_provenance`: the SHA-256 of the checkpoint and of the input, and the settings that change the
+labels: ``--tta``, ``--resize``, amp, ``--organs``, the bare-state_dict options) and in ``NAME_record.json`` (the
+same, plus every file the case wrote with its size and SHA-256; see :mod:`medseg.prediction.record`). Folder runs: a
+bad case is reported and skipped, the others complete; an existing case is reused only when its record matches this
+run exactly, it has every output this run asks for and every file is whole, so an interrupted run can simply be
+restarted; an output made by another checkpoint, other settings or another version of the input (or one without a
+record) stops the run before anything is written, with a one-line error naming ``--overwrite``. ``--num-parts N
 --part-id K`` processes every N-th case of the sorted list from K (run the N parts on N machines or GPUs; a part
 with no inputs says so and exits 0). A summary is printed and written to ``predict_summary.json``
 (``predict_summary.partKofN.json`` for a part). Exit code 0 when every case was predicted or already done, 1 when
 some cases failed (listed), 2 when nothing could be predicted.
 
-Outputs a viewer understands (see :mod:`medseg.prediction.outputs`): ``--output-type nifti dicom-seg rtstruct`` (one or several, also
-as ``nifti,dicom-seg``; DICOM outputs need a DICOM input), ``labels.json`` in every output folder (and the label set named in each NIfTI
-header), ``--viewer-tables`` (3D Slicer and ITK-SNAP label tables), ``--split-masks`` (``NAME/<organ>.nii.gz``),
-``--organs liver,spleen`` (keep a subset; the other organs become background in every output), ``--preview``
+Outputs a viewer understands (see :mod:`medseg.prediction.outputs`): ``--output-type nifti dicom-seg rtstruct``
+(one or several, also as ``nifti,dicom-seg``; DICOM outputs need a DICOM input), ``labels.json`` in every output
+folder (and the label set named in each NIfTI header), ``--viewer-tables`` (3D Slicer and ITK-SNAP label tables),
+``--split-masks`` (``NAME/<organ>.nii.gz``), ``--organs liver,spleen`` (keep a subset; the other organs become background in every output), ``--preview``
 (``NAME_preview.png``).
 
 Per case, next to the prediction:

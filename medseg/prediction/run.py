@@ -34,7 +34,8 @@ from medseg.labels import BTCV13, SYNAPSE8, get_label_set
 from medseg.prediction import outputs
 from medseg.prediction.cases import (DicomCase, extra_paths, input_text, main_output, open_inputs, output_paths,
                                      plan_outputs, sidecar, source_files)
-from medseg.prediction.record import (CasePlan, checkpoint_sha256, expected_record, folder_records, plan_case, read_case_record, record_path, stem, write_case_record)
+from medseg.prediction.record import (CasePlan, checkpoint_sha256, expected_record, folder_records, plan_case,
+                                      read_case_record, record_path, stem, write_case_record)
 from medseg.schema import OUTPUT_TYPES, PredictRequest
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ def predict_case(source, target: Path, predictor: Predictor, request: PredictReq
     if request.preview:
         written["preview"] = outputs.write_preview(sidecar(target, "preview", ".png"), volume, prediction,
                                                    predictor.label_set, title=stem(target), hu=not h5_input)
-    files = [path for kind, path in written.items()]
+    files = list(written.values())
     if request.split_masks:
         written["masks"] = target.with_name(stem(target))
         files += outputs.write_split_masks(written["masks"], prediction, predictor.label_set, organs)
