@@ -122,6 +122,7 @@ def predict_cases(request: PredictRequest) -> PredictSummary:
 
 
 def _predict_cases(request: PredictRequest, stack: contextlib.ExitStack) -> PredictSummary:
+    """The run (see :func:`predict_cases`); ``stack`` removes a zip input's extracted series when it ends."""
     started = time.perf_counter()
     source, output = Path(request.input), Path(request.output)
     inputs = open_inputs(source, stack)
@@ -144,20 +145,7 @@ def _predict_cases(request: PredictRequest, stack: contextlib.ExitStack) -> Pred
     for src, target in pairs:
         if plans[src.name].action == "reuse":
             summary.cases[src.name] = {"status": "exists", "output": str(target)}
-    predictor = None
-    if todo:
-        predictor = load_predictor(request.checkpoint, request.device, model_name=request.model,
-                                   labels=request.labels, img_size=request.img_size, amp=request.amp)
-        log.info("model %s (%s, %d classes, input %d px) on %s, amp %s; %d case(s) to predict",
-                 predictor.model_name, predictor.label_set.name, predictor.num_classes, predictor.img_size,
-                 predictor.device, predictor.amp, len(todo))
-        organs = outputs.check_organs(request.organs, predictor.label_set)
-        check_folder_label_set(folder, predictor.label_set.name, {stem(target) for _, target in todo})
-        summary.label_set, summary.model_name = predictor.label_set.name, predictor.model_name
-        for number, (src, target) in enumerate(todo, start=1):
-            summary.cases[src.name] = predict_one(src, target, predictor, request, organs, expected[src.name],
-                                                  plans[src.name], single_output)
-            log.info("[%d/%d] %s -> %s: %s", number, len(todo), src.name, target, summary.cases[src.name]["status"])
+    predictor = predict_todo(request, todo, expected, plans, folder, single_output, summary) if todo else None
     summary.cases = {src.name: summary.cases[src.name] for src, _ in pairs}  # input order
     records = refresh_folder_files(folder, request, predictor)
     summary.folder_checkpoints = checkpoints_of(records)
@@ -167,6 +155,25 @@ def _predict_cases(request: PredictRequest, stack: contextlib.ExitStack) -> Pred
     if not single_output:
         summary.summary_path = str(write_summary(summary, request, pairs, settings, dicom_input))
     return summary
+
+
+def predict_todo(request: PredictRequest, todo: list, expected: dict, plans: dict, folder: Path, single_output: bool,
+                 summary: PredictSummary) -> Predictor:
+    """Load the model, check the organs and the folder's label set, predict each (source, target) pair of ``todo``
+    into ``summary.cases``; returns the predictor."""
+    predictor = load_predictor(request.checkpoint, request.device, model_name=request.model, labels=request.labels,
+                               img_size=request.img_size, amp=request.amp)
+    log.info("model %s (%s, %d classes, input %d px) on %s, amp %s; %d case(s) to predict", predictor.model_name,
+             predictor.label_set.name, predictor.num_classes, predictor.img_size, predictor.device, predictor.amp,
+             len(todo))
+    organs = outputs.check_organs(request.organs, predictor.label_set)
+    check_folder_label_set(folder, predictor.label_set.name, {stem(target) for _, target in todo})
+    summary.label_set, summary.model_name = predictor.label_set.name, predictor.model_name
+    for number, (src, target) in enumerate(todo, start=1):
+        summary.cases[src.name] = predict_one(src, target, predictor, request, organs, expected[src.name],
+                                              plans[src.name], single_output)
+        log.info("[%d/%d] %s -> %s: %s", number, len(todo), src.name, target, summary.cases[src.name]["status"])
+    return predictor
 
 
 def check_outputs(request: PredictRequest, inputs: list, dicom_input: bool) -> bool:
