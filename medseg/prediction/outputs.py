@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.orientation import reorient
+from medseg.dicom import ORGAN_CODES
 from medseg.errors import ConfigError
 from medseg.io import Volume, atomic_path, write_json, write_text, write_volume
-from medseg.schema import OUTPUT_TYPES  # noqa: F401  (the output types, named with their file endings below)
 
 #: File-name endings of each output type after the case stem.
 OUTPUT_SUFFIXES = {"nifti": ".nii.gz", "dicom-seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
@@ -69,8 +70,6 @@ def keep_organs(labels: np.ndarray, label_set, organs: "list[str] | None") -> np
 
 def label_map(label_set, organs: "list[str] | None" = None) -> dict:
     """The content of ``labels.json``: ``{"label_set", "labels": {value: {key, name, colour, snomed_ct}}}``."""
-    from medseg.dicom import ORGAN_CODES
-
     entries = {"0": {"key": "background", "name": "Background", "colour": [0, 0, 0], "snomed_ct": None}}
     for index in kept_classes(label_set, organs):
         organ = label_set.organs[index - 1]
@@ -213,8 +212,6 @@ def preview_views(image: Volume, labels: Volume) -> list[tuple[str, np.ndarray, 
         ``[(name, ct_2d, labels_2d, aspect), ...]`` where ``aspect`` is the row spacing over the column spacing
         (``imshow(aspect=...)`` gives square millimetres).
     """
-    from medseg.data.orientation import reorient
-
     ct, affine = reorient(np.asarray(image.array), image.affine)
     lab, _ = reorient(np.asarray(labels.array), labels.affine)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # (P, L, S) order
