@@ -294,7 +294,9 @@ def split_items(value, where: str) -> list[str]:
     for text in values:
         if not isinstance(text, str):
             raise ConfigError(f"{where}: expected names, got {text!r}")
-        items += [item.strip() for item in text.split(",") if item.strip() and item.strip() not in items]
+        for item in (part.strip() for part in text.split(",")):
+            if item and item not in items:
+                items.append(item)
     if not items:
         raise ConfigError(f"{where}: empty (name at least one, e.g. liver,spleen; leave it out for all)")
     return items

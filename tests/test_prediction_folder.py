@@ -223,6 +223,8 @@ def test_a_notebook_predicts_a_folder_with_resume_in_three_lines(images, checkpo
     ({"batch_size": 0}, "PredictRequest.batch_size: must be at least 1"),
 ])
 def test_a_request_is_validated_when_made(values, message):
+    assert schema.PredictRequest(input="a", output="b", checkpoint="c",
+                                 organs=["liver, spleen", "liver"]).organs == ["liver", "spleen"]
     with pytest.raises(medseg_errors().ConfigError, match=message.replace("[", r"\[").replace("|", r"\|")):
         schema.PredictRequest(input="a", output="b", checkpoint="c", **values)
 
