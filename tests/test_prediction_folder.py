@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 from pathlib import Path
 
 import nibabel as nib
