@@ -232,3 +232,15 @@ def medseg_errors():
     import medseg.errors
 
     return medseg.errors
+
+
+def test_broken_links_in_an_input_folder_are_listed_as_failed(images, checkpoint, tmp_path, capsys):
+    (images / "img0008.nii.gz").symlink_to(tmp_path / "gone.nii.gz")  # target missing
+    (images / "img0009.nii.gz").symlink_to(images / "img0009.nii.gz")  # a loop
+    out = tmp_path / "out"
+    assert _predict("-i", images, "-o", out, "-m", checkpoint) == 1
+    captured = capsys.readouterr()
+    assert "predicted 4, already done 0, failed 2" in captured.out
+    assert "skipped img0008.nii.gz" in captured.err and "skipped img0009.nii.gz" in captured.err
+    cases = read_json(out / "predict_summary.json")["cases"]
+    assert cases["img0008.nii.gz"]["status"] == cases["img0009.nii.gz"]["status"] == "failed"

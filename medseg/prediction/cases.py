@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from medseg.dicom import Series, is_dicom_file, is_dicom_input, open_dicom_input
@@ -56,8 +57,10 @@ def output_name(path: "Path | DicomCase") -> str:
 
 
 def is_volume_file(path: Path) -> bool:
-    """A NIfTI or TransUNet h5 file (by name), not hidden."""
-    return path.is_file() and not path.name.startswith(".") and (is_nifti(path) or is_h5(path))
+    """A NIfTI or TransUNet h5 file (by name), not hidden; a broken symbolic link (missing target, or a loop) with
+    such a name counts too, so that it is listed as a failed case rather than silently left out."""
+    named = not path.name.startswith(".") and (is_nifti(path) or is_h5(path))
+    return named and (path.is_file() or (path.is_symlink() and not path.exists()))
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -133,10 +136,10 @@ def plan_outputs(inputs: list, output: Path, single: bool) -> list[tuple]:
         if output.exists() and not output.is_dir():
             raise ConfigError(f"{output}: exists and is not a folder")
         pairs = [(path, output / output_name(path)) for path in inputs]
-    resolved_inputs = {p.resolve() for p in inputs if isinstance(p, Path)}
+    resolved_inputs = {os.path.realpath(p) for p in inputs if isinstance(p, Path)}  # a link loop resolves too
     seen: dict = {}
     for source, target in pairs:
-        if target.resolve() in resolved_inputs:
+        if os.path.realpath(target) in resolved_inputs:
             raise ConfigError(f"{target}: output would overwrite an input file; choose another output folder")
         if target in seen:
             raise ConfigError(f"{target}: both {seen[target].name} and {source.name} would be written there")

@@ -139,10 +139,11 @@ def _predict_cases(request: PredictRequest, stack: contextlib.ExitStack) -> Pred
     remove_stale_temps(folder)
     settings = run_settings(request, checkpoint_sha256(request.checkpoint))
     summary.checkpoint_sha256 = settings["checkpoint_sha256"]
-    expected = {src.name: expected_record(settings, source_files(src)) for src, _ in pairs}
-    plans = plan_all(request, pairs, expected)
-    todo = [(src, target) for src, target in pairs if plans[src.name].action == "predict"]
-    for src, target in pairs:
+    expected = read_inputs(settings, pairs, summary, single_output)
+    pairs_read = [(src, target) for src, target in pairs if src.name in expected]
+    plans = plan_all(request, pairs_read, expected)
+    todo = [(src, target) for src, target in pairs_read if plans[src.name].action == "predict"]
+    for src, target in pairs_read:
         if plans[src.name].action == "reuse":
             summary.cases[src.name] = {"status": "exists", "output": str(target)}
     predictor = predict_todo(request, todo, expected, plans, folder, single_output, summary) if todo else None
@@ -155,6 +156,21 @@ def _predict_cases(request: PredictRequest, stack: contextlib.ExitStack) -> Pred
     if not single_output:
         summary.summary_path = str(write_summary(summary, request, pairs, settings, dicom_input))
     return summary
+
+
+def read_inputs(settings: dict, pairs: list, summary: PredictSummary, single_output: bool) -> dict:
+    """Each readable input's expected record (:func:`medseg.prediction.record.expected_record`: its SHA-256 with
+    the run's settings); an input that cannot be read (a broken symbolic link, no permission) becomes a failed case
+    in ``summary`` (an error for a single output)."""
+    expected = {}
+    for src, target in pairs:
+        try:
+            expected[src.name] = expected_record(settings, source_files(src))
+        except InputError as exc:
+            if single_output:
+                raise
+            summary.cases[src.name] = {"status": "failed", "error": str(exc), "output": str(target)}
+    return expected
 
 
 def predict_todo(request: PredictRequest, todo: list, expected: dict, plans: dict, folder: Path, single_output: bool,
