@@ -104,6 +104,8 @@ class PrepareStage:
     """Prepare the slice cache (:func:`medseg.data.slice_cache.prepare_cohort`)."""
 
     labels: str = setting("synapse8", help="label set")
+    label_map: str | None = setting(None, help="numbering of the label files: an nnU-Net dataset.json or a JSON of "
+                                      "organ name -> value (default: the cohort's dataset.json, else BTCV's)")
     split: str = setting("auto", help="train/test split mode")
     test_fraction: float = setting(0.4, minimum=0, help="fraction of cases held out (seeded split)")
     seed: int = setting(1234, help="seed of the split")
@@ -129,6 +131,8 @@ class EvaluateStage:
     """Score the predictions against the held-out labels (:func:`medseg.evaluation.cohort.evaluate_folders`)."""
 
     protocol: Literal["standard", "transunet", "both"] = setting("both", help="evaluation protocol")
+    label_map: str | None = setting(None, help="numbering of the reference label files (default: the one the "
+                                      "prepare stage used)")
     tolerance_mm: float = setting(2.0, minimum=0, help="NSD tolerance in mm")
     workers: int = setting(1, minimum=1, help="processes")
 
@@ -257,17 +261,22 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
             from medseg.phantom import GENERATOR_VERSION
 
             upstream = {**upstream, "phantom_generator": GENERATOR_VERSION}
-        payload = json.dumps({"stage": name, "params": params, "upstream": upstream}, sort_keys=True, default=str)
+        content = {"stage": name, "params": params, "upstream": upstream}
+        if params.get("label_map") and Path(params["label_map"]).is_file():  # an edited map re-runs the stage
+            content["label_map_sha256"] = file_sha256(params["label_map"])
+        payload = json.dumps(content, sort_keys=True, default=str)
         keys[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
         upstream = {"previous": keys[name]}
     return keys
 
 
 def _data_fingerprint(data: "Path | None") -> "list | None":
-    """Names, sizes and modification times of a data folder's NIfTI files (a changed cohort re-runs prepare)."""
+    """Names, sizes and modification times of a data folder's NIfTI files and its ``dataset.json`` label map (a
+    changed cohort re-runs prepare)."""
     if data is None:
         return None
-    files = sorted(p for p in data.rglob("*") if p.is_file() and p.name.endswith((".nii", ".nii.gz", ".h5", ".npz")))
+    files = sorted(p for p in data.rglob("*") if p.is_file() and (
+        p.name.endswith((".nii", ".nii.gz", ".h5", ".npz")) or p == data / "dataset.json"))
     return [[str(p.relative_to(data)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
 
 
@@ -341,7 +350,7 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
     prepared = stage_dir / "slices"
     summary = prepare_cohort(cohort, prepared, labels=params["labels"], split=params["split"],
                              test_fraction=params["test_fraction"], seed=params["seed"],
-                             workers=params["workers"], progress=progress)
+                             workers=params["workers"], progress=progress, label_map=params.get("label_map"))
     if not (summary.written or summary.already_done):
         raise ConfigError(f"prepare: no usable case in {cohort}")
     for path, reason in summary.skipped_files.items():
@@ -429,7 +438,8 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
     label_set = load_manifest(outputs["prepare"]["prepared"])["label_set"]
     summary = evaluate_folders(references, outputs["predict"]["predictions"], labels=label_set,
                                protocol=params["protocol"], tolerance_mm=params["tolerance_mm"],
-                               workers=params["workers"], reference_format="raw", progress=progress)
+                               workers=params["workers"], reference_format="raw", progress=progress,
+                               label_map=params.get("label_map"))
     write_json(stage_dir / "summary.json", summary)
     return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
             "failed": summary["counts"]["failed"]}
@@ -457,7 +467,8 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
                           extra_figures={"training_curve": curve} if curve else None,
-                          provenance=_report_provenance(pipeline, outputs),
+                          provenance=dict(_report_provenance(pipeline, outputs),
+                                          pipeline_record=str(stage_dir / "pipeline.json")),
                           images={e["case_id"]: e["source_image"] for e in _test_cases(outputs)})
     stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
     write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
@@ -491,7 +502,7 @@ def _report_provenance(pipeline, outputs) -> dict:
     if prepare:
         data += f" (label set {prepare.get('labels')}, split {prepare.get('split')})"
     return {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
-            "data": data, "pipeline_record": "pipeline.json"}
+            "data": data}
 
 
 def _training_curve(outputs) -> "bytes | None":
