@@ -21,6 +21,7 @@ from helpers import TINY_RUN_SETTINGS
 from medseg.data.slice_cache import load_manifest, prepare_cohort, recorded_source
 from medseg.data.transunet_format import export_transunet
 from medseg.io import read_volume
+from medseg.labels import get_label_set
 
 REPOSITORY = Path(__file__).parents[1]
 NOTEBOOKS = sorted(p.name for p in (REPOSITORY / "notebooks").glob("*.ipynb"))
@@ -184,15 +185,51 @@ def test_notebook_01_shows_the_demo_cohort(user_repo):
 
 
 @pytest.mark.slow
-def test_notebook_02_predicts_a_held_out_case_of_the_demo(user_repo):
+def test_notebook_02_predicts_the_held_out_cases_with_resume(user_repo):
+    """The three-line folder prediction (medseg.predict_cases) of the demo's held-out CTs, one case's prediction on
+    its CT's grid, its organ volumes as the label file gives them, its scores as the demo's evaluation has them;
+    the same request again reuses every case."""
+    from medseg import PredictRequest, predict_cases
+    from medseg.evaluation.compare import load_summary
+
     notebook = run_notebook("02_volume_inference.ipynb", user_repo)
-    manifest = load_manifest(user_repo / "runs" / "demo" / "prepare" / "slices")
-    first = [e for e in manifest["cases"] if e["split"] == "test"][0]
-    shown = printed(cell_with(notebook, "print(\"image:\", IMAGE)"))
-    image_line = next(line for line in shown.splitlines() if line.startswith("image: "))
-    assert Path(image_line[len("image: "):]).resolve() == Path(first["source_image"]).resolve()
-    ct = read_volume(first["source_image"])
-    assert printed(cell_with(notebook, "prediction = predict_volume")).startswith(f"{ct.shape} voxels")
+    run = user_repo / "runs" / "demo"
+    inputs, output = run / "predict" / "inputs", user_repo / "runs" / "demo_predictions"
+    names = sorted(p.name for p in inputs.iterdir())
+    assert len(names) == 3  # the tiny demo's held-out cases
+    assert printed(cell_with(notebook, "summary = predict_cases(")).strip() == \
+        f"3 predicted, 0 reused, 0 failed -> {output.resolve()}"
+
+    shown = names[0]
+    ct, prediction = read_volume(inputs / shown), read_volume(output / shown)
+    assert prediction.shape == ct.shape and np.allclose(prediction.affine, ct.affine)
+    assert printed(cell_with(notebook, "read_volume(image_path)")).splitlines()[0].startswith(
+        f"{shown}: prediction {ct.shape}, CT {ct.shape}")
+    # the same labels as the demo's own predict stage made with this checkpoint
+    assert np.array_equal(prediction.array, read_volume(run / "predict" / "labels" / shown).array)
+
+    volumes = table_by_index(shown_table(cell_with(notebook, "stats = read_json(")))
+    voxel_ml = abs(float(np.linalg.det(prediction.affine[:3, :3]))) / 1000.0
+    label_set = get_label_set("synapse8")
+    assert sorted(volumes) == sorted(label_set.display_names)
+    for value, name in enumerate(label_set.display_names, start=1):
+        expected = int((prediction.array == value).sum()) * voxel_ml
+        assert float(volumes[name]["volume_ml"]) == pytest.approx(expected, abs=0.051), name
+
+    scores = table_by_index(shown_table(cell_with(notebook, "evaluate_case(")))
+    evaluated = load_summary(run)["standard"]["cases"][shown.split(".")[0]]
+    for organ, record in evaluated.items():
+        name = label_set.display_names[label_set.organs.index(organ)]
+        assert scores[name]["status"] == record["status"], organ
+        if record["hd95_mm"] is not None:
+            assert float(scores[name]["hd95_mm"]) == pytest.approx(record["hd95_mm"], rel=1e-3), organ
+
+    # resume: the notebook's request made again reuses every case and rewrites none
+    written = {name: (output / name).stat().st_mtime_ns for name in names}
+    again = predict_cases(PredictRequest(input=inputs, output=output, checkpoint=run / "train" / "run" / "last.pt",
+                                         statistics=True, progress=False))
+    assert sorted(again.reused) == names and again.predicted == [] and again.failed == {}
+    assert {name: (output / name).stat().st_mtime_ns for name in names} == written
 
 
 @pytest.mark.slow
