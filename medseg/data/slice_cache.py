@@ -388,8 +388,10 @@ def load_manifest(prepared_dir) -> dict:
 
 
 def _with_resolved_sources(manifest: dict, prepared_dir: Path) -> dict:
-    """``manifest`` with its entries' source paths resolved against ``prepared_dir`` (see :func:`load_manifest`)."""
-    if manifest.get("source_paths") != SOURCES_RELATIVE_TO_CACHE:
+    """``manifest`` with its entries' source paths resolved against ``prepared_dir`` (see :func:`load_manifest`);
+    the ``source_paths`` mark is dropped, as the paths are now relative to the working directory (a copy written
+    elsewhere, such as a TransUNet export's ``medseg_manifest.json``, does not claim otherwise)."""
+    if manifest.pop("source_paths", None) != SOURCES_RELATIVE_TO_CACHE:
         return manifest
     for entry in manifest.get("cases", []):
         for key in ("source_image", "source_label"):

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.slice_cache import (CACHE_FORMAT, MANIFEST, load_case_arrays, load_manifest, recorded_source,
-                                    write_case_folder)
+from medseg.data.slice_cache import CACHE_FORMAT, MANIFEST, load_case_arrays, load_manifest, write_case_folder
 from medseg.data.transforms import PreprocessingParams, organ_slice_indices
 from medseg.errors import InputError
 from medseg.labels import get_label_set
@@ -115,9 +114,6 @@ def export_transunet(prepared_dir, out_dir, drop_empty: bool = False) -> dict:
     lists = out_dir / "lists" / "lists_Synapse"
     write_text(lists / "train.txt", "".join(f"{n}\n" for n in train_names))
     write_text(lists / "test_vol.txt", "".join(f"{c}\n" for c in test_ids))
-    for entry in manifest["cases"]:  # source paths as this folder records them (see slice_cache.recorded_source)
-        for key in ("source_image", "source_label"):
-            entry[key] = recorded_source(entry.get(key), out_dir)
     write_json(out_dir / GEOMETRY_FILE, manifest)
     return {"train_slices": len(train_names), "test_volumes": len(test_ids)}
 
