@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "medseg-slices"
 CACHE_VERSION = 2  # bump whenever the arrays a case holds would change for the same sources and settings
 MANIFEST = "manifest.json"
-#: The manifest header's ``source_paths`` value of caches whose relative source paths are relative to the cache.
-SOURCES_RELATIVE_TO_CACHE = "relative to this folder"
 
 
 @dataclass
@@ -66,6 +64,10 @@ class PrepareSummary:
     reprepared: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     skipped_files: dict[str, str] = field(default_factory=dict)
+
+
+#: The manifest header's ``source_paths`` value of caches whose relative source paths are relative to the cache.
+SOURCES_RELATIVE_TO_CACHE = "relative to this folder"
 
 
 def recorded_source(path, out_dir) -> "str | None":
