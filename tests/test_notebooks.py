@@ -269,7 +269,7 @@ def test_notebook_03_makes_and_compares_a_second_run(user_repo):
     images = [o for o in box_cell.outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert len(images) == 4  # Dice and HD95 of each run, as the reports draw them
     footnote = printed(cell_with(notebook, "footnote = ")).splitlines()[-1]
-    assert footnote.startswith("Mean Dice over 3 paired held-out cases")
+    assert footnote.startswith("Mean Dice per organ over the held-out cases both runs scored (of 3)")
     assert (figures / "dice_comparison.pdf").stat().st_size > 0
 
     # executed again, run B is found and every one of its stages is cached
