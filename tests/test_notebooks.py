@@ -14,6 +14,8 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import nbclient  # the test extra: a missing one fails the module, it does not skip it
+import nbformat
 import numpy as np
 import pytest
 
@@ -49,8 +51,6 @@ def user_repo(tmp_path_factory) -> Path:
 
 def run_notebook(name: str, repo: Path):
     """Execute ``repo/notebooks/name`` as Jupyter does: kernel in ``notebooks/``, no MEDSEG_* variable set."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(repo / "notebooks" / name, as_version=4)
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MEDSEG_")}
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
@@ -115,7 +115,6 @@ def cell_with(notebook, text: str):
 
 
 def test_committed_notebooks_carry_no_outputs():
-    nbformat = pytest.importorskip("nbformat")
     assert NOTEBOOKS == ["01_cohort_exploration.ipynb", "02_volume_inference.ipynb", "03_model_comparison.ipynb"]
     for name in NOTEBOOKS:
         notebook = nbformat.read(REPOSITORY / "notebooks" / name, as_version=4)
