@@ -36,7 +36,7 @@ from typing import Iterator
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io import Volume, atomic_path
+from medseg.io import Volume, atomic_path, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -401,8 +401,6 @@ def read_dicom(path: "str | Path") -> Volume:
 
 def read_image(path: "str | Path", *, dtype=None) -> Volume:
     """Read a CT image: a NIfTI file (:func:`medseg.io.read_volume`) or one DICOM series (folder or ``.zip``)."""
-    from medseg.io import read_volume
-
     path = Path(path)
     if path.is_dir() or (path.is_file() and path.suffix.lower() == ".zip"):
         volume = read_dicom(path)

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from medseg.errors import InputError, OutputError
+from medseg.errors import ConfigError, InputError, OutputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PROVENANCE_TAG = b"medseg-provenance:"
@@ -399,8 +399,6 @@ def read_yaml_mapping(path: "str | Path", what: str = "config file") -> dict:
         ConfigError: the file is missing, is not valid YAML (the line is named), or is not a mapping.
     """
     import yaml
-
-    from medseg.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():

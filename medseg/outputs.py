@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.orientation import reorient
+from medseg.dicom import ORGAN_CODES
 from medseg.errors import ConfigError
 from medseg.io import Volume, atomic_path, write_json, write_text, write_volume
 
@@ -82,8 +84,6 @@ def keep_organs(labels: np.ndarray, label_set, organs: "list[str] | None") -> np
 
 def label_map(label_set, organs: "list[str] | None" = None) -> dict:
     """The content of ``labels.json``: ``{"label_set", "labels": {value: {key, name, colour, snomed_ct}}}``."""
-    from medseg.dicom import ORGAN_CODES
-
     entries = {"0": {"key": "background", "name": "Background", "colour": [0, 0, 0], "snomed_ct": None}}
     for index in kept_classes(label_set, organs):
         organ = label_set.organs[index - 1]
@@ -226,8 +226,6 @@ def preview_views(image: Volume, labels: Volume) -> list[tuple[str, np.ndarray, 
         ``[(name, ct_2d, labels_2d, aspect), ...]`` where ``aspect`` is the row spacing over the column spacing
         (``imshow(aspect=...)`` gives square millimetres).
     """
-    from medseg.data.orientation import reorient
-
     ct, affine = reorient(np.asarray(image.array), image.affine)
     lab, _ = reorient(np.asarray(labels.array), labels.affine)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # (P, L, S) order

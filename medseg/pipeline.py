@@ -35,9 +35,20 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from medseg import __version__, schema
-from medseg.engine.config import PredictConfig, TrainConfig
+from medseg.data.phantom import GENERATOR_VERSION, write_cohort
+from medseg.data.slice_cache import load_manifest, prepare_cohort
+from medseg.engine.config import PredictConfig, TrainConfig, load_config
+from medseg.engine.inference import load_predictor, predict_volume
+from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
+from medseg.engine.train import LAST, METRICS_FILE, read_metrics, train
 from medseg.errors import ConfigError, TrainingStopped
+from medseg.evaluation.cohort import evaluate_folders
+from medseg.evaluation.plots import training_curve_png
+from medseg.evaluation.report import write_reports
 from medseg.io import file_sha256, read_json, read_yaml_mapping, write_json
+from medseg.models import get_spec
+from medseg.outputs import write_label_map, write_labels_nifti
+from medseg.progress import progress_bar
 from medseg.schema import setting
 
 log = logging.getLogger(__name__)
@@ -212,8 +223,6 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
     elif "prepare" in stages and "synth" not in stages:
         raise ConfigError(f"{source}: data: required (a cohort folder) when there is no synth stage")
     if "train" in stages:
-        from medseg.models import get_spec
-
         try:
             get_spec(stages["train"]["model"])
         except ConfigError as exc:
@@ -251,8 +260,6 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     upstream = {"medseg": __version__, "data": _data_fingerprint(pipeline.data)}
     for name, params in pipeline.stages.items():
         if name == "synth":  # a new phantom generator makes a different cohort from the same parameters
-            from medseg.data.phantom import GENERATOR_VERSION
-
             upstream = {**upstream, "phantom_generator": GENERATOR_VERSION}
         payload = json.dumps({"stage": name, "params": params, "upstream": upstream}, sort_keys=True, default=str)
         keys[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -323,8 +330,6 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, force: "tuple[str, .
 
 
 def _stage_synth(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.data.phantom import write_cohort
-
     cohort = stage_dir / "cohort"
     write_cohort(cohort, cases=params["cases"], seed=params["seed"], size=params["size"],
                  workers=params["workers"], progress=progress)
@@ -332,8 +337,6 @@ def _stage_synth(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
 
 
 def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.data.slice_cache import prepare_cohort
-
     cohort = pipeline.data if pipeline.data is not None else Path(outputs["synth"]["cohort"])
     prepared = stage_dir / "slices"
     summary = prepare_cohort(cohort, prepared, labels=params["labels"], split=params["split"],
@@ -348,9 +351,6 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
 
 
 def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.engine.config import load_config
-    from medseg.engine.train import LAST, train
-
     run_dir = stage_dir / "run"
     overrides = dict(params, data=outputs["prepare"]["prepared"], out=str(run_dir), progress=progress,
                      resume=(run_dir / LAST).exists())
@@ -367,8 +367,6 @@ def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
 
 def _test_cases(outputs) -> list[dict]:
     """Manifest entries of the held-out (test split) cases of the prepared cohort."""
-    from medseg.data.slice_cache import load_manifest
-
     entries = [e for e in load_manifest(outputs["prepare"]["prepared"])["cases"] if e["split"] == "test"]
     if not entries:
         raise ConfigError("prepare: the split has no test cases to predict and evaluate (raise test_fraction)")
@@ -376,12 +374,6 @@ def _test_cases(outputs) -> list[dict]:
 
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.engine.inference import load_predictor, predict_volume
-    from medseg.outputs import write_label_map, write_labels_nifti
-    from medseg.progress import progress_bar
-
-    from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
-
     checkpoint = outputs["train"][params["checkpoint"]]
     if checkpoint is None:  # validation was on but found no labelled held-out case to choose best.pt by
         raise ConfigError(f"{pipeline.source}: stages.predict.checkpoint: the train stage wrote no best.pt (no "
@@ -406,9 +398,6 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
 
 
 def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.data.slice_cache import load_manifest
-    from medseg.evaluation.cohort import evaluate_folders
-
     # The references are the held-out cases' label files, linked (not copied) into one folder.
     references = stage_dir / "references"
     references.mkdir(parents=True, exist_ok=True)
@@ -442,8 +431,6 @@ def headline(summary: dict) -> list[str]:
 
 
 def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.evaluation.report import write_reports
-
     summary = read_json(outputs["evaluate"]["summary"])
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
@@ -487,9 +474,6 @@ def _report_provenance(pipeline, outputs) -> dict:
 
 def _training_curve(outputs) -> "bytes | None":
     """PNG of the training loss (and validation Dice, when recorded) from the run's metrics.csv, or None."""
-    from medseg.engine.train import METRICS_FILE, read_metrics
-    from medseg.evaluation.plots import training_curve_png
-
     metrics_path = Path(outputs["train"]["run_dir"]) / METRICS_FILE
     return training_curve_png(read_metrics(metrics_path)) if metrics_path.exists() else None
 

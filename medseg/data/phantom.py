@@ -66,10 +66,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.cohort import discover_cases
+from medseg.data.orientation import reorient
 from medseg.errors import ConfigError
-from medseg.io import Volume, read_json, write_json, write_volume
+from medseg.io import Volume, atomic_path, read_json, read_volume, write_json, write_volume
 from medseg.data.phantom_contrast import block_phase, draw_ct_numbers
 from medseg.labels import BTCV13, BTCV_ORGANS, ORGAN_COLOURS
+from medseg.progress import progress_bar
 from medseg.visualize import label_overlay
 
 log = logging.getLogger(__name__)
@@ -1364,8 +1367,6 @@ def _generate(case_index: int, seed: int, size: str) -> tuple[Volume, Volume, di
     scanner = draw_scanner(noise_rng)
     image = form_image(hu, geometry, noise_rng, scanner.noise_sd, scanner)
     del hu
-    from medseg.data.orientation import reorient
-
     painting_affine = geometry.painting_affine()
     image, affine = reorient(image, painting_affine, geometry.axcodes)
     label, _ = reorient(label, painting_affine, geometry.axcodes)
@@ -1467,8 +1468,6 @@ def write_cohort(out_dir: "str | Path", cases: int, seed: int, size: str = "smal
         Summary: ``out_dir``, ``cases``, ``seed``, ``size``, ``seconds``, ``preview`` (path or None),
         ``omitted`` (case id -> omitted organs), ``manifest`` (path of phantom.json).
     """
-    from medseg.progress import progress_bar
-
     out_dir = Path(out_dir)
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
         raise ConfigError(f"cases: must be an integer >= 1, got {cases!r}")
@@ -1544,8 +1543,6 @@ def _best_slice(label: np.ndarray, keys: tuple[str, ...]) -> int:
 
 def _preview_views(image: Volume, label: Volume) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
     """The montage views of one case: (title, image 2D, label 2D, aspect) in medseg's slice orientation."""
-    from medseg.data.orientation import reorient
-
     img, affine = reorient(image.array, image.affine)
     lab, _ = reorient(label.array, label.affine)
     d_row, d_col, d_slice = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -1577,11 +1574,7 @@ def render_preview(source, path: "str | Path", max_cases: int = 4, title: "str |
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from medseg.io import atomic_path, read_volume
-
     if isinstance(source, (str, Path)):
-        from medseg.data.cohort import discover_cases
-
         chosen = [c for c in discover_cases(source) if c.label is not None][:max_cases]
         cases = [(c.case_id, read_volume(c.image), read_volume(c.label)) for c in chosen]
     else:

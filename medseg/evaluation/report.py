@@ -31,7 +31,11 @@ import html
 import io
 from pathlib import Path
 
-from medseg.io import atomic_path, write_json, write_text
+from medseg.data.cohort import discover_cases
+from medseg.data.orientation import reorient
+from medseg.errors import MedsegError
+from medseg.io import atomic_path, read_json, read_volume, write_json, write_text
+from medseg.labels import get_label_set, remap_labels
 
 #: Row label, unit scale and decimals of each metric in the report tables.
 _METRIC_ROWS = {
@@ -135,8 +139,6 @@ STD_CONVENTION = "std is the population standard deviation (ddof=0) over the sco
 
 def provenance_from_predictions(summary: dict) -> dict:
     """What ``medseg predict`` recorded next to the predictions (checkpoint, input), when it did."""
-    from medseg.io import read_json
-
     folder = summary.get("prediction_dir")
     if not folder or not (Path(folder) / "predict_summary.json").is_file():
         return {}
@@ -313,8 +315,6 @@ def box_plot_png(summary: dict, protocol: str, metric: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from medseg.labels import get_label_set
-
     organs = summary["organs"]
     names = summary.get("display_names", {})
     colours = dict(zip(organs, get_label_set(summary["label_set"]).colours))
@@ -395,11 +395,6 @@ def worst_case_thumbnail(summary: dict, row: dict, image_path: "str | Path | Non
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    from medseg.data.orientation import reorient
-    from medseg.errors import MedsegError
-    from medseg.io import read_volume
-    from medseg.labels import get_label_set, remap_labels
-
     info = summary.get("case_info", {}).get(row["case"], {})
     label_set = get_label_set(summary["label_set"])
     try:
@@ -450,10 +445,6 @@ def worst_case_thumbnail(summary: dict, row: dict, image_path: "str | Path | Non
 
 def _case_image(summary: dict, case_id: str):
     """The CT of ``case_id`` when the reference folder is a cohort with images (else None)."""
-    from medseg.data.cohort import discover_cases
-    from medseg.errors import MedsegError
-    from medseg.io import read_volume
-
     reference_dir = summary.get("reference_dir")
     if not reference_dir:
         return None

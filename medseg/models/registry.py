@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from medseg.errors import ConfigError
+from medseg.models.options import check_counts
 
-# Modules of this package that hold no architecture.
-_NOT_ARCHITECTURES = {"registry", "checkpoint", "layers", "pretrained", "options"}
+# This package, whose modules register their architectures when imported, and those that hold none.
+_PACKAGE = __name__.rpartition(".")[0]
+_NOT_ARCHITECTURES = {"registry", "checkpoint", "layers", "pretrained", "options", "wrappers"}
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,10 @@ def _load_architectures() -> None:
     global _LOADED
     if _LOADED:
         return
-    import medseg.models as package
-
-    for module in pkgutil.iter_modules(package.__path__):
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name.startswith("_") or module.name in _NOT_ARCHITECTURES:
             continue
-        importlib.import_module(f"{package.__name__}.{module.name}")
+        importlib.import_module(f"{_PACKAGE}.{module.name}")
     _LOADED = True
 
 
@@ -128,8 +129,6 @@ def create(name: str, num_classes: int, img_size: int = 224, in_channels: int = 
         in_channels: image channels (1 for CT).
         **overrides: architecture-specific config values (e.g. ``hidden_size``); unknown keys are an error.
     """
-    from medseg.models.options import check_counts
-
     spec = get_spec(name)
     check_counts(num_classes, in_channels)
     if img_size % spec.img_size_multiple:
