@@ -132,3 +132,21 @@ def test_the_model_zoo_imports_no_data_or_engine_module():
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+PARTIAL_PROBE = """
+import sys
+from medseg.models import create, list_models
+create("TransUNet-Tiny", num_classes=3, img_size=32)
+print(sorted(m for m in sys.modules if m in ("medseg.models.ds_transunet", "monai")))
+print(sorted({spec.family for spec in list_models()}))
+"""
+
+
+def test_building_a_model_imports_architectures_only_until_its_name_registers():
+    """A TransUNet imports no MONAI-based architecture; listing the zoo afterwards still sees every family."""
+    result = subprocess.run([sys.executable, "-c", PARTIAL_PROBE], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    loaded, families = result.stdout.splitlines()[-2:]
+    assert loaded == "[]"
+    assert families == str(["bisenet", "ds_transunet", "segformer", "setr", "topformer", "transunet", "unet"])
