@@ -230,11 +230,6 @@ def grid_difference_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape) -> flo
     return float(np.sqrt((moved[:3] ** 2).sum(axis=0)).max())
 
 
-def same_grid(affine_a: np.ndarray, affine_b: np.ndarray, shape, tolerance_mm: float = GRID_TOLERANCE_MM) -> bool:
-    """True when the two affines agree on every voxel position of ``shape`` within ``tolerance_mm``."""
-    return grid_difference_mm(affine_a, affine_b, shape) <= tolerance_mm
-
-
 @contextlib.contextmanager
 def atomic_path(path: "str | Path", suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.

@@ -15,7 +15,6 @@ from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_coh
 from medseg.data.transforms import resample_slice
 from medseg.engine.inference import (label_statistics, load_predictor, make_predictor, nearest_index_map,
                                      predict_volume, resize_to_model, resize_to_model_scipy, segment_oriented)
-from medseg.engine.rebuild import resize_slices_nearest
 from medseg.io import Volume
 from medseg.preprocessing import PreprocessingParams
 
@@ -62,7 +61,6 @@ def test_label_resize_is_the_reference_zoom(model_size, native):
     index = nearest_index_map(model_size, native)
     reference = ndimage.zoom(labels, (1, native / model_size, native / model_size), order=0)
     assert np.array_equal(labels[:, index][:, :, index], reference)
-    assert np.array_equal(resize_slices_nearest(labels, native, native), reference)
 
 
 def _variants(volume: Volume) -> list[Volume]:

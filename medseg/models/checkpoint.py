@@ -237,17 +237,6 @@ def to_plain_data(value, where: str = "value"):
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
-def read_checkpoint_info(path: "str | Path") -> CheckpointInfo:
-    """The metadata of a checkpoint without building the model (tensors are memory-mapped, not read).
-
-    Raises:
-        CheckpointError: missing, unreadable or unsafe file, or not a checkpoint.
-    """
-    path = Path(path)
-    data = _torch_load(path, map_location="cpu", mmap=True)
-    return _info_from_payload(path, data)
-
-
 def load_checkpoint(
     path: "str | Path",
     *,
@@ -280,7 +269,7 @@ def load_checkpoint(
             unexpected and mis-shaped keys are named).
     """
     path = Path(path)
-    data = _torch_load(path, map_location=map_location, mmap=False)
+    data = _torch_load(path, map_location=map_location)
     info = _info_from_payload(path, data)
     state_dict = _state_dict_of(path, data)
 
@@ -379,17 +368,11 @@ def describe_mismatch(expected: dict, actual: dict) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------------------------------
-def _torch_load(path: Path, *, map_location, mmap: bool):
+def _torch_load(path: Path, *, map_location):
     """``torch.load(weights_only=True)`` with one-line errors that name the file."""
     check_input_file(path, CheckpointError)
     try:
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        except RuntimeError as exc:
-            # Files in the legacy (pre-zip) format cannot be memory-mapped; read them normally.
-            if mmap and "mmap" in str(exc):
-                return torch.load(path, map_location=map_location, weights_only=True)
-            raise
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # weights_only=True met something other than tensors and plain data: a class, a function, a reducer.
         raise CheckpointError(f"{path}: refused: the file carries pickled code/objects; medseg loads tensors "
