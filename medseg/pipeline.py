@@ -49,7 +49,7 @@ from medseg.io import file_sha256, read_json, read_yaml_mapping, write_json
 from medseg.models import get_spec
 from medseg.outputs import write_label_map, write_labels_nifti
 from medseg.progress import progress_bar
-from medseg.schema import setting
+from medseg.schema import EvaluateStage, PrepareStage, SynthStage, setting
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class StageResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Schemas: the pipeline file and each stage's parameters, as typed dataclasses (see medseg.schema).
+# Schemas: the pipeline file and each stage's parameters, as typed dataclasses (see medseg.schema, which holds the
+# stages whose settings the command line shares: SynthStage, PrepareStage, EvaluateStage).
 
 
 @dataclass
@@ -100,27 +101,6 @@ class PipelineFile:
     stages: dict = setting(default_factory=dict, help="stage name -> parameters")
 
 
-@dataclass
-class SynthStage:
-    """Write a synthetic phantom cohort (:func:`medseg.data.phantom.write_cohort`)."""
-
-    cases: int = setting(20, minimum=1, help="number of cases")
-    seed: int = setting(0, help="seed of the cohort")
-    size: Literal["small", "full"] = setting("small", help="phantom size")
-    workers: int = setting(1, minimum=1, help="processes")
-
-
-@dataclass
-class PrepareStage:
-    """Prepare the slice cache (:func:`medseg.data.slice_cache.prepare_cohort`)."""
-
-    labels: str = setting("synapse8", help="label set")
-    split: str = setting("auto", help="train/test split mode")
-    test_fraction: float = setting(0.4, minimum=0, help="fraction of cases held out (seeded split)")
-    seed: int = setting(1234, help="seed of the split")
-    workers: int = setting(1, minimum=1, help="processes")
-
-
 #: Train stage keys the pipeline sets itself: the slice cache, the run folder, resuming and the progress bar.
 TRAIN_STAGE_EXCLUDED = ("data", "out", "resume", "progress")
 
@@ -130,15 +110,6 @@ class PredictStage(PredictConfig):
     """Predict the held-out cases with the trained model: ``medseg predict``'s settings and which checkpoint."""
 
     checkpoint: Literal["best", "last"] = setting("last", help="last.pt, or best.pt (needs train.val_every > 0)")
-
-
-@dataclass
-class EvaluateStage:
-    """Score the predictions against the held-out labels (:func:`medseg.evaluation.cohort.evaluate_folders`)."""
-
-    protocol: Literal["standard", "transunet", "both"] = setting("both", help="evaluation protocol")
-    tolerance_mm: float = setting(2.0, minimum=0, help="NSD tolerance in mm")
-    workers: int = setting(1, minimum=1, help="processes")
 
 
 @dataclass
