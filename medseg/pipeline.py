@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from medseg import __version__, schema
-from medseg.data.phantom import GENERATOR_VERSION, write_cohort
 from medseg.data.slice_cache import load_manifest, prepare_cohort
 from medseg.engine.config import PredictConfig, TrainConfig, load_config
 from medseg.engine.inference import load_predictor, predict_volume
@@ -48,6 +47,7 @@ from medseg.evaluation.report import write_reports
 from medseg.io import file_sha256, read_json, read_yaml_mapping, write_json
 from medseg.models import get_spec
 from medseg.outputs import write_label_map, write_labels_nifti
+from medseg.phantom import GENERATOR_VERSION, write_cohort
 from medseg.progress import progress_bar
 from medseg.schema import EvaluateStage, PrepareStage, SynthStage, setting
 
@@ -406,7 +406,8 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
                           extra_figures={"training_curve": curve} if curve else None,
-                          provenance=_report_provenance(pipeline, outputs),
+                          provenance=dict(_report_provenance(pipeline, outputs),
+                                          pipeline_record=str(stage_dir / "pipeline.json")),
                           images={e["case_id"]: e["source_image"] for e in _test_cases(outputs)})
     stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
     write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
@@ -440,7 +441,7 @@ def _report_provenance(pipeline, outputs) -> dict:
     if prepare:
         data += f" (label set {prepare.get('labels')}, split {prepare.get('split')})"
     return {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
-            "data": data, "pipeline_record": "pipeline.json"}
+            "data": data}
 
 
 def _training_curve(outputs) -> "bytes | None":

@@ -259,7 +259,7 @@ LABEL_SET_NAMES = tuple(LABEL_SETS)
 
 @dataclasses.dataclass
 class SynthStage:
-    """Write a synthetic phantom cohort (:func:`medseg.data.phantom.write_cohort`)."""
+    """Write a synthetic phantom cohort (:func:`medseg.phantom.write_cohort`)."""
 
     cases: int = setting(20, minimum=1, flag="--cases", metavar="N", help="number of cases")
     seed: int = setting(0, minimum=0, flag="--seed", help="seed of the cohort, an integer >= 0")

@@ -10,10 +10,10 @@ import pytest
 from medseg import schema
 from medseg.cli import build_parser, main
 from medseg.data.cohort import make_split
-from medseg.data.phantom import SIZES
 from medseg.errors import ConfigError
 from medseg.evaluation.metrics import DEFAULT_TOLERANCE_MM, PROTOCOLS
 from medseg.labels import LABEL_SETS
+from medseg.phantom import SIZES
 from medseg.pipeline import stage_params
 from medseg.schema import EvaluateStage, PrepareStage, SynthStage
 
@@ -84,7 +84,7 @@ def test_the_pipeline_refuses_a_split_the_command_line_refuses():
 
 
 def test_synth_flags_reach_the_library(tmp_path, monkeypatch):
-    import medseg.data.phantom as phantom
+    import medseg.phantom as phantom
 
     calls = []
 
