@@ -13,9 +13,10 @@ from helpers import DATA_DIR, tiny_case
 from medseg.data.orientation import reorient
 from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_cohort
 from medseg.data.transforms import resample_slice
-from medseg.engine.inference import (label_statistics, load_predictor, make_predictor, nearest_index_map,
+from medseg.engine.inference import (load_predictor, make_predictor, nearest_index_map,
                                      predict_volume, resize_to_model, resize_to_model_scipy, segment_oriented)
 from medseg.io import Volume
+from medseg.prediction.outputs import organ_statistics as label_statistics
 from medseg.preprocessing import PreprocessingParams
 
 IMG_SIZE = 32

@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
                                reference_format=args.reference_format, progress=not args.no_progress)
     paths = write_reports(summary, args.output, extended=args.extended_metrics, thumbnails=max(args.thumbnails, 0))
     _log_summary(summary)
+    from medseg.labels import describe_label_map, get_label_set
+
+    map_line = describe_label_map(get_label_set(summary["label_set"]))
+    if map_line:
+        print(map_line)
     logger.info("reports written to %s (%s)", args.output, ", ".join(p.name for p in paths.values()))
     counts = summary["counts"]
     for warning in summary["warnings"]:

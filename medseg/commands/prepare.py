@@ -48,6 +48,9 @@ def run(args) -> int:
     if is_transunet_layout(args.raw_dir):
         if args.format != "medseg":
             raise ConfigError("--format: a TransUNet-layout input converts to the medseg format only")
+        if settings.label_map is not None:
+            raise ConfigError(f"--label-map: {args.raw_dir} is in the TransUNet layout, whose labels are already "
+                              f"{settings.labels} classes")
         manifest = import_transunet(args.raw_dir, args.out_dir, labels=settings.labels)
         print(f"imported {len(manifest['cases'])} cases from the TransUNet layout into {args.out_dir}")
         return 0
@@ -70,6 +73,10 @@ def run(args) -> int:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.perf_counter() - started
+    from medseg.labels import describe_label_map
+
+    if summary.label_set is not None and summary.label_set.label_map is not None:
+        print(describe_label_map(summary.label_set))
     reprepared = f" ({len(summary.reprepared)} prepared again: sources or settings changed)" \
         if summary.reprepared else ""
     skipped = len(summary.failed) + len(summary.skipped_files)

@@ -52,7 +52,6 @@ from medseg.errors import CheckpointError, ConfigError, InputError
 from medseg.io import Volume, is_nifti, read_volume
 from medseg.labels import LabelSet, get_label_set
 from medseg.models.checkpoint import load_checkpoint
-from medseg.outputs import organ_statistics as label_statistics  # noqa: F401 (one implementation, importable here)
 from medseg.preprocessing import PreprocessingParams, hu_window
 from medseg.progress import progress_bar
 
