@@ -445,7 +445,7 @@ class EvaluateStage:
     label_map: "str | None" = setting(
         None, flag="--label-map", metavar="FILE", help="numbering of raw reference label files: an nnU-Net "
         "dataset.json or a JSON of organ name -> value (default: the references' dataset.json when present, else "
-        "BTCV's 1..13; in a pipeline, the prepare stage's cohort)")
+        "BTCV's 1..13; in a pipeline, the one the prepare stage used)")
     tolerance_mm: float = setting(2.0, minimum=0, flag="--tolerance", metavar="MM", help="NSD tolerance in mm")
     workers: "int | None" = setting(None, minimum=1, flag="--workers", metavar="N",
                                     help="cases evaluated in parallel processes (default: CPU count, at most 8)")
