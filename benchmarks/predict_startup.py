@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import cpu_name, publish  # noqa: E402  benchmarks/results_file.py
 from side_by_side import alternate, command_text  # noqa: E402  benchmarks/side_by_side.py
 
-from medseg.data.phantom import write_cohort  # noqa: E402
 from medseg.models import create  # noqa: E402
 from medseg.models.checkpoint import save_checkpoint  # noqa: E402
+from medseg.phantom import write_cohort  # noqa: E402
 from medseg.preprocessing import PreprocessingParams  # noqa: E402
 
 SECTION_HEADING = "## medseg predict on one small file: start-up and exit (benchmarks/predict_startup.py)"
