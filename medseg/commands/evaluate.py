@@ -4,7 +4,9 @@ Writes summary.json, per_case.csv, report.md, report.html and box plots into REP
 :mod:`medseg.evaluation`). Missing and unscorable predictions are scored as failures and stay in the means. Exit
 code 0 when every case was scored; 1 when some cases failed (missing or unscorable predictions, unreadable
 references: counted, listed in the reports and on stderr); 2 when the inputs are unusable (missing folders, no
-matching cases, bad options, or no prediction could be scored; the reports are still written in that last case).
+matching cases, bad options, predictions of another label set than ``--labels``, of several label sets or kept
+organs, or no prediction could be scored; the reports are still written in that last case). The label set and the
+organs scored come from the predictions' own records (:mod:`medseg.evaluation.origin`).
 """
 from __future__ import annotations
 
@@ -27,13 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pred_dir", metavar="PRED_DIR",
                         help="flat folder of predicted label maps (NIfTI), one per case")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder for the reports")
-    parser.add_argument("--labels", default="synapse8", choices=sorted(LABEL_SETS),
-                        help="label set of the predictions (default: synapse8)")
+    parser.add_argument("--labels", default=None, choices=sorted(LABEL_SETS),
+                        help="label set of the predictions (default: the one their headers name, else synapse8; "
+                             "another set than the headers' is an error)")
     parser.add_argument("--protocol", default="both", choices=PROTOCOLS,
                         help="standard (mm, explicit empty-mask policy), transunet (the paper's), or both "
                              "(default: both)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM, metavar="MM",
-                        help=f"NSD tolerance in mm (default: {DEFAULT_TOLERANCE_MM:g})")
+    parser.add_argument("--tolerance", default=str(DEFAULT_TOLERANCE_MM), metavar="MM",
+                        help=f"NSD tolerance in mm (default: {DEFAULT_TOLERANCE_MM:g}); per organ: liver=5,spleen=3, or "
+                             "a default plus overrides: 3,liver=5 (recorded in summary.json; a tolerance below the "
+                             "grids' voxel spacing is warned about)")
     parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
                         help="cases evaluated in parallel processes (default: CPU count, at most 8)")
     parser.add_argument("--reference-format", default="auto", choices=REFERENCE_FORMATS,
