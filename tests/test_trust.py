@@ -204,3 +204,187 @@ def test_bad_tolerances_are_one_line_errors(synapse8_folders, tmp_path, capsys, 
     assert _evaluate(ref_dir, pred_dir, tmp_path / "report", "--tolerance", text) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "tolerance" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 6 and crashes: input checks of NIfTI files and the TransUNet layout.
+
+
+def _nifti_bytes_with_pixdim(path, index: int, value: float) -> None:
+    """Rewrite an uncompressed NIfTI's pixdim[index] in place (nibabel itself would never write 0)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    data[76 + 4 * index: 80 + 4 * index] = struct.pack("<f", value)
+    path.write_bytes(bytes(data))
+
+
+def test_zero_voxel_spacing_is_an_input_error(tmp_path):
+    """nibabel reads pixdim 0 as 1 mm: volumes and distances would be in made-up units."""
+    import nibabel as nib
+
+    from medseg.errors import InputError
+    from medseg.io import read_volume
+
+    path = tmp_path / "ct.nii"
+    image = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), np.eye(4))
+    image.set_sform(None, code=0)
+    image.set_qform(np.eye(4), code=1)
+    nib.save(image, str(path))
+    _nifti_bytes_with_pixdim(path, 1, 0.0)
+    with pytest.raises(InputError, match=r"ct.nii: voxel spacing pixdim\[1\]=0"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("kind", ["rgb", "complex"])
+def test_rgb_and_complex_nifti_are_one_line_errors(tmp_path, capsys, kind):
+    import nibabel as nib
+
+    from helpers import write_tiny_cohort
+
+    cohort = write_tiny_cohort(tmp_path / "cohort", n_cases=2)
+    shape = (24, 20, 10)
+    if kind == "rgb":
+        array = np.zeros(shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    else:
+        array = np.zeros(shape, np.complex64)
+    nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.8, 3.0, 1.0])), str(cohort / "img" / "img0002.nii.gz"))
+    assert main(["prepare", str(cohort), str(tmp_path / "out"), "--split", "all-train", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "img0002.nii.gz" in err and ("colour voxels" in err or "complex64 voxels" in err)
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def tiny_prepared(tmp_path_factory):
+    """A 4-case slice cache (synapse8) of the tiny cohort, seeded split."""
+    from helpers import write_tiny_cohort
+    from medseg.data.slice_cache import prepare_cohort
+
+    root = tmp_path_factory.mktemp("prepared")
+    cohort = write_tiny_cohort(root / "cohort", n_cases=4)
+    prepare_cohort(cohort, root / "slices", split="seeded", test_fraction=0.5, seed=1, progress=False)
+    return root / "slices"
+
+
+def _export(prepared, out) -> None:
+    from medseg.data.transunet_format import export_transunet
+
+    export_transunet(prepared, out)
+
+
+def _no_cache_written(out) -> bool:
+    return not (out / "manifest.json").exists() and not (out / "cases").exists()
+
+
+def test_transunet_slice_with_a_label_outside_the_set_is_refused(tiny_prepared, tmp_path, capsys):
+    exported, out = tmp_path / "tu", tmp_path / "imported"
+    _export(tiny_prepared, exported)
+    slice_path = sorted((exported / "train_npz").glob("*.npz"))[-1]
+    with np.load(slice_path) as data:
+        image, label = data["image"], data["label"].copy()
+    label[0, 0] = 200
+    np.savez(slice_path, image=image, label=label)
+    assert main(["prepare", str(exported), str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert slice_path.name in err and "label value 200 is not a class of label set synapse8" in err
+    assert _no_cache_written(out)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("corrupt", "not a readable TransUNet slice file"),
+    ("size", "differs from the case's first slice"),
+])
+def test_damaged_transunet_slices_are_one_line_errors(tiny_prepared, tmp_path, capsys, damage, message):
+    exported, out = tmp_path / "tu", tmp_path / "imported"
+    _export(tiny_prepared, exported)
+    slice_path = sorted((exported / "train_npz").glob("*.npz"))[-1]
+    if damage == "corrupt":
+        slice_path.write_bytes(slice_path.read_bytes()[:100])
+    else:
+        np.savez(slice_path, image=np.zeros((7, 9), np.float32), label=np.zeros((7, 9), np.float32))
+    assert main(["prepare", str(exported), str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and slice_path.name in err and message in err
+    assert _no_cache_written(out)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("hu", "outside [0, 1]"),
+    ("zero", "holds no voxels"),
+])
+def test_bad_transunet_volumes_are_one_line_errors(tiny_prepared, tmp_path, capsys, content, message):
+    from medseg.data.transunet_format import write_volume_h5
+
+    exported, out = tmp_path / "tu", tmp_path / "imported"
+    _export(tiny_prepared, exported)
+    volume = sorted((exported / "test_vol_h5").glob("*.npy.h5"))[0]
+    if content == "hu":
+        write_volume_h5(volume, np.full((3, 8, 8), 240.0, np.float32) - 1000, None)
+    else:
+        write_volume_h5(volume, np.zeros((0, 8, 8), np.float32), None)
+    assert main(["prepare", str(exported), str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and volume.name in err and message in err
+    assert _no_cache_written(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 8: folders medseg does not own, and one writer at a time.
+
+
+def test_exporting_again_with_another_split_leaves_no_old_slices(tmp_path, capsys):
+    from helpers import write_tiny_cohort
+    from medseg.data.slice_cache import load_manifest
+
+    cohort = write_tiny_cohort(tmp_path / "cohort", n_cases=4)
+    out = tmp_path / "tu"
+    common = ["prepare", str(cohort), str(out), "--format", "transunet", "--no-progress"]
+    assert main(common + ["--split", "all-train"]) == 0
+    assert main(common + ["--split", "all-test"]) == 0
+    assert not (out / "train_npz").exists()  # the first export's slices were medseg's: removed with their folder
+    assert (out / "lists" / "lists_Synapse" / "train.txt").read_text() == ""
+    assert main(["prepare", str(out), str(tmp_path / "back"), "--no-progress"]) == 0
+    cases = [e["case_id"] for e in load_manifest(tmp_path / "back")["cases"]]
+    assert sorted(cases) == ["case0001", "case0002", "case0003", "case0004"]  # each case once, as a test volume
+    assert {e["split"] for e in load_manifest(tmp_path / "back")["cases"]} == {"test"}
+
+
+def test_export_into_a_folder_with_foreign_layout_files_is_refused(tiny_prepared, tmp_path):
+    from medseg.errors import OutputError
+
+    out = tmp_path / "tu"
+    (out / "train_npz").mkdir(parents=True)
+    theirs = out / "train_npz" / "case0099_slice000.npz"
+    np.savez(theirs, image=np.zeros((4, 4), np.float32), label=np.zeros((4, 4), np.float32))
+    with pytest.raises(OutputError, match="case0099_slice000.npz: not written by a medseg export"):
+        _export(tiny_prepared, out)
+    assert theirs.exists() and not (out / "test_vol_h5").exists()
+    (out / "notes.txt").write_text("mine")
+    theirs.unlink()
+    _export(tiny_prepared, out)
+    assert (out / "notes.txt").read_text() == "mine"  # files outside the layout are left alone
+
+
+def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from medseg.errors import OutputError
+    from medseg.ownership import LOCK_FILE, folder_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                      "started": "now"}))
+        with pytest.raises(OutputError, match=f"in use by another medseg process \\(pid {holder.pid}"):
+            with folder_lock(tmp_path, "run folder"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with folder_lock(tmp_path, "run folder") as lock:  # the holder is gone: its lock is stale
+        assert json.loads(lock.read_text())["pid"] != holder.pid
+    assert not (tmp_path / LOCK_FILE).exists()
