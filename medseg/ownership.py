@@ -151,3 +151,14 @@ def remove_owned(folder: "str | Path", files) -> None:
 def disk_full(exc: BaseException) -> bool:
     """True when an OSError means the disk (or a file-size limit, or a quota) is full."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def write_failure(exc: BaseException) -> str:
+    """Why a write failed, in words a user acts on: ``disk full or file-size limit reached (...)`` for ENOSPC,
+    EFBIG and EDQUOT (and torch's "file write failed"), else the error's first line."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if disk_full(exc):
+        return f"disk full or file-size limit reached ({exc.strerror or text})"
+    if isinstance(exc, RuntimeError) and "write failed" in text:
+        return f"the write failed: disk full or a file-size limit? ({text})"
+    return text
