@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import yaml
 
 from medseg.errors import InputError, OutputError
 
@@ -428,13 +429,31 @@ def read_json(path: "str | Path") -> dict:
         raise InputError(f"{path}: not valid JSON ({_first_line(exc)})") from None
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one YAML mapping."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (the plain loader keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise _DuplicateKey(f"key {key!r} given twice (lines {seen[key] + 1} and "
+                                    f"{key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: "str | Path", what: str = "config file") -> dict:
     """Read a YAML file whose top level is a mapping (an empty file gives ``{}``).
 
     Raises:
-        ConfigError: the file is missing, is not valid YAML (the line is named), or is not a mapping.
+        ConfigError: the file is missing, is not valid YAML (the line is named), gives one key twice in a mapping
+            (YAML would silently keep the last), or is not a mapping.
     """
-    import yaml
 
     from medseg.errors import ConfigError
 
@@ -442,7 +461,9 @@ def read_yaml_mapping(path: "str | Path", what: str = "config file") -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

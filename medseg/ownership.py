@@ -155,10 +155,11 @@ def disk_full(exc: BaseException) -> bool:
 
 def write_failure(exc: BaseException) -> str:
     """Why a write failed, in words a user acts on: ``disk full or file-size limit reached (...)`` for ENOSPC,
-    EFBIG and EDQUOT (and torch's "file write failed"), else the error's first line."""
+    EFBIG and EDQUOT; for a RuntimeError (how torch.save reports any failed write, without an errno) the write
+    failed and the disk or a file-size limit is named as the likely cause; else the error's first line."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if disk_full(exc):
         return f"disk full or file-size limit reached ({exc.strerror or text})"
-    if isinstance(exc, RuntimeError) and "write failed" in text:
-        return f"the write failed: disk full or a file-size limit? ({text})"
+    if isinstance(exc, RuntimeError):
+        return f"the write failed: disk full or a file-size limit reached? ({text})"
     return text

@@ -388,3 +388,115 @@ def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
     with folder_lock(tmp_path, "run folder") as lock:  # the holder is gone: its lock is stale
         assert json.loads(lock.read_text())["pid"] != holder.pid
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training: one writer per run folder, a full disk, a damaged metrics.csv, labels outside the set.
+
+
+def _train_args(prepared, out, *extra) -> list[str]:
+    return ["train", "--model", "TransUNet-Tiny", "--data", str(prepared), "--out", str(out), "--epochs", "1",
+            "--img-size", "32", "--batch-size", "8", "--workers", "0", "--threads", "1", "--no-progress",
+            "--set", "tensorboard=false", *extra]
+
+
+def _leftover_temps(folder) -> list:
+    return [p.name for p in folder.rglob("*") if ".medseg-tmp" in p.name] if folder.exists() else []
+
+
+def test_a_second_training_into_the_same_folder_is_refused(tiny_prepared, tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from medseg.ownership import LOCK_FILE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (out / LOCK_FILE).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "t"}))
+        assert main(_train_args(tiny_prepared, out)) == 2
+    finally:
+        other.kill()
+        other.wait()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training folder in use by another medseg process" in err[0] and str(other.pid) in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing of the second run was written
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_nothing_half_written(tiny_prepared, tmp_path):
+    """A real file-size limit (RLIMIT_FSIZE, as a full disk gives EFBIG/ENOSPC) while last.pt is written."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    process = subprocess.run([sys.executable, "-m", "medseg", *_train_args(tiny_prepared, out)],
+                             capture_output=True, text=True, preexec_fn=limit, timeout=600,
+                             env={**os.environ, "MEDSEG_PROGRESS": "lines"})
+    assert process.returncode == 2, process.stderr
+    errors = [line for line in process.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in process.stderr
+    assert "cannot save the checkpoint" in errors[0] and "disk full" in errors[0]
+    assert not (out / "last.pt").exists() and not _leftover_temps(out)
+
+
+def test_resume_with_a_damaged_metrics_file_is_one_line(tiny_prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_prepared, out, "--set", "stop_after=1")) == 0
+    (out / "metrics.csv").write_text("epoch,iteration,loss\n0,1,0.5\n\x00garbage,,\n")
+    last = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(_train_args(tiny_prepared, out, "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.csv: damaged training metrics" in err[0] and "line 3" in err[0]
+    assert (out / "last.pt").read_bytes() == last
+
+
+def test_a_cached_label_outside_the_label_set_is_found_before_training(tiny_prepared, tmp_path, capsys):
+    import shutil
+
+    prepared = tmp_path / "slices"
+    shutil.copytree(tiny_prepared, prepared)
+    from medseg.data.slice_cache import load_manifest
+
+    train_case = next(e["case_id"] for e in load_manifest(prepared)["cases"] if e["split"] == "train")
+    label_path = prepared / "cases" / train_case / "label.npy"
+    label = np.load(label_path)
+    label[0, 0, 0] = 200
+    np.save(label_path, label)
+    assert main(_train_args(prepared, tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{label_path.parent}: label.npy holds value 200" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_with_a_duplicate_key_is_refused(tiny_prepared, tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text("epochs: 1\nlr: 0.01\nepochs: 5\n")
+    assert main(_train_args(tiny_prepared, tmp_path / "run", "--config", str(config))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.yaml: key 'epochs' given twice (lines 1 and 3)" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_says_disk_full(monkeypatch, tmp_path, capsys):
+    import errno
+
+    import medseg.commands.synth as synth_command
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.nii.gz"))
+
+    monkeypatch.setattr(synth_command, "run", full)
+    assert main(["synth", str(tmp_path / "c"), "--cases", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "x.nii.gz: disk full or file-size limit reached (No space left on device)" in err
