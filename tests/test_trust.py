@@ -7,6 +7,7 @@ the exit code, and that nothing half-written is left.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -500,3 +501,153 @@ def test_the_cli_says_disk_full(monkeypatch, tmp_path, capsys):
     assert main(["synth", str(tmp_path / "c"), "--cases", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "x.nii.gz: disk full or file-size limit reached (No space left on device)" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pipelines: the data fingerprint, owned stage folders, the run lock, unprepared cases, stop_after.
+
+
+def _pipeline_file(tmp_path, text: str):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_ct_edited_in_place_with_the_same_size_and_time_reruns_prepare(tmp_path):
+    import os
+
+    from helpers import write_tiny_cohort
+    from medseg.pipeline import load_pipeline, stage_keys
+
+    cohort = write_tiny_cohort(tmp_path / "cohort", n_cases=2)
+    path = _pipeline_file(tmp_path, f"data: {cohort}\nstages:\n  prepare: {{split: seeded}}\n")
+    before = stage_keys(load_pipeline(path))["prepare"]
+    image = cohort / "img" / "img0001.nii.gz"
+    stat = image.stat()
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF  # same size; then the same modification time
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert image.stat().st_size == stat.st_size and image.stat().st_mtime_ns == stat.st_mtime_ns
+    assert stage_keys(load_pipeline(path))["prepare"] != before
+
+
+def test_a_dicom_cohorts_slices_are_in_the_fingerprint(tmp_path):
+    from medseg.pipeline import load_pipeline, stage_keys
+
+    series = tmp_path / "cohort" / "img" / "img0001"
+    series.mkdir(parents=True)
+    for n in range(3):
+        (series / f"IM{n:04d}").write_bytes(b"DICM" + bytes([n]) * 100)
+    path = _pipeline_file(tmp_path, f"data: {tmp_path / 'cohort'}\nstages:\n  prepare: {{split: seeded}}\n")
+    before = stage_keys(load_pipeline(path))["prepare"]
+    (series / "IM0001").write_bytes(b"DICM" + bytes([9]) * 100)
+    assert stage_keys(load_pipeline(path))["prepare"] != before
+
+
+def test_a_users_file_in_a_stage_folder_is_kept_and_one_inside_its_output_refused(tmp_path, caplog):
+    from medseg.errors import OutputError
+    from medseg.pipeline import load_pipeline, run_pipeline
+
+    run = tmp_path / "run"
+    path = _pipeline_file(tmp_path, f"run_dir: {run}\nstages:\n  synth: {{cases: 1, seed: 1}}\n")
+    run_pipeline(load_pipeline(path), progress=False)
+    notes = run / "synth" / "notes.txt"
+    notes.write_text("my notes")
+    assert [r.status for r in run_pipeline(load_pipeline(path, ["synth.seed=2"]), progress=False)] == ["ran"]
+    assert notes.read_text() == "my notes"
+    assert f"{notes}: kept (not written by medseg)" in caplog.text
+    assert json.loads((run / "synth" / "cohort" / "phantom.json").read_text())["seed"] == 2
+
+    theirs = run / "synth" / "cohort" / "img" / "img0099.nii.gz"
+    theirs.write_bytes(b"not medseg's")
+    with pytest.raises(OutputError, match="img0099.nii.gz: not written by medseg, but inside the synth stage"):
+        run_pipeline(load_pipeline(path, ["synth.seed=3"]), progress=False)
+    assert theirs.read_bytes() == b"not medseg's" and (run / "synth" / "stage.json").exists()
+
+
+def test_a_second_pipeline_run_in_one_folder_is_refused(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from medseg.ownership import LOCK_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = _pipeline_file(tmp_path, f"run_dir: {run}\nstages:\n  synth: {{cases: 1}}\n")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (run / LOCK_FILE).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "t"}))
+        assert main(["run", str(path), "--no-progress"]) == 2
+    finally:
+        other.kill()
+        other.wait()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "run folder in use by another medseg process" in err[0]
+    assert not (run / "synth").exists()
+
+
+def test_stop_after_ends_the_pipeline_without_an_error(tiny_cohort, tmp_path, monkeypatch, capsys):
+    import medseg.engine.train as engine_train
+
+    def stopped(config):
+        return engine_train.RunResult(run_dir=Path(config.out), last_checkpoint=Path(config.out) / "last.pt",
+                                      iterations=2, max_iterations=10, stop_reason="stop_after", exit_code=0)
+
+    monkeypatch.setattr(engine_train, "train", stopped)
+    path = _pipeline_file(tmp_path, f"run_dir: {tmp_path / 'run'}\ndata: {tiny_cohort}\nstages:\n"
+                                    "  prepare: {split: seeded, test_fraction: 0.5}\n  train: {model: TransUNet-Tiny}\n")
+    assert main(["run", str(path), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "train: stopped (stop_after) at iteration 2 of 10" in err and "error" not in err
+
+
+def test_an_unpreparable_case_and_nii_labels_in_a_pipeline(tmp_path, capsys):
+    """A truncated image is reported (exit 1), and uncompressed .nii labels are evaluated (they crashed)."""
+    from helpers import tiny_case
+
+    cohort = tmp_path / "cohort"
+    for n in range(1, 6):
+        image, label = tiny_case(n)
+        write_volume(cohort / "img" / f"img{n:04d}.nii.gz", image)
+        write_volume(cohort / "label" / f"label{n:04d}.nii", label)
+    broken = cohort / "img" / "img0005.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:300])
+    run = tmp_path / "run"
+    path = _pipeline_file(tmp_path, f"run_dir: {run}\ndata: {cohort}\nstages:\n"
+                                    "  prepare: {split: seeded, test_fraction: 0.5}\n"
+                                    "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 1, batch_size: 8, "
+                                    "workers: 0, threads: 1, tensorboard: false}\n"
+                                    "  predict: {}\n  evaluate: {workers: 1}\n")
+    assert main(["run", str(path), "--no-progress"]) == 1
+    out = capsys.readouterr()
+    summary = read_json(run / "evaluate" / "summary.json")
+    assert summary["counts"]["failed"] == 0 and summary["counts"]["evaluated"] >= 1
+    assert list(summary["unprepared_cases"]) == ["case0005"]
+    assert any("could not be prepared" in w and "case0005" in w for w in summary["warnings"])
+    assert "could not be prepared" in out.out
+    assert all(p.name.endswith(".nii") for p in (run / "evaluate" / "references").iterdir())
+
+
+def test_an_unfinished_synth_cohort_is_refused_by_prepare(tmp_path, capsys):
+    from helpers import write_tiny_cohort
+
+    cohort = write_tiny_cohort(tmp_path / "cohort", n_cases=2)
+    (cohort / "phantom.json").write_text(json.dumps({"format": "medseg-phantom", "seed": 4, "num_cases": 5,
+                                                     "complete": False, "cases": []}))
+    assert main(["prepare", str(cohort), str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "phantom.json: the phantom cohort is incomplete" in err[0]
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_broken_symlinks_in_a_cohort_are_listed(tmp_path, capsys):
+    from helpers import write_tiny_cohort
+
+    cohort = write_tiny_cohort(tmp_path / "cohort", n_cases=2)
+    (cohort / "img" / "img0003.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (cohort / "img" / "img0004.nii.gz").symlink_to(cohort / "img" / "img0004.nii.gz")
+    assert main(["prepare", str(cohort), str(tmp_path / "out"), "--split", "all-train", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "img0003.nii.gz: a dangling symbolic link" in err and "img0004.nii.gz: a symbolic link loop" in err
