@@ -447,6 +447,7 @@ def _test_cases(outputs) -> list[dict]:
 
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+    from medseg.dicom import read_image
     from medseg.engine.inference import load_predictor, predict_volume
     from medseg.outputs import write_label_map, write_labels_nifti
     from medseg.progress import progress_bar
@@ -467,8 +468,8 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
         expected = expected_record(settings, entry["source_image"])
         if target.exists() and record_mismatch(target, expected) is None:
             continue  # resumed stage: this case was finished, by this checkpoint, before the interruption
-        labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"],
-                                resize=params["resize"])
+        labels = predict_volume(read_image(entry["source_image"]), predictor, batch_size=params["batch_size"],
+                                tta=params["tta"], resize=params["resize"])  # a NIfTI file or a DICOM series
         write_labels_nifti(target, labels, predictor.label_set,
                            provenance=dict(expected, checkpoint=str(checkpoint), input=entry["source_image"]))
     write_label_map(labels_dir, predictor.label_set)

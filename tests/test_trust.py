@@ -651,3 +651,24 @@ def test_broken_symlinks_in_a_cohort_are_listed(tmp_path, capsys):
     assert main(["prepare", str(cohort), str(tmp_path / "out"), "--split", "all-train", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "img0003.nii.gz: a dangling symbolic link" in err and "img0004.nii.gz: a symbolic link loop" in err
+
+
+def test_a_dicom_series_cohort_runs_through_the_pipeline(tmp_path, capsys):
+    """A cohort medseg prepare accepts (img/imgXXXX/ DICOM series, NIfTI labels) also runs in medseg run."""
+    from helpers import tiny_case
+    from medseg import dicom
+
+    cohort = tmp_path / "cohort"
+    for n in range(1, 5):
+        image, label = tiny_case(n)
+        write_volume(cohort / "label" / f"label{n:04d}.nii.gz", label)
+        dicom.write_series(image, cohort / "img" / f"img{n:04d}")
+    run = tmp_path / "run"
+    path = _pipeline_file(tmp_path, f"run_dir: {run}\ndata: {cohort}\nstages:\n"
+                                    "  prepare: {split: seeded, test_fraction: 0.5}\n"
+                                    "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 1, batch_size: 8, "
+                                    "workers: 0, threads: 1, tensorboard: false}\n"
+                                    "  predict: {}\n  evaluate: {workers: 1}\n")
+    assert main(["run", str(path), "--no-progress"]) == 0, capsys.readouterr().err
+    summary = read_json(run / "evaluate" / "summary.json")
+    assert summary["counts"]["evaluated"] == 2 and summary["counts"]["failed"] == 0
