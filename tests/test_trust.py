@@ -199,7 +199,8 @@ def test_tolerance_below_the_voxel_spacing_is_warned(synapse8_folders, tmp_path,
 @pytest.mark.parametrize("text, message", [("liver=x", "'x' is not a finite number"),
                                            ("liver=2,liver=3", "given twice"),
                                            ("livr=2", "'livr' is not an organ"),
-                                           ("=2", "organ name is missing")])
+                                           ("=2", "organ name is missing"),
+                                           (" , ", "no value given")])
 def test_bad_tolerances_are_one_line_errors(synapse8_folders, tmp_path, capsys, text, message):
     ref_dir, pred_dir = synapse8_folders
     assert _evaluate(ref_dir, pred_dir, tmp_path / "report", "--tolerance", text) == 2

@@ -179,6 +179,8 @@ def parse_tolerances(text: "str | float | dict | None", default_mm: float) -> tu
                 continue
             organ, sep, value = part.partition("=")
             items.append((organ.strip(), value) if sep else (None, organ))
+    if not items:
+        raise ConfigError(f"tolerance: {text!r}: no value given (a number of mm, or ORGAN=MM pairs)")
     overrides: dict[str, float] = {}
     for organ, value in items:
         mm = _tolerance_value(value, text)
