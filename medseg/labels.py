@@ -41,21 +41,24 @@ BTCV_ORGANS: dict[int, tuple[str, str]] = {
 #: Largest raw value a BTCV label volume may hold.
 BTCV_MAX_VALUE = max(BTCV_ORGANS)
 
-# A colour per organ key (RGB, 0-255) so that every figure medseg draws uses the same palette.
+# A colour per organ key (RGB, 0-255) so that every figure medseg draws uses the same palette. Liver and spleen keep
+# 3D Slicer's GenericAnatomyColors; the others are distinct hues (mostly CSS named colours), so that every
+# pair differs by a CIE76 colour difference of at least 35 (Slicer's liver and kidney differ by 12.5, which is why
+# the kidneys do not use Slicer's kidney colour). tests/test_labels.py checks the distance.
 ORGAN_COLOURS: dict[str, tuple[int, int, int]] = {
-    "spleen": (157, 108, 162),
-    "kidney_right": (185, 102, 83),
-    "kidney_left": (255, 140, 0),
+    "spleen": (157, 108, 162),  # Slicer
+    "kidney_right": (0, 170, 170),  # teal
+    "kidney_left": (255, 140, 0),  # darkorange
     "gallbladder": (0, 200, 0),
-    "esophagus": (255, 255, 0),
-    "liver": (221, 130, 101),
-    "stomach": (0, 191, 255),
-    "aorta": (220, 20, 60),
-    "inferior_vena_cava": (0, 0, 255),
-    "portal_splenic_vein": (0, 151, 206),
-    "pancreas": (255, 215, 0),
-    "adrenal_right": (255, 105, 180),
-    "adrenal_left": (148, 0, 211),
+    "esophagus": (170, 255, 195),  # mint
+    "liver": (221, 130, 101),  # Slicer
+    "stomach": (0, 191, 255),  # deepskyblue
+    "aorta": (220, 20, 60),  # crimson
+    "inferior_vena_cava": (0, 0, 255),  # blue
+    "portal_splenic_vein": (128, 0, 128),  # purple
+    "pancreas": (255, 215, 0),  # gold
+    "adrenal_right": (255, 105, 180),  # hotpink
+    "adrenal_left": (148, 0, 211),  # darkviolet
 }
 
 

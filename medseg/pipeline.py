@@ -533,7 +533,8 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
                           extra_figures={"training_curve": curve} if curve else None,
-                          provenance=_report_provenance(pipeline, outputs),
+                          provenance=dict(_report_provenance(pipeline, outputs),
+                                          pipeline_record=str(stage_dir / "pipeline.json")),
                           images={e["case_id"]: e["source_image"] for e in _test_cases(outputs)})
     stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
     write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
@@ -567,7 +568,7 @@ def _report_provenance(pipeline, outputs) -> dict:
     if prepare:
         data += f" (label set {prepare.get('labels')}, split {prepare.get('split')})"
     return {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
-            "data": data, "pipeline_record": "pipeline.json"}
+            "data": data}
 
 
 def _training_curve(outputs) -> "bytes | None":

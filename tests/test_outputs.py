@@ -36,15 +36,16 @@ def test_label_map_and_viewer_tables(tmp_path):
 
 
 def test_preview_views_follow_spacing_and_orientation():
+    from medseg.visualize import preview_views
+
     array = np.zeros((10, 12, 4), dtype=np.int16)
     labels = np.zeros_like(array, dtype=np.uint8)
     labels[2:5, 3:6, 1:3] = 5
     affine = np.diag([-0.5, -0.8, 3.0, 1.0])  # LPS storage: i runs right -> left, j anterior -> posterior
-    views = outputs.preview_views(Volume(array, affine), Volume(labels, affine))
-    (name, ct, lab, aspect), coronal, sagittal = views
-    assert name == "axial" and lab.shape == (12, 10)  # rows anterior -> posterior (j), columns right -> left (i)
-    assert aspect == pytest.approx(0.8 / 0.5) and coronal[3] == pytest.approx(3.0 / 0.5)
-    assert sagittal[3] == pytest.approx(3.0 / 0.8) and coronal[2].shape == (4, 10)
+    axial, coronal, sagittal = preview_views(Volume(array, affine), Volume(labels, affine))
+    assert axial.title == "axial" and axial.labels.shape == (12, 10)  # rows anterior -> posterior (j), columns R -> L
+    assert axial.aspect == pytest.approx(0.8 / 0.5) and coronal.aspect == pytest.approx(3.0 / 0.5)
+    assert sagittal.aspect == pytest.approx(3.0 / 0.8) and coronal.image.shape == (4, 10)
 
 
 def test_statistics_with_std():
