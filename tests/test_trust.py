@@ -673,3 +673,26 @@ def test_a_dicom_series_cohort_runs_through_the_pipeline(tmp_path, capsys):
     assert main(["run", str(path), "--no-progress"]) == 0, capsys.readouterr().err
     summary = read_json(run / "evaluate" / "summary.json")
     assert summary["counts"]["evaluated"] == 2 and summary["counts"]["failed"] == 0
+
+
+
+def test_the_boxes_of_kept_organs_have_their_own_colours(tmp_path):
+    """Only liver and spleen scored: the liver's box is drawn in the liver's colour, not the first organ's."""
+    from matplotlib.patches import PathPatch
+
+    from medseg.evaluation.report import box_plot_figure
+
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    liver, spleen = SYNAPSE8.organs.index("liver") + 1, SYNAPSE8.organs.index("spleen") + 1
+    for n in (1, 2):
+        reference = _classes(n)
+        write_volume(ref_dir / f"case{n:04d}.nii.gz", Volume(reference, AFFINE))
+        kept = np.where(np.isin(np.roll(reference, 1, axis=0), [liver, spleen]), np.roll(reference, 1, axis=0), 0)
+        write_labels_nifti(pred_dir / f"case{n:04d}.nii.gz", Volume(kept.astype(np.uint8), AFFINE), SYNAPSE8,
+                           provenance=_record(organs="liver,spleen"))
+    summary = _summary(ref_dir, pred_dir)
+    figure = box_plot_figure(summary, "standard", "dice")
+    faces = [tuple(round(255 * c) for c in patch.get_facecolor()[:3])
+             for axes in figure.axes for patch in axes.patches if isinstance(patch, PathPatch)]
+    colours = dict(zip(SYNAPSE8.organs, SYNAPSE8.colours))
+    assert faces == [tuple(colours["liver"]), tuple(colours["spleen"])]
