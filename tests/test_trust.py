@@ -696,3 +696,34 @@ def test_the_boxes_of_kept_organs_have_their_own_colours(tmp_path):
              for axes in figure.axes for patch in axes.patches if isinstance(patch, PathPatch)]
     colours = dict(zip(SYNAPSE8.organs, SYNAPSE8.colours))
     assert faces == [tuple(colours["liver"]), tuple(colours["spleen"])]
+
+
+def test_a_zip_input_killed_with_sigkill_leaves_nothing_after_the_next_run(tmp_path, monkeypatch):
+    """SIGKILL while a zipped series is extracted: the next zip input removes the extracted copy."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    from helpers import tiny_case
+    from medseg import dicom
+
+    image, _ = tiny_case(1)
+    files = dicom.write_series(image, tmp_path / "series")
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in files:
+            z.write(path, path.name)
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal, sys\nfrom medseg.dicom import open_dicom_input\n"
+         "with open_dicom_input(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)\n", str(archive)],
+        env={**os.environ, "TMPDIR": str(temp_root)}, capture_output=True, timeout=120)
+    assert killed.returncode == -9
+    left = [p.name for p in temp_root.iterdir()]
+    assert len(left) == 1 and "medseg-dicom" in left[0]  # what the killed process left
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    assert dicom.read_dicom(archive).shape == image.shape
+    assert list(temp_root.iterdir()) == []
