@@ -11,7 +11,7 @@ A pipeline file names its stages and their parameters::
       prepare:  {labels: synapse8, split: seeded, test_fraction: 0.3}
       train:    {model: TransUNet-Tiny, img_size: 128, epochs: 8, batch_size: 16}
       predict:  {batch_size: 32}
-      evaluate: {protocol: both, tolerance_mm: 2.0}
+      evaluate: {protocol: both, tolerance_mm: 2.0}   # tolerance_by_organ: {liver: 5} per organ
       report:   {}
 
 Each stage writes into ``run_dir/<stage>/`` and records a key (a hash of its parameters and of the keys of the
@@ -128,6 +128,8 @@ class EvaluateStage:
 
     protocol: Literal["standard", "transunet", "both"] = setting("both", help="evaluation protocol")
     tolerance_mm: float = setting(2.0, minimum=0, help="NSD tolerance in mm")
+    tolerance_by_organ: dict = setting(default_factory=dict,
+                                       help="per-organ NSD tolerances in mm, e.g. {liver: 5, spleen: 3}")
     workers: int = setting(1, minimum=1, help="processes")
 
 
@@ -492,7 +494,7 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
             link.symlink_to(source.resolve())
     label_set = load_manifest(outputs["prepare"]["prepared"])["label_set"]
     summary = evaluate_folders(references, outputs["predict"]["predictions"], labels=label_set,
-                               protocol=params["protocol"], tolerance_mm=params["tolerance_mm"],
+                               protocol=params["protocol"], tolerance_mm=_tolerance_text(params),
                                workers=params["workers"], reference_format="raw", progress=progress)
     unprepared = _unprepared_cases(outputs["prepare"])
     if unprepared:
@@ -504,6 +506,12 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
     write_json(stage_dir / "summary.json", summary)
     return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
             "failed": summary["counts"]["failed"], "unprepared": len(unprepared)}
+
+
+def _tolerance_text(params: dict) -> str:
+    """The evaluate stage's tolerances as ``--tolerance`` takes them: ``"2.0,liver=5,spleen=3"`` (mm)."""
+    by_organ = params.get("tolerance_by_organ") or {}
+    return ",".join([str(params["tolerance_mm"])] + [f"{organ}={mm}" for organ, mm in by_organ.items()])
 
 
 def _unprepared_cases(prepared: dict) -> dict:

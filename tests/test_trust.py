@@ -727,3 +727,25 @@ def test_a_zip_input_killed_with_sigkill_leaves_nothing_after_the_next_run(tmp_p
     monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
     assert dicom.read_dicom(archive).shape == image.shape
     assert list(temp_root.iterdir()) == []
+
+
+def test_the_pipeline_passes_per_organ_tolerances(tmp_path, monkeypatch):
+    import medseg.evaluation.cohort as cohort_module
+    from medseg import pipeline as pipeline_module
+
+    seen = {}
+
+    def fake_evaluate(references, predictions, **options):
+        seen.update(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(cohort_module, "evaluate_folders", fake_evaluate)
+    params = pipeline_module.stage_params("evaluate", {"tolerance_mm": 3, "tolerance_by_organ": {"liver": 5}}, "p")
+    monkeypatch.setattr(pipeline_module, "_test_cases", lambda outputs: [])
+    monkeypatch.setattr("medseg.data.slice_cache.load_manifest", lambda path: {"label_set": "synapse8"})
+    with pytest.raises(RuntimeError, match="stop here"):
+        pipeline_module._stage_evaluate(None, params, tmp_path, {"prepare": {"prepared": "x"},
+                                                                 "predict": {"predictions": "y"}}, False)
+    from medseg.evaluation.origin import parse_tolerances
+
+    assert parse_tolerances(seen["tolerance_mm"], 2.0) == (3.0, {"liver": 5.0})
