@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -149,8 +150,13 @@ def remove_owned(folder: "str | Path", files) -> None:
 
 
 def disk_full(exc: BaseException) -> bool:
-    """True when an OSError means the disk (or a file-size limit, or a quota) is full."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    """True when an OSError means the disk (or a file-size limit, or a quota) is full: ENOSPC, EFBIG, EDQUOT, or
+    numpy's short write without an errno (``"4800 requested and 480 written"``)."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    return exc.errno is None and re.search(r"\d+ requested and \d+ written", str(exc)) is not None
 
 
 def write_failure(exc: BaseException) -> str:

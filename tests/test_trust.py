@@ -749,3 +749,29 @@ def test_the_pipeline_passes_per_organ_tolerances(tmp_path, monkeypatch):
     from medseg.evaluation.origin import parse_tolerances
 
     assert parse_tolerances(seen["tolerance_mm"], 2.0) == (3.0, {"liver": 5.0})
+
+
+def test_prepare_on_a_full_disk_says_so_and_leaves_no_partial_cache(tmp_path):
+    """numpy reports a short write without an errno; the user still reads "disk full", and no case is half there."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import write_tiny_cohort
+
+    cohort = write_tiny_cohort(tmp_path / "cohort", n_cases=2)
+    out = tmp_path / "slices"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    process = subprocess.run([sys.executable, "-m", "medseg", "prepare", str(cohort), str(out), "--split",
+                              "all-train", "--no-progress"], capture_output=True, text=True, preexec_fn=limit,
+                             timeout=300)
+    assert process.returncode == 2, process.stderr
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1 and "medseg prepare: error:" in lines[0]
+    assert "disk full or file-size limit reached" in lines[0]
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.npy")) and not _leftover_temps(out)
