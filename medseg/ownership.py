@@ -40,6 +40,11 @@ def _read_lock(path: Path) -> "dict | None":
         return None
 
 
+def _held_here(holder: "dict | None") -> bool:
+    """True when a lock's content names this process on this host."""
+    return isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
 def lock_is_stale(holder: "dict | None") -> bool:
     """True when a lock's holder is a process of this host that is no longer alive (or the lock is unreadable
     garbage: a writer killed between creating and filling it)."""
@@ -65,7 +70,7 @@ def acquire_lock(folder: "str | Path", what: str = "folder") -> Path:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _read_lock(path)
-            if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            if _held_here(holder):
                 return path  # this process already holds it (a pipeline stage inside a locked run)
             if lock_is_stale(holder):
                 with contextlib.suppress(FileNotFoundError):
@@ -85,8 +90,7 @@ def acquire_lock(folder: "str | Path", what: str = "folder") -> Path:
 
 def release_lock(path: Path) -> None:
     """Remove a lock this process holds (a lock another process took over is left alone)."""
-    holder = _read_lock(path)
-    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+    if _held_here(_read_lock(path)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
@@ -95,7 +99,7 @@ def release_lock(path: Path) -> None:
 def folder_lock(folder: "str | Path", what: str = "folder") -> Iterator[Path]:
     """Hold ``folder``'s lock for the ``with`` block (re-entrant within one process: the outer holder releases)."""
     path = Path(folder) / LOCK_FILE
-    already = (_read_lock(path) or {}).get("pid") == os.getpid() and path.exists()
+    already = _held_here(_read_lock(path))
     acquire_lock(folder, what)
     try:
         yield path

@@ -14,6 +14,7 @@ Every label NIfTI medseg writes names its label set in the header (``intent_name
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,8 +197,7 @@ def parse_tolerances(text: "str | float | dict | None", default_mm: float) -> tu
 
 
 def _tolerance_value(value, text) -> float:
-    import math
-
+    """One tolerance in mm (ConfigError naming ``text`` unless a finite number >= 0)."""
     try:
         mm = float(value)
     except (TypeError, ValueError):
