@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="standard (mm, explicit empty-mask policy), transunet (the paper's), or both "
                              "(default: both)")
     parser.add_argument("--tolerance", default=str(DEFAULT_TOLERANCE_MM), metavar="MM",
-                        help=f"NSD tolerance in mm (default: {DEFAULT_TOLERANCE_MM:g}); per organ: liver=5,spleen=3, or "
-                             "a default plus overrides: 3,liver=5 (recorded in summary.json; a tolerance below the "
-                             "grids' voxel spacing is warned about)")
+                        help=f"NSD tolerance in mm (default: {DEFAULT_TOLERANCE_MM:g}); per organ: liver=5,spleen=3, "
+                             "or a default plus overrides: 3,liver=5 (recorded in summary.json; a tolerance below "
+                             "the grids' voxel spacing is warned about)")
     parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
                         help="cases evaluated in parallel processes (default: CPU count, at most 8)")
     parser.add_argument("--reference-format", default="auto", choices=REFERENCE_FORMATS,
