@@ -13,10 +13,11 @@ from helpers import DATA_DIR, tiny_case
 from medseg.data.orientation import reorient
 from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_cohort
 from medseg.data.transforms import PreprocessingParams, resample_slice
-from medseg.engine.inference import (label_statistics, load_predictor, make_predictor, nearest_index_map,
+from medseg.engine.inference import (load_predictor, make_predictor, nearest_index_map,
                                      predict_volume, resize_to_model, resize_to_model_scipy, segment_oriented)
 from medseg.engine.rebuild import resize_slices_nearest
 from medseg.io import Volume
+from medseg.prediction.outputs import organ_statistics as label_statistics
 
 IMG_SIZE = 32
 

@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from medseg.data.cohort import discover_cases
 from medseg.errors import MedsegError
 from medseg.io import Volume, atomic_path, read_json, read_volume, write_json, write_text
-from medseg.labels import get_label_set, remap_labels
+from medseg.labels import describe_label_map, get_label_set, remap_labels
 from medseg.visualize import axial_view, oriented_case, png_bytes, render_views
 
 #: Row label, unit scale and decimals of each metric in the report tables.
@@ -577,11 +577,13 @@ def _intro(summary: dict) -> str:
     label_set = summary["label_set"]["name"]
     formats = [info.get("reference_format") for info in summary.get("case_info", {}).values()]
     raw, classes = formats.count("raw"), formats.count("classes")
+    label_map = describe_label_map(get_label_set(summary["label_set"]))
     return (f"medseg {summary['medseg_version']}; label set {label_set}; protocol {summary['protocol']}; "
             f"NSD tolerance {summary['tolerance_mm']:g} mm; spacing from the {summary['spacing_source']}; "
             f"references {summary.get('reference_dir')} (reference format {summary.get('reference_format')}: "
-            f"{raw} read as raw BTCV values mapped to {label_set}, {classes} as {label_set} classes); "
-            f"predictions {summary.get('prediction_dir')}.")
+            f"{raw} read as raw {'label-map' if label_map else 'BTCV'} values mapped to {label_set}, {classes} as "
+            f"{label_set} classes); predictions {summary.get('prediction_dir')}."
+            + (f" Raw values read through the {label_map}." if label_map else ""))
 
 
 def _counts_line(summary: dict) -> str:

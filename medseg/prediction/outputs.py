@@ -22,43 +22,28 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.dicom import ORGAN_CODES
 from medseg.errors import ConfigError
 from medseg.io import Volume, write_json, write_text, write_volume
 from medseg.visualize import SOFT_TISSUE_WINDOW, write_case_preview
 
-#: Output types of ``medseg predict --output-type``.
-OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct")
-#: File-name endings of each output type after the case stem.
-OUTPUT_SUFFIXES = {"nifti": ".nii.gz", "dicom-seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
 #: Population standard deviation (ddof=0) everywhere in medseg's statistics.
 STD_DDOF = 0
 
 
-def parse_output_types(values) -> list[str]:
-    """``["nifti,dicom-seg", "rtstruct"]`` -> ``["nifti", "dicom-seg", "rtstruct"]`` (order kept, checked)."""
-    types: list[str] = []
-    for value in values or ["nifti"]:
-        for item in str(value).split(","):
-            item = item.strip().lower()
-            if not item:
-                continue
-            if item not in OUTPUT_TYPES:
-                raise ConfigError(f"--output-type: unknown type {item!r} (choose from {', '.join(OUTPUT_TYPES)})")
-            if item not in types:
-                types.append(item)
-    return types or ["nifti"]
+def check_organs(organs: "list[str] | None", label_set) -> "list[str] | None":
+    """``organs`` (a request's ``organs``: names, or None for all) checked against ``label_set``.
 
-
-def parse_organs(text: "str | None", label_set) -> "list[str] | None":
-    """``"liver,spleen"`` -> ``["liver", "spleen"]`` checked against ``label_set`` (None: all organs)."""
-    if not text:
+    Raises:
+        ConfigError: ``--organs: 'lung' is not an organ of label set synapse8 (choose from ...)``.
+    """
+    if organs is None:
         return None
-    organs = [o.strip() for o in text.split(",") if o.strip()]
     unknown = [o for o in organs if o not in label_set.organs]
     if unknown:
         raise ConfigError(f"--organs: {unknown[0]!r} is not an organ of label set {label_set.name} "
                           f"(choose from {', '.join(label_set.organs)})")
-    return organs
+    return list(organs)
 
 
 def kept_classes(label_set, organs: "list[str] | None") -> list[int]:
@@ -81,8 +66,6 @@ def keep_organs(labels: np.ndarray, label_set, organs: "list[str] | None") -> np
 
 def label_map(label_set, organs: "list[str] | None" = None) -> dict:
     """The content of ``labels.json``: ``{"label_set", "labels": {value: {key, name, colour, snomed_ct}}}``."""
-    from medseg.dicom import ORGAN_CODES
-
     entries = {"0": {"key": "background", "name": "Background", "colour": [0, 0, 0], "snomed_ct": None}}
     for index in kept_classes(label_set, organs):
         organ = label_set.organs[index - 1]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from helpers import tiny_case
-from medseg import outputs
+from medseg.prediction import outputs
+from medseg.schema import parse_output_types
 from medseg.cli import main
 from medseg.errors import ConfigError
 from medseg.io import Volume, write_volume
@@ -29,10 +30,11 @@ def test_label_map_and_viewer_tables(tmp_path):
     assert snap[2].split()[:7] == ["0", "0", "0", "0", "0", "0", "0"]
     assert snap[3].split()[:7] == ["1", "220", "20", "60", "1", "1", "1"] and snap[3].endswith('"Aorta"')
     with pytest.raises(ConfigError, match="'lung' is not an organ of label set synapse8"):
-        outputs.parse_organs("liver,lung", SYNAPSE8)
-    with pytest.raises(ConfigError, match="unknown type"):
-        outputs.parse_output_types(["nifti,stl"])
-    assert outputs.parse_output_types(["rtstruct", "nifti,rtstruct"]) == ["rtstruct", "nifti"]
+        outputs.check_organs(["liver", "lung"], SYNAPSE8)
+    with pytest.raises(ConfigError, match="--output-type: unknown type 'stl'"):
+        parse_output_types(["nifti,stl"], "--output-type")
+    assert parse_output_types(["rtstruct", "nifti,rtstruct"], "-") == ["rtstruct", "nifti"]
+    assert parse_output_types(["dicom-seg", "rtstruct"], "-") == ["dicom-seg", "rtstruct"]
 
 
 def test_preview_views_follow_spacing_and_orientation():
