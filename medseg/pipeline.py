@@ -37,7 +37,7 @@ from typing import Callable, Literal
 from medseg import __version__, schema
 from medseg.engine.config import TrainConfig
 from medseg.errors import ConfigError, MedsegError, OutputError, TrainingStopped
-from medseg.io import file_sha256, read_json, read_yaml_mapping, strip_nifti_suffix, write_json
+from medseg.io import file_sha256, read_json, read_yaml_mapping, strip_nifti_suffix, write_json, write_volume
 from medseg.ownership import LOCK_FILE, folder_lock, remove_owned
 from medseg.schema import setting
 
@@ -484,12 +484,21 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
 
 
 def _link_test_images(entries: list[dict], folder: Path) -> Path:
-    """``folder/<case_id>.nii.gz`` (the source's own suffix) linked to each held-out case's CT; returns ``folder``."""
+    """``folder/<case_id>.nii.gz`` (the source's own suffix) linked to each held-out case's CT; returns ``folder``.
+
+    A case whose CT is a DICOM series (a folder or ``.zip``, as ``medseg prepare`` accepts) is written there as a
+    NIfTI of the series (same voxels and geometry), so its prediction is named by its case id like the others.
+    """
+    from medseg.dicom import read_image  # DICOM readers load only when a stage needs them
+
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     for entry in entries:
         source = Path(entry["source_image"])
+        if source.is_dir() or source.suffix.lower() == ".zip":
+            write_volume(folder / f"{entry['case_id']}.nii.gz", read_image(source))
+            continue
         suffix = ".nii.gz" if source.name.lower().endswith(".nii.gz") else source.suffix
         (folder / f"{entry['case_id']}{suffix}").symlink_to(source.resolve())
     return folder

@@ -16,7 +16,7 @@ from scipy import ndimage
 from medseg.cli import main
 from medseg.io import Volume, read_json, write_volume
 from medseg.labels import BTCV13, SYNAPSE8
-from medseg.outputs import write_labels_nifti
+from medseg.prediction.outputs import write_labels_nifti
 
 SHAPE = (20, 22, 8)
 SPACING = (0.8, 0.7, 2.5)
