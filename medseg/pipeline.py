@@ -314,6 +314,11 @@ def _run_stages(pipeline: Pipeline, keys: dict, dry_run: bool, force, progress: 
         record = read_json(record_path) if record_path.exists() else None
         cached = (record is not None and record.get("key") == keys[name] and not rerun and name not in force)
         if cached:
+            changed = changed_outputs(stage_dir, record)
+            if changed:
+                log.warning("[%s] %s since the stage finished; running it again", name, changed)
+                cached = False
+        if cached:
             outputs[name] = record["outputs"]
             results.append(StageResult(name, "cached", 0.0, record["outputs"]))
             log.info("[%s] unchanged, skipped", name)
@@ -339,10 +344,30 @@ def _run_stages(pipeline: Pipeline, keys: dict, dry_run: bool, force, progress: 
         outputs[name] = stage_outputs
         written = sorted(set(stage_files(stage_dir)) - set(foreign))
         write_json(record_path, {"key": keys[name], "params": params, "outputs": stage_outputs,
-                                 "seconds": round(seconds, 2), "medseg_version": __version__, "files": written})
+                                 "seconds": round(seconds, 2), "medseg_version": __version__, "files": written,
+                                 "sizes": file_sizes(stage_dir, written)})
         started_path.unlink(missing_ok=True)
         results.append(StageResult(name, "ran", seconds, stage_outputs))
     return results
+
+
+def file_sizes(stage_dir: Path, files: list[str]) -> dict[str, int]:
+    """``{relative path: size in bytes}`` of a stage's files (a link: its target's size)."""
+    return {name: (stage_dir / name).stat().st_size for name in files if (stage_dir / name).exists()}
+
+
+def changed_outputs(stage_dir: Path, record: dict) -> "str | None":
+    """What is no longer as a finished stage left it (a recorded file missing, or of another size), or None.
+
+    A stage record without sizes (an older medseg) is taken as it is.
+    """
+    for name, size in (record.get("sizes") or {}).items():
+        path = stage_dir / name
+        if not path.exists():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} changed size ({path.stat().st_size} bytes, {size} when written)"
+    return None
 
 
 def stage_files(stage_dir: Path) -> list[str]:

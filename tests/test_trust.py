@@ -775,3 +775,18 @@ def test_prepare_on_a_full_disk_says_so_and_leaves_no_partial_cache(tmp_path):
     assert len(lines) == 1 and "medseg prepare: error:" in lines[0]
     assert "disk full or file-size limit reached" in lines[0]
     assert not (out / "manifest.json").exists() and not list(out.rglob("*.npy")) and not _leftover_temps(out)
+
+
+def test_a_cached_stage_whose_output_was_damaged_runs_again(tmp_path, caplog):
+    from medseg.pipeline import load_pipeline, run_pipeline
+
+    run = tmp_path / "run"
+    path = _pipeline_file(tmp_path, f"run_dir: {run}\nstages:\n  synth: {{cases: 1, seed: 1}}\n")
+    run_pipeline(load_pipeline(path), progress=False)
+    image = run / "synth" / "cohort" / "img" / "img0001.nii.gz"
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 2])
+    assert [r.status for r in run_pipeline(load_pipeline(path), progress=False)] == ["ran"]
+    assert "img0001.nii.gz changed size" in caplog.text
+    assert image.read_bytes() == whole  # written again, the same phantom
+    assert [r.status for r in run_pipeline(load_pipeline(path), progress=False)] == ["cached"]
