@@ -15,8 +15,9 @@ A pipeline file names its stages and their parameters::
       report:   {}
 
 Each stage writes into ``run_dir/<stage>/`` and records a key (a hash of its parameters and of the keys of the
-stages it reads) in ``run_dir/<stage>/stage.json`` when it finishes. A stage whose key is unchanged is skipped; a
-changed key re-runs it and everything after it. A stage interrupted with the same key resumes where it can
+stages it reads) in ``run_dir/<stage>/stage.json`` when it finishes, with the files it wrote and their sizes. A stage
+whose key is unchanged and whose files are all there at their size is skipped; a changed key (or a missing or
+truncated output) re-runs it and everything after it; re-running removes only the files its record lists. A stage interrupted with the same key resumes where it can
 (prepare skips finished cases, train continues from its last checkpoint).
 
 Every stage calls the same Python API a notebook would (:mod:`medseg.data`, :mod:`medseg.engine`,
