@@ -161,7 +161,7 @@ def test_corrupt_cache_is_refused_before_the_run_folder_exists(prepared, tmp_pat
     shutil.copytree(prepared, broken)
     manifest = json.loads((broken / "manifest.json").read_text())
     case = next(e["case_id"] for e in manifest["cases"] if e["split"] == "train")
-    image = broken / "cases" / case / "image.npy"
+    image = broken / "cases" / case / "image_hu.npy"
     image.write_bytes(image.read_bytes()[:-100])  # truncated
     with pytest.raises(InputError, match=f"{case}: prepared case arrays are corrupt"):
         train(_config(broken, tmp_path / "run"))
