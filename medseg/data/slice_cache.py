@@ -333,8 +333,9 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
 def _plan_cases(cases, splits: dict, out_dir: Path, label_set: LabelSet, params: PreprocessingParams,
                 entries: dict, summary: PrepareSummary) -> list:
     """The preparation jobs: every case whose cached folder is missing, was made from other sources or settings, or
-    whose arrays are no longer the files written (:func:`verify_case_arrays`; listed in ``summary.reprepared``). A case already done is put in ``entries`` and ``summary.already_done``; one
-    whose sources cannot be read goes to ``summary.failed``."""
+    whose arrays are no longer the files written (:func:`verify_case_arrays`; listed in ``summary.reprepared``). A
+    case already done is put in ``entries`` and ``summary.already_done``; one whose sources cannot be read goes to
+    ``summary.failed``."""
     todo = []
     for case in cases:
         try:

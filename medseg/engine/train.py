@@ -423,7 +423,7 @@ def check_cached_cases(prepared_dir, entries: list[dict]) -> None:
         folder = Path(prepared_dir) / "cases" / entry["case_id"]
         expected = entry.get("num_slices")
         if image.ndim != 3 or (expected is not None and image.shape[0] != expected):
-            raise InputError(f"{folder}: image.npy has shape {image.shape}, the manifest says {expected} slices")
+            raise InputError(f"{folder}: the image array has shape {image.shape}, the manifest says {expected} slices")
         if entry.get("has_label", True) and (label is None or label.shape != image.shape):
             shape = None if label is None else label.shape
             raise InputError(f"{folder}: label.npy has shape {shape}, the image {image.shape}")
