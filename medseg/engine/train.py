@@ -407,7 +407,7 @@ def training_amp(amp: str, device: torch.device) -> str:
     one thread (``threads: 1``, as the demo trains): there one training step of TransUNet-Tiny at 96 px took
     0.8 times the fp32 time even on a loaded machine. With two or more threads oneDNN's bf16 weight-gradient
     convolutions wait for each other at spinning barriers, so on a machine shared with other jobs a bf16 step took
-    up to 4 times the fp32 time (benchmarks/RESULTS.md); ``amp: bf16`` still asks for it.
+    up to 4.5 times the fp32 time (benchmarks/RESULTS.md); ``amp: bf16`` still asks for it.
     """
     return resolve_amp(amp, device, cpu_bf16=torch.get_num_threads() == 1)
 
