@@ -2,7 +2,8 @@
 
 One small phantom cohort (``medseg synth``, seed 0) is prepared once; for every seed, TransUNet-Tiny is trained
 twice with the same settings, ``amp: fp32`` and ``amp: bf16`` (the order alternating over seeds), on one torch
-thread. Each run's ``last.pt`` is then scored on the held-out cases with the same fp32 predictor
+thread (``--work`` with one ``--seeds``/``--amps`` pair per process runs them in parallel, then ``--summarise``).
+Each run's ``last.pt`` is then scored on the held-out cases with the same fp32 predictor
 (``medseg.engine.train.validate``: 3D Dice per organ, mean over organs), so the comparison is of what the two
 precisions learned. The loss curves (mean loss per epoch, from each run's ``metrics.csv``) and the wall time of
 each run are printed too.
@@ -12,6 +13,7 @@ each run are printed too.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -52,6 +54,49 @@ def held_out_dice(run_dir: Path, prepared: Path) -> float:
     return float(scores["mean_dice"])
 
 
+def prepare_work(work: Path, cases: int) -> Path:
+    """Synthesise (``medseg synth``, seed 0) and prepare the cohort under ``work`` unless already there."""
+    prepared = work / "prepared"
+    if not (prepared / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "medseg", "synth", str(work / "raw"), "--cases", str(cases),
+                        "--seed", "0", "--no-preview"], check=True, capture_output=True)
+        prepare_cohort(work / "raw", prepared, split="seeded", test_fraction=0.3, progress=False)
+    return prepared
+
+
+def run_one(work: Path, prepared: Path, seed: int, amp: str, args) -> dict:
+    """Train one run and score it; the row is also written to ``work/result_<amp>_<seed>.json``."""
+    run_dir = work / f"run_{amp}_{seed}"
+    config = TrainConfig.from_dict({
+        "model": "TransUNet-Tiny", "data": str(prepared), "out": str(run_dir), "img_size": args.img_size,
+        "batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "drop_empty": True, "seed": seed,
+        "workers": 0, "threads": 1, "amp": amp, "progress": False, "tensorboard": False})
+    started = time.perf_counter()
+    train(config)
+    wall = time.perf_counter() - started
+    torch.set_num_threads(1)
+    row = {"seed": seed, "amp": amp, "dice": held_out_dice(run_dir, prepared), "wall_s": wall,
+           "losses": epoch_losses(run_dir), "load": load_average()}
+    (work / f"result_{amp}_{seed}.json").write_text(json.dumps(row))
+    print(f"seed {seed} {amp}: held-out Dice {row['dice']:.4f}, train {wall:.0f} s, loss per epoch "
+          + " ".join(f"{v:.4f}" for v in row["losses"]), flush=True)
+    return row
+
+
+def summarise(work: Path) -> None:
+    """Print every run's row found under ``work`` and the mean Dice of each precision."""
+    rows = [json.loads(p.read_text()) for p in sorted(work.glob("result_*.json"))]
+    for amp in ("fp32", "bf16"):
+        mine = sorted((r for r in rows if r["amp"] == amp), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        for r in mine:
+            print(f"seed {r['seed']} {amp}: held-out Dice {r['dice']:.4f}, train {r['wall_s']:.0f} s (load "
+                  f"{r['load']} at the end), loss per epoch " + " ".join(f"{v:.4f}" for v in r["losses"]))
+        print(f"{amp}: held-out Dice mean {statistics.mean(r['dice'] for r in mine):.4f} over seeds "
+              + ", ".join(str(r["seed"]) for r in mine))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10)
@@ -59,40 +104,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
+    parser.add_argument("--amps", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="precisions, in this order for the first seed (reversed for every other seed)")
+    parser.add_argument("--work", type=Path, help="keep the cohort, runs and results here (default: a temporary "
+                        "folder); runs started in parallel on one --work share its prepared cohort")
+    parser.add_argument("--summarise", action="store_true", help="only print the results found under --work")
     args = parser.parse_args()
-    load_before = load_average()
-    rows = []
+    if args.summarise:
+        summarise(args.work)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "medseg", "synth", str(tmp / "raw"), "--cases", str(args.cases),
-                        "--seed", "0", "--no-preview"], check=True, capture_output=True)
-        prepare_cohort(tmp / "raw", tmp / "prepared", split="seeded", test_fraction=0.3, progress=False)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        prepared = prepare_work(work, args.cases)
+        print(f"Command: {command_text('bf16_learning.py')}; load average {load_average()} at the start.")
         for index, seed in enumerate(args.seeds):
-            order = ("fp32", "bf16") if index % 2 == 0 else ("bf16", "fp32")
-            for amp in order:
-                run_dir = tmp / f"run_{amp}_{seed}"
-                config = TrainConfig.from_dict({
-                    "model": "TransUNet-Tiny", "data": str(tmp / "prepared"), "out": str(run_dir),
-                    "img_size": args.img_size, "batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr,
-                    "drop_empty": True, "seed": seed, "workers": 0, "threads": 1, "amp": amp, "progress": False,
-                    "tensorboard": False})
-                started = time.perf_counter()
-                train(config)
-                wall = time.perf_counter() - started
-                torch.set_num_threads(1)
-                dice = held_out_dice(run_dir, tmp / "prepared")
-                losses = epoch_losses(run_dir)
-                rows.append((seed, amp, dice, wall, losses))
-                print(f"seed {seed} {amp}: held-out Dice {dice:.4f}, train {wall:.0f} s, loss per epoch "
-                      + " ".join(f"{v:.4f}" for v in losses), flush=True)
-    print(f"\nCommand: {command_text('bf16_learning.py')}; load average {load_before} before, "
-          f"{load_average()} after.")
-    for amp in ("fp32", "bf16"):
-        dice = [r[2] for r in rows if r[1] == amp]
-        walls = [r[3] for r in rows if r[1] == amp]
-        print(f"{amp}: held-out Dice mean {statistics.mean(dice):.4f} (seeds: "
-              + ", ".join(f"{d:.4f}" for d in dice) + f"), median train wall {statistics.median(walls):.0f} s")
+            for amp in (args.amps if index % 2 == 0 else args.amps[::-1]):
+                run_one(work, prepared, seed, amp, args)
+        summarise(work)
 
 
 if __name__ == "__main__":
