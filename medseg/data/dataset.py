@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medseg.data.domain_randomisation import DomainRandomisationd
 from medseg.data.slice_cache import load_case_arrays, load_manifest
 from medseg.data.transforms import (AUGMENTATION_MODES, IMAGE, LABEL, PaperAugmentd,
                                     ResizeSliced)
@@ -76,8 +77,6 @@ class SliceDataset(Dataset):
             self.transform = ResizeSliced(self.img_size, image_interpolation)
         if augment and domain_randomisation:
             from monai.transforms import Compose
-
-            from medseg.data.domain_randomisation import DomainRandomisationd
 
             self.transform = Compose([self.transform, DomainRandomisationd()])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SLICE_AXCODES: tuple[str, str, str] = ("P", "L", "S")
+from medseg.preprocessing import SLICE_AXCODES
 
 
 def orientation_transform(affine: np.ndarray, axcodes=SLICE_AXCODES) -> np.ndarray:

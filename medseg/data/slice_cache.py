@@ -43,6 +43,7 @@ from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import (current_umask, check_output_path, ensure_folder, file_sha256, make_temp_dir, read_json,
                        remove_stale_temps, spacing_from_affine, write_json)
 from medseg.labels import LabelSet, describe_label_map, find_label_map, with_label_map
+from medseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +375,6 @@ def _plan_cases(cases, splits: dict, out_dir: Path, label_set: LabelSet, params:
 def _prepare_all(todo: list, workers: int, progress: bool, entries: dict, summary: PrepareSummary) -> None:
     """Run the jobs of :func:`_plan_cases` (in ``workers`` processes when more than one), collecting each case's
     entry or error into ``entries`` / ``summary``."""
-    from medseg.progress import progress_bar
-
     bar = progress_bar(total=len(todo), desc="prepare", unit="case", disable=not progress or not todo)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
