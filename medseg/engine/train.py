@@ -39,7 +39,9 @@ SIGINT and SIGTERM finish the current iteration, save ``last.pt`` (marked interr
 Devices
 -------
 On CUDA: bf16 autocast (``amp: auto``), channels-last tensors, pinned memory and ``workers`` loader processes
-feeding the GPU. On the CPU the defaults are fp32 and the standard memory format.
+feeding the GPU. On the CPU: bf16 autocast where the CPU has native bf16 and the run uses one torch thread
+(:func:`training_amp`), else fp32; the standard memory format (channels-last did not pay on the CPU, see
+benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -419,6 +421,18 @@ def load_training_data(config: TrainConfig, context: D.DistContext, device: torc
                         config.epochs * batches_per_epoch, val_entries)
 
 
+def training_amp(amp: str, device: torch.device) -> str:
+    """The autocast of a training run: ``bf16`` or ``off`` (see :func:`medseg.engine.inference.resolve_amp`).
+
+    ``auto`` on a CPU means bf16 only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch runs
+    one thread (``threads: 1``, as the demo trains): there one training step of TransUNet-Tiny at 96 px took
+    0.8 times the fp32 time even on a loaded machine. With two or more threads oneDNN's bf16 weight-gradient
+    convolutions wait for each other at spinning barriers, so on a machine shared with other jobs a bf16 step took
+    up to 4.5 times the fp32 time (benchmarks/RESULTS.md); ``amp: bf16`` still asks for it.
+    """
+    return resolve_amp(amp, device, cpu_bf16=torch.get_num_threads() == 1)
+
+
 def check_cached_cases(prepared_dir, entries: list[dict], label_set: "LabelSet | None" = None) -> None:
     """Open every listed case of a slice cache (memory-mapped) and compare it with its manifest entry; with
     ``label_set``, also read the labels and check that they hold only its classes.
@@ -432,7 +446,7 @@ def check_cached_cases(prepared_dir, entries: list[dict], label_set: "LabelSet |
         folder = Path(prepared_dir) / "cases" / entry["case_id"]
         expected = entry.get("num_slices")
         if image.ndim != 3 or (expected is not None and image.shape[0] != expected):
-            raise InputError(f"{folder}: image.npy has shape {image.shape}, the manifest says {expected} slices")
+            raise InputError(f"{folder}: the image array has shape {image.shape}, the manifest says {expected} slices")
         if entry.get("has_label", True) and (label is None or label.shape != image.shape):
             shape = None if label is None else label.shape
             raise InputError(f"{folder}: label.npy has shape {shape}, the image {image.shape}")
@@ -651,6 +665,7 @@ def save_run_checkpoint(run: TrainingRun, path: Path, *, interrupted: bool, resu
         "elapsed_s": position.elapsed_before + time.perf_counter() - run.started,
         "interrupted": interrupted,
         "world_size": run.context.world_size,
+        "amp": run.amp,  # the precision ``amp: auto`` resolved to on this machine
         "config": run.config.to_dict(),
     }
     if resumable:
@@ -783,7 +798,7 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
 
     metrics = MetricsLog(run_dir / METRICS_FILE, enabled=context.is_main)
     metrics.load_until(position.iteration, position.epoch)
-    run = TrainingRun(config=config, context=context, device=device, amp=resolve_amp(config.amp, device), data=data,
+    run = TrainingRun(config=config, context=context, device=device, amp=training_amp(config.amp, device), data=data,
                       model=model, unwrapped=unwrapped, optimizer=optimizer, model_config=model_config,
                       position=position, metrics=metrics, run_dir=run_dir, started=started,
                       writer=_tensorboard_writer(run_dir, config.tensorboard and context.is_main))
