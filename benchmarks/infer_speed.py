@@ -48,6 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from medseg.engine.inference import cpu_native_bf16  # noqa: E402
 from results_file import cpu_name, publish  # noqa: E402  benchmarks/results_file.py
 from side_by_side import alternate, command_text, load_average  # noqa: E402
 
@@ -179,7 +180,7 @@ def cpu_bf16_flags() -> list[str]:
 
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has AVX512-BF16 or AMX (otherwise bf16 on CPU is emulated and slower than fp32)."""
-    return bool(cpu_bf16_flags())
+    return cpu_native_bf16()
 
 
 def forward_gflop(model, size: int, device: torch.device) -> float:

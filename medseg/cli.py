@@ -93,8 +93,11 @@ def main(argv: "list[str] | None" = None) -> int:
         return EXIT_SIGTERM if terminated else EXIT_SIGINT
     except OSError as exc:  # a file system failure the command did not foresee: still one line, no traceback
         logging.getLogger(__name__).debug("unexpected OS error", exc_info=True)
+        from medseg.ownership import disk_full, write_failure
+
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"medseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        reason = write_failure(exc) if disk_full(exc) else exc.strerror or exc
+        print(f"medseg {args.command}: error: {where}{reason}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         if previous is not None:

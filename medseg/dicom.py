@@ -35,6 +35,7 @@ import datetime
 import hashlib
 import logging
 import re
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -53,7 +54,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage import measure
 
 from medseg.errors import InputError
-from medseg.io import Volume, atomic_path, read_volume
+from medseg.io import Volume, atomic_path, make_temp_dir, read_volume, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -360,8 +361,7 @@ def open_dicom_input(path: "str | Path") -> Iterator[list[Series]]:
         return
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a zip file")
-    with tempfile.TemporaryDirectory(prefix="medseg-dicom-") as tmp:
-        root = Path(tmp).resolve()
+    with _extraction_folder() as root:
         try:
             with zipfile.ZipFile(path) as archive:
                 for member in archive.namelist():
@@ -376,6 +376,19 @@ def open_dicom_input(path: "str | Path") -> Iterator[list[Series]]:
         except InputError:
             raise InputError(f"{path}: no DICOM image files in the zip file") from None
         yield found
+
+
+@contextlib.contextmanager
+def _extraction_folder() -> Iterator[Path]:
+    """A temporary folder for a zip's series, removed after the block; its name carries the host and process id
+    (:func:`medseg.io.make_temp_dir`), so the next zip input removes one that a killed process (SIGKILL) left."""
+    temp_root = Path(tempfile.gettempdir())
+    remove_stale_temps(temp_root)
+    folder = make_temp_dir(temp_root, "medseg-dicom")
+    try:
+        yield folder.resolve()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -38,10 +38,11 @@ class Terminated(KeyboardInterrupt):
 class TrainingStopped(MedsegError):
     """A training run was stopped before its schedule ended (a signal, or ``stop_after``); ``last.pt`` is saved.
 
-    ``exit_code`` is the run's: 130 after SIGINT, 143 after SIGTERM (128 + the signal number), 2 for ``stop_after``.
+    ``exit_code`` is the run's: 130 after SIGINT, 143 after SIGTERM (128 + the signal number), 0 for ``stop_after``
+    (stopped as asked, as ``medseg train`` reports it).
     """
 
-    def __init__(self, message: str, exit_code: int = 2):
+    def __init__(self, message: str, exit_code: int = 0):
         super().__init__(message)
         self.exit_code = exit_code
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import yaml
 
 from medseg.errors import ConfigError, InputError, OutputError
 
@@ -91,7 +92,8 @@ def read_volume(path: "str | Path", *, dtype=None) -> Volume:
             after scaling (nibabel's ``dataobj`` semantics).
 
     Raises:
-        InputError: the file is missing, truncated, corrupt, not 3D, or holds NaN/inf image values.
+        InputError: the file is missing, truncated, corrupt, not 3D, holds RGB or complex voxels or NaN/inf image
+            values, or its header gives a voxel spacing of 0 (nibabel would read it as 1 mm).
     """
     import nibabel as nib
 
@@ -108,6 +110,8 @@ def read_volume(path: "str | Path", *, dtype=None) -> Volume:
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read NIfTI data ({_first_line(exc)})") from None
     array = np.asarray(array)
+    _check_scalar_voxels(path, array)
+    _check_header_spacing(path, image)
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
@@ -121,6 +125,38 @@ def read_volume(path: "str | Path", *, dtype=None) -> Volume:
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise InputError(f"{path}: volume contains NaN or infinite values")
     return Volume(array=array, affine=affine)
+
+
+def _check_scalar_voxels(path: Path, array: np.ndarray) -> None:
+    """InputError unless the voxels are real scalars (an RGB or complex NIfTI is not a CT or label volume)."""
+    if array.dtype.fields is not None:
+        raise InputError(f"{path}: holds {'/'.join(array.dtype.names)} colour voxels, not a scalar CT or label "
+                         "volume")
+    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputError(f"{path}: holds {array.dtype} voxels, not real numbers (a CT or label volume)")
+
+
+def _check_header_spacing(path: Path, image) -> None:
+    """InputError when the stored header gives a spatial voxel size (pixdim 1-3) of 0 or not a finite number.
+
+    nibabel silently replaces such a pixdim by 1 when it loads the file, so volumes and distances computed from it
+    would be in made-up millimetres; the raw header is read again without that fix to see the stored values.
+    """
+    import nibabel as nib
+
+    header_class = type(image.header)
+    if not hasattr(header_class, "from_fileobj") or "pixdim" not in image.header:
+        return
+    try:
+        with nib.openers.ImageOpener(str(path)) as fileobj:
+            raw = header_class.from_fileobj(fileobj, check=False)
+        ndim = min(int(raw["dim"][0]), 3)
+        pixdim = np.asarray(raw["pixdim"][1:1 + ndim], dtype=np.float64)
+    except Exception:  # the header already loaded once; nothing more to learn from it
+        return
+    bad = [f"pixdim[{i + 1}]={value:g}" for i, value in enumerate(pixdim) if not np.isfinite(value) or value == 0]
+    if bad:
+        raise InputError(f"{path}: voxel spacing {', '.join(bad)} in the header: not a usable voxel size in mm")
 
 
 def write_volume(path: "str | Path", volume: Volume, *, dtype=None, intent: "tuple[str, str] | None" = None,
@@ -258,7 +294,8 @@ def make_temp_dir(parent: "str | Path", name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=TEMP_MARK, dir=parent))
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True when a process with this id exists on this host (also one owned by another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -280,7 +317,7 @@ def is_stale_temp(path: "str | Path") -> bool:
         return False
     if match["host"] == _host_tag():
         pid = int(match["pid"])
-        return pid != os.getpid() and not _process_alive(pid)
+        return pid != os.getpid() and not process_alive(pid)
     try:
         import time
 
@@ -387,19 +424,39 @@ def read_json(path: "str | Path") -> dict:
         raise InputError(f"{path}: not valid JSON ({_first_line(exc)})") from None
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one YAML mapping."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (the plain loader keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise _DuplicateKey(f"key {key!r} given twice (lines {seen[key] + 1} and "
+                                    f"{key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: "str | Path", what: str = "config file") -> dict:
     """Read a YAML file whose top level is a mapping (an empty file gives ``{}``).
 
     Raises:
-        ConfigError: the file is missing, is not valid YAML (the line is named), or is not a mapping.
+        ConfigError: the file is missing, is not valid YAML (the line is named), gives one key twice in a mapping
+            (YAML would silently keep the last), or is not a mapping.
     """
-    import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

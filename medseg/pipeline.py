@@ -11,12 +11,13 @@ A pipeline file names its stages and their parameters::
       prepare:  {labels: synapse8, split: seeded, test_fraction: 0.3}
       train:    {model: TransUNet-Tiny, img_size: 128, epochs: 8, batch_size: 16}
       predict:  {batch_size: 32}
-      evaluate: {protocol: both, tolerance_mm: 2.0}
+      evaluate: {protocol: both, tolerance_mm: 2.0}   # tolerance_by_organ: {liver: 5} per organ
       report:   {}
 
 Each stage writes into ``run_dir/<stage>/`` and records a key (a hash of its parameters and of the keys of the
-stages it reads) in ``run_dir/<stage>/stage.json`` when it finishes. A stage whose key is unchanged is skipped; a
-changed key re-runs it and everything after it. A stage interrupted with the same key resumes where it can
+stages it reads) in ``run_dir/<stage>/stage.json`` when it finishes, with the files it wrote and their sizes. A stage
+whose key is unchanged and whose files are all there at their size is skipped; a changed key (or a missing or
+truncated output) re-runs it and everything after it; re-running removes only the files its record lists. A stage interrupted with the same key resumes where it can
 (prepare skips finished cases, train continues from its last checkpoint).
 
 Every stage calls the same Python API a notebook would (:mod:`medseg.data`, :mod:`medseg.engine`,
@@ -36,14 +37,17 @@ from typing import Callable, Literal
 
 from medseg import __version__, schema
 from medseg.data.slice_cache import load_manifest, prepare_cohort
+from medseg.dicom import read_image
 from medseg.engine.config import TrainConfig, load_config
 from medseg.engine.train import LAST, METRICS_FILE, read_metrics, train
-from medseg.errors import ConfigError, TrainingStopped
+from medseg.errors import ConfigError, MedsegError, OutputError, TrainingStopped
 from medseg.evaluation.cohort import evaluate_folders
+from medseg.evaluation.origin import tolerance_text
 from medseg.evaluation.plots import training_curve_png
 from medseg.evaluation.report import write_reports
-from medseg.io import file_sha256, read_json, read_yaml_mapping, write_json
+from medseg.io import file_sha256, read_json, read_yaml_mapping, strip_nifti_suffix, write_json, write_volume
 from medseg.models import get_spec
+from medseg.ownership import LOCK_FILE, folder_lock, remove_owned
 from medseg.phantom import GENERATOR_VERSION, write_cohort
 from medseg.prediction import predict_cases
 from medseg.schema import EvaluateStage, PrepareStage, SynthStage, setting
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 
 STAGE_ORDER = ("synth", "prepare", "train", "predict", "evaluate", "report")
 STAGE_FILE = "stage.json"
+STARTED_FILE = "stage.started.json"
 
 
 @dataclass
@@ -242,13 +247,13 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
 
 
 def _data_fingerprint(data: "Path | None") -> "list | None":
-    """Names, sizes and modification times of a data folder's NIfTI files and its ``dataset.json`` label map (a
-    changed cohort re-runs prepare)."""
+    """Relative names and SHA-256 of every file of a data folder (NIfTI, DICOM slices, TransUNet files, label
+    maps; hidden files skipped), so a file edited in place re-runs prepare even with the same size and time."""
     if data is None:
         return None
-    files = sorted(p for p in data.rglob("*") if p.is_file() and (
-        p.name.endswith((".nii", ".nii.gz", ".h5", ".npz")) or p == data / "dataset.json"))
-    return [[str(p.relative_to(data)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
+    files = sorted(p for p in data.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(data).parts))
+    return [[p.relative_to(data).as_posix(), file_sha256(p)] for p in files]
 
 
 def run_pipeline(pipeline: Pipeline, dry_run: bool = False, force: "tuple[str, ...] | list[str]" = (),
@@ -265,6 +270,13 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, force: "tuple[str, .
         One :class:`StageResult` per stage.
     """
     keys = stage_keys(pipeline)
+    if dry_run:
+        return _run_stages(pipeline, keys, dry_run, force, progress)
+    with folder_lock(pipeline.run_dir, "run folder"):
+        return _run_stages(pipeline, keys, dry_run, force, progress)
+
+
+def _run_stages(pipeline: Pipeline, keys: dict, dry_run: bool, force, progress: bool) -> list[StageResult]:
     results: list[StageResult] = []
     outputs: dict[str, dict] = {}
     rerun = False
@@ -274,6 +286,11 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, force: "tuple[str, .
         record = read_json(record_path) if record_path.exists() else None
         cached = (record is not None and record.get("key") == keys[name] and not rerun and name not in force)
         if cached:
+            changed = changed_outputs(stage_dir, record)
+            if changed:
+                log.warning("[%s] %s since the stage finished; running it again", name, changed)
+                cached = False
+        if cached:
             outputs[name] = record["outputs"]
             results.append(StageResult(name, "cached", 0.0, record["outputs"]))
             log.info("[%s] unchanged, skipped", name)
@@ -282,23 +299,104 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, force: "tuple[str, .
         if dry_run:
             results.append(StageResult(name, "dry-run", 0.0))
             continue
-        started_path = stage_dir / "stage.started.json"
-        resumable = started_path.exists() and read_json(started_path).get("key") == keys[name] and name not in force
-        if stage_dir.exists() and not resumable:
-            shutil.rmtree(stage_dir)
+        started_path = stage_dir / STARTED_FILE
+        started_record = read_json(started_path) if started_path.exists() else None
+        resumable = (started_record is not None and started_record.get("key") == keys[name] and name not in force)
+        if resumable:
+            foreign = list(started_record.get("foreign", []))
+        else:
+            foreign = clear_stage_dir(stage_dir, name)
         stage_dir.mkdir(parents=True, exist_ok=True)
-        write_json(started_path, {"key": keys[name], "params": params})
+        write_json(started_path, {"key": keys[name], "params": params, "foreign": foreign})
         record_path.unlink(missing_ok=True)
         log.info("[%s] running", name)
         started = time.perf_counter()
         stage_outputs = STAGES[name](pipeline, params, stage_dir, outputs, progress)
         seconds = time.perf_counter() - started
         outputs[name] = stage_outputs
+        written = sorted(set(stage_files(stage_dir)) - set(foreign))
         write_json(record_path, {"key": keys[name], "params": params, "outputs": stage_outputs,
-                                 "seconds": round(seconds, 2), "medseg_version": __version__})
+                                 "seconds": round(seconds, 2), "medseg_version": __version__, "files": written,
+                                 "sizes": file_sizes(stage_dir, written)})
         started_path.unlink(missing_ok=True)
         results.append(StageResult(name, "ran", seconds, stage_outputs))
     return results
+
+
+def file_sizes(stage_dir: Path, files: list[str]) -> dict[str, int]:
+    """``{relative path: size in bytes}`` of a stage's files (a link: its target's size)."""
+    return {name: (stage_dir / name).stat().st_size for name in files if (stage_dir / name).exists()}
+
+
+def changed_outputs(stage_dir: Path, record: dict) -> "str | None":
+    """What is no longer as a finished stage left it (a recorded file missing, or of another size), or None.
+
+    A stage record without sizes (an older medseg) is taken as it is.
+    """
+    for name, size in (record.get("sizes") or {}).items():
+        path = stage_dir / name
+        if not path.exists():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} changed size ({path.stat().st_size} bytes, {size} when written)"
+    return None
+
+
+def stage_files(stage_dir: Path) -> list[str]:
+    """Relative paths of the files under a stage folder, without medseg's own records and lock."""
+    if not stage_dir.is_dir():
+        return []
+    return [p.relative_to(stage_dir).as_posix() for p in sorted(stage_dir.rglob("*"))
+            if not p.is_dir() and p.name not in (STAGE_FILE, STARTED_FILE, LOCK_FILE)]
+
+
+def clear_stage_dir(stage_dir: Path, name: str) -> list[str]:
+    """Remove what an earlier run of a stage wrote, before the stage runs again; return the files kept.
+
+    Only files medseg's record lists are removed: ``stage.json``'s ``files`` (a finished stage), or, for an
+    interrupted one, everything but the ``foreign`` files its ``stage.started.json`` found when it started. A stage
+    record of an older medseg without either list counts the whole folder as medseg's (as that version did); a
+    folder with no stage record is not medseg's at all. Files that are not medseg's are kept (and logged) when they
+    lie directly in the stage folder; inside the stage's output folders they would be taken for its output, so the
+    run is refused before anything is removed.
+
+    Raises:
+        OutputError: a file medseg did not write lies inside the stage's output folders.
+    """
+    if not stage_dir.exists():
+        return []
+    present = stage_files(stage_dir)
+    finished = _read_record(stage_dir / STAGE_FILE)
+    started = _read_record(stage_dir / STARTED_FILE)
+    if finished is not None and "files" in finished:
+        owned = set(finished["files"])
+    elif started is not None and "foreign" in started:
+        owned = set(present) - set(started["foreign"])
+    elif finished is not None or started is not None:
+        owned = set(present)
+    else:
+        owned = set()
+    foreign = [f for f in present if f not in owned]
+    nested = [f for f in foreign if "/" in f]
+    if nested:
+        raise OutputError(f"{stage_dir / nested[0]}: not written by medseg, but inside the {name} stage's output "
+                          f"(it would be taken for the stage's own file); move it out of {stage_dir} and run again")
+    remove_owned(stage_dir, sorted(owned))
+    for record in (STAGE_FILE, STARTED_FILE):
+        (stage_dir / record).unlink(missing_ok=True)
+    for kept in foreign:
+        log.warning("%s: kept (not written by medseg)", stage_dir / kept)
+    return foreign
+
+
+def _read_record(path: Path) -> "dict | None":
+    if not path.exists():
+        return None
+    try:
+        record = read_json(path)
+    except MedsegError:
+        return {}  # a damaged record of medseg's: the folder is medseg's, with no list of files
+    return record if isinstance(record, dict) else {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,8 +418,8 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
                              workers=params["workers"], progress=progress, label_map=params.get("label_map"))
     if not (summary.written or summary.already_done):
         raise ConfigError(f"prepare: no usable case in {cohort}")
-    for path, reason in summary.skipped_files.items():
-        log.warning("%s: skipped: %s", path, reason)
+    for where, reason in {**summary.failed, **summary.skipped_files}.items():
+        log.warning("%s: skipped: %s", where, reason)
     return {"cohort": str(cohort), "prepared": str(prepared), "cases": len(summary.written + summary.already_done),
             "skipped": summary.failed, "skipped_files": summary.skipped_files}
 
@@ -334,7 +432,7 @@ def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     if not result.finished:
         raise TrainingStopped(f"train: stopped ({result.stop_reason}) at iteration {result.iterations} of "
                               f"{result.max_iterations}; saved {result.last_checkpoint}; run the pipeline again to "
-                              "resume", exit_code=result.exit_code or 2)
+                              "resume", exit_code=result.exit_code)
     return {"run_dir": str(run_dir), "last": str(result.last_checkpoint),
             "best": str(result.best_checkpoint) if result.best_checkpoint else None,
             "epochs": result.epochs_completed, "final_loss": result.final_loss,
@@ -372,12 +470,20 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
 
 
 def _link_test_images(entries: list[dict], folder: Path) -> Path:
-    """``folder/<case_id>.nii.gz`` (the source's own suffix) linked to each held-out case's CT; returns ``folder``."""
+    """``folder/<case_id>.nii.gz`` (the source's own suffix) linked to each held-out case's CT; returns ``folder``.
+
+    A case whose CT is a DICOM series (a folder or ``.zip``, as ``medseg prepare`` accepts) is written there as a
+    NIfTI of the series (same voxels and geometry), so its prediction is named by its case id like the others.
+    """
+
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     for entry in entries:
         source = Path(entry["source_image"])
+        if source.is_dir() or source.suffix.lower() == ".zip":
+            write_volume(folder / f"{entry['case_id']}.nii.gz", read_image(source))
+            continue
         suffix = ".nii.gz" if source.name.lower().endswith(".nii.gz") else source.suffix
         (folder / f"{entry['case_id']}{suffix}").symlink_to(source.resolve())
     return folder
@@ -389,17 +495,31 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
     references.mkdir(parents=True, exist_ok=True)
     for entry in _test_cases(outputs):
         if entry.get("source_label"):
-            link = references / f"{entry['case_id']}.nii.gz"
+            source = Path(entry["source_label"])
+            link = references / (entry["case_id"] + source.name[len(strip_nifti_suffix(source.name)):])
             link.unlink(missing_ok=True)
-            link.symlink_to(Path(entry["source_label"]).resolve())
+            link.symlink_to(source.resolve())
     label_set = load_manifest(outputs["prepare"]["prepared"])["label_set"]
     summary = evaluate_folders(references, outputs["predict"]["predictions"], labels=label_set,
-                               protocol=params["protocol"], tolerance_mm=params["tolerance_mm"],
+                               protocol=params["protocol"],
+                               tolerance_mm=tolerance_text(params["tolerance_mm"], params["tolerance_by_organ"]),
                                workers=params["workers"], reference_format="raw", progress=progress,
                                label_map=params.get("label_map"))
+    unprepared = _unprepared_cases(outputs["prepare"])
+    if unprepared:
+        summary["unprepared_cases"] = unprepared
+        summary["warnings"].append(
+            f"{len(unprepared)} cohort file(s) could not be prepared, so they are in no split and not scored: "
+            + "; ".join(f"{where}: {why}" for where, why in list(unprepared.items())[:3])
+            + ("; ..." if len(unprepared) > 3 else ""))
     write_json(stage_dir / "summary.json", summary)
     return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
-            "failed": summary["counts"]["failed"]}
+            "failed": summary["counts"]["failed"], "unprepared": len(unprepared)}
+
+
+def _unprepared_cases(prepared: dict) -> dict:
+    """``{case or file: reason}`` of the cohort that the prepare stage skipped (unreadable, unlabelled, ...)."""
+    return {**prepared.get("skipped", {}), **prepared.get("skipped_files", {})}
 
 
 def headline(summary: dict) -> list[str]:

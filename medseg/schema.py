@@ -241,7 +241,7 @@ def add_arguments(parser, cls, *, defaults: bool = False) -> None:
                                 metavar=f.metadata.get("metavar"), help=help_text)
             continue
         shown = "" if f.default in (dataclasses.MISSING, "", None) else f" (default {f.default})"
-        parser.add_argument(*names, dest=f.name, type=kind.base, choices=kind.choices, default=default,
+        parser.add_argument(*names, dest=f.name, type=str if kind.base is dict else kind.base, choices=kind.choices, default=default,
                             required=required, metavar=f.metadata.get("metavar"), help=help_text + shown)
 
 
@@ -305,6 +305,44 @@ def split_items(value, where: str) -> list[str]:
     if not items:
         raise ConfigError(f"{where}: empty (name at least one, e.g. liver,spleen; leave it out for all)")
     return items
+
+
+def parse_mm_by_organ(value, where: str) -> dict[str, float]:
+    """``"liver=5,spleen=3"`` or ``{"liver": 5, "spleen": 3}`` -> ``{organ: mm}`` (finite numbers >= 0; the organ
+    names are checked against the label set by the caller).
+
+    Raises:
+        ConfigError: naming ``where``: an empty text, an item without ``=``, a missing organ name, an organ given
+            twice, or a value that is not a finite number >= 0.
+    """
+    if isinstance(value, dict):
+        items = [(str(organ), mm) for organ, mm in value.items()]
+    elif isinstance(value, str):
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not parts:
+            raise ConfigError(f"{where}: no value given (ORGAN=MM pairs, e.g. liver=5,spleen=3)")
+        items = []
+        for part in parts:
+            organ, sep, mm = part.partition("=")
+            if not sep:
+                raise ConfigError(f"{where}: {part!r} is not ORGAN=MM (e.g. liver=5)")
+            items.append((organ.strip(), mm))
+    else:
+        raise ConfigError(f"{where}: expected ORGAN=MM pairs, got {value!r}")
+    by_organ: dict[str, float] = {}
+    for organ, mm in items:
+        if not organ:
+            raise ConfigError(f"{where}: an organ name is missing before '='")
+        if organ in by_organ:
+            raise ConfigError(f"{where}: organ {organ!r} given twice")
+        try:
+            number = float(mm)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number >= 0):
+            raise ConfigError(f"{where}: {organ}: {mm!r} is not a finite number of mm >= 0")
+        by_organ[organ] = number
+    return by_organ
 
 
 def parse_output_types(value, where: str) -> list[str]:
@@ -446,6 +484,11 @@ class EvaluateStage:
         None, flag="--label-map", metavar="FILE", help="numbering of raw reference label files: an nnU-Net "
         "dataset.json or a JSON of organ name -> value (default: the references' dataset.json when present, else "
         "BTCV's 1..13; in a pipeline, the one the prepare stage used)")
-    tolerance_mm: float = setting(2.0, minimum=0, flag="--tolerance", metavar="MM", help="NSD tolerance in mm")
+    tolerance_mm: float = setting(2.0, minimum=0, flag="--tolerance", metavar="MM",
+                                  help="NSD tolerance in mm (of the organs without their own)")
+    tolerance_by_organ: dict = setting(default_factory=dict, flag="--tolerance-by-organ", metavar="ORGAN=MM,...",
+                                       parse=parse_mm_by_organ,
+                                       help="per-organ NSD tolerances in mm, e.g. liver=5,spleen=3 (in a pipeline "
+                                            "{liver: 5, spleen: 3})")
     workers: "int | None" = setting(None, minimum=1, flag="--workers", metavar="N",
                                     help="cases evaluated in parallel processes (default: CPU count, at most 8)")

@@ -119,7 +119,7 @@ def world(tmp_path_factory, single_thread) -> dict:
     w["p_corrupt"] = root / "p_corrupt"
     shutil.copytree(w["prepared"], w["p_corrupt"])
     for case in (w["p_corrupt"] / "cases").iterdir():
-        (case / "image.npy").write_bytes(b"garbage, not an array")
+        (case / "image_hu.npy").write_bytes(b"garbage, not an array")
     (root / "bad.yaml").write_text("name: x\nstages: [1\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "unknown_stage.yaml").write_text("name: x\nrun_dir: r\nstages:\n  trian: {}\n")
@@ -420,7 +420,7 @@ def test_sigterm_removes_temporary_files_and_exits_143(world, tmp_path, monkeypa
     assert not _temps(out)
     if command == "prepare":  # a case folder exists only when complete
         for case in (out / "cases").iterdir() if (out / "cases").exists() else []:
-            assert (case / "case.json").is_file() and (case / "image.npy").is_file()
+            assert (case / "case.json").is_file() and (case / "image_hu.npy").is_file()
 
 
 def _medseg_env() -> dict:

@@ -101,7 +101,7 @@ def test_existing_run_needs_resume_and_same_schedule(prepared, tmp_path):
     ({"epochs": "ten"}, "config: epochs: expected an integer, got 'ten'"),
     ({"epochs": 0}, "config: epochs: must be at least 1, got 0"),
     ({"lr": True}, "config: lr: expected a number, got True"),
-    ({"amp": "fp8"}, "config: amp: expected one of auto, bf16, off, got 'fp8'"),
+    ({"amp": "fp8"}, "config: amp: expected one of auto, bf16, fp32, off, got 'fp8'"),
     ({"threads": 0}, "config: threads: must be at least 1, got 0"),
     ({"val_max_cases": None, "augment": "yes"}, "config: augment: expected true or false, got 'yes'"),
     ({"schema_version": 2}, "config: schema_version: 2 is newer than this medseg understands (1)"),
@@ -161,7 +161,7 @@ def test_corrupt_cache_is_refused_before_the_run_folder_exists(prepared, tmp_pat
     shutil.copytree(prepared, broken)
     manifest = json.loads((broken / "manifest.json").read_text())
     case = next(e["case_id"] for e in manifest["cases"] if e["split"] == "train")
-    image = broken / "cases" / case / "image.npy"
+    image = broken / "cases" / case / "image_hu.npy"
     image.write_bytes(image.read_bytes()[:-100])  # truncated
     with pytest.raises(InputError, match=f"{case}: prepared case arrays are corrupt"):
         train(_config(broken, tmp_path / "run"))

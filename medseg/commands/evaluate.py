@@ -4,7 +4,9 @@ Writes summary.json, per_case.csv, report.md, report.html and box plots into REP
 :mod:`medseg.evaluation`). Missing and unscorable predictions are scored as failures and stay in the means. Exit
 code 0 when every case was scored; 1 when some cases failed (missing or unscorable predictions, unreadable
 references: counted, listed in the reports and on stderr); 2 when the inputs are unusable (missing folders, no
-matching cases, bad options, or no prediction could be scored; the reports are still written in that last case).
+matching cases, bad options, predictions of another label set than ``--labels``, of several label sets or kept
+organs, or no prediction could be scored; the reports are still written in that last case). The label set and the
+organs scored come from the predictions' own records (:mod:`medseg.evaluation.origin`).
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pred_dir", metavar="PRED_DIR",
                         help="flat folder of predicted label maps (NIfTI), one per case")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder for the reports")
-    parser.add_argument("--labels", default="synapse8", choices=sorted(LABEL_SETS),
-                        help="label set of the predictions (default: synapse8)")
+    parser.add_argument("--labels", default=None, choices=sorted(LABEL_SETS),
+                        help="label set of the predictions (default: the one their headers name, else synapse8; "
+                             "another set than the headers' is an error)")
     schema.add_arguments(parser, EvaluateStage, defaults=True)
     parser.add_argument("--reference-format", default="auto", choices=REFERENCE_FORMATS,
                         help="raw: references hold raw BTCV values 0..13 (remapped to the label set); classes: "
@@ -50,13 +53,17 @@ def run(args: argparse.Namespace) -> int:
 
     from medseg.errors import EXIT_OK, EXIT_SOME_FAILED, InputError
     from medseg.evaluation.cohort import evaluate_folders
+    from medseg.evaluation.origin import tolerance_text
     from medseg.evaluation.report import write_reports
     from medseg.io import check_output_path, remove_stale_temps
 
     settings = schema.build(EvaluateStage, schema.check_flags(args, EvaluateStage), "command line")
     check_output_path(args.output, "report folder", folder=True)
     remove_stale_temps(args.output)
-    summary = evaluate_folders(args.ref_dir, args.pred_dir, labels=args.labels, **dataclasses.asdict(settings),
+    options = dataclasses.asdict(settings)
+    by_organ = options.pop("tolerance_by_organ")
+    options["tolerance_mm"] = tolerance_text(options["tolerance_mm"], by_organ)
+    summary = evaluate_folders(args.ref_dir, args.pred_dir, labels=args.labels, **options,
                                reference_format=args.reference_format, progress=not args.no_progress)
     paths = write_reports(summary, args.output, extended=args.extended_metrics, thumbnails=max(args.thumbnails, 0))
     _log_summary(summary)

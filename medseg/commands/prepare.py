@@ -8,6 +8,7 @@ manifest), 2 when nothing could be prepared.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -35,12 +36,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args) -> int:
+def _prepare(args, settings: PrepareStage, cache_dir: Path, scratch: "Path | None"):
+    """Prepare the slice cache into ``cache_dir`` (and export it for ``--format transunet``); the scratch cache of an
+    export is removed afterwards."""
     from medseg.data.slice_cache import prepare_cohort
-    from medseg.data.transunet_format import export_transunet, import_transunet, is_transunet_layout
+    from medseg.data.transunet_format import export_transunet
+
+    try:
+        summary = prepare_cohort(args.raw_dir, cache_dir, **dataclasses.asdict(settings),
+                                 progress=not args.no_progress, allow_unlabelled=args.allow_unlabelled)
+        if args.format == "transunet":
+            counts = export_transunet(cache_dir, args.out_dir, drop_empty=args.drop_empty)
+            print(f"wrote {counts['train_slices']} training slices and {counts['test_volumes']} test volumes "
+                  f"in the TransUNet layout to {args.out_dir}")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return summary
+
+
+def run(args) -> int:
+    from medseg.data.transunet_format import import_transunet, is_transunet_layout
 
     from medseg.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED
     from medseg.io import check_output_path, ensure_folder, make_temp_dir, remove_stale_temps
+    from medseg.ownership import folder_lock
 
     settings = schema.build(PrepareStage, schema.check_flags(args, PrepareStage), "command line")
     check_output_path(args.out_dir, "output folder", folder=True)
@@ -57,21 +77,14 @@ def run(args) -> int:
 
     cache_dir = args.out_dir
     scratch = None
-    if args.format == "transunet":
-        ensure_folder(args.out_dir)
-        remove_stale_temps(args.out_dir)
-        scratch = make_temp_dir(args.out_dir, "slice-cache")
-        cache_dir = Path(scratch)
-    try:
-        summary = prepare_cohort(args.raw_dir, cache_dir, **dataclasses.asdict(settings),
-                                 progress=not args.no_progress, allow_unlabelled=args.allow_unlabelled)
-        if args.format == "transunet":
-            counts = export_transunet(cache_dir, args.out_dir, drop_empty=args.drop_empty)
-            print(f"wrote {counts['train_slices']} training slices and {counts['test_volumes']} test volumes "
-                  f"in the TransUNet layout to {args.out_dir}")
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+    with contextlib.ExitStack() as held:
+        if args.format == "transunet":  # one export at a time into a folder (export_transunet holds it too)
+            ensure_folder(args.out_dir)
+            held.enter_context(folder_lock(args.out_dir, "export folder"))
+            remove_stale_temps(args.out_dir)
+            scratch = make_temp_dir(args.out_dir, "slice-cache")
+            cache_dir = Path(scratch)
+        summary = _prepare(args, settings, cache_dir, scratch)
     elapsed = time.perf_counter() - started
     from medseg.labels import describe_label_map
 

@@ -1,10 +1,13 @@
 """``medseg run PIPELINE.yaml [--set key=value ...] [--dry-run] [--force STAGE]``: run a YAML pipeline.
 
-Exit code 0 when every stage ran or was cached and every held-out case was scored; 1 when the evaluation counted
-failed cases (listed in the report); 2 for a bad pipeline or a stage that could not run; 130/143 interrupted.
+Exit code 0 when every stage ran or was cached and every held-out case was scored (also when training stopped
+at ``train.stop_after`` as asked: run again to continue); 1 when the evaluation counted failed cases or cohort
+files could not be prepared (listed in the report); 2 for a bad pipeline, a run folder another process is using,
+or a stage that could not run; 130/143 interrupted.
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from medseg.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+    from medseg.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, TrainingStopped
     from medseg.io import check_output_path, remove_stale_temps
     from medseg.pipeline import STAGE_ORDER, load_pipeline, run_pipeline
 
@@ -34,7 +37,11 @@ def run(args) -> int:
                               f"({', '.join(s for s in STAGE_ORDER if s in pipeline.stages)})")
     print(f"pipeline {pipeline.name}: {' -> '.join(pipeline.stages)}  (run folder {pipeline.run_dir})")
     started = time.perf_counter()
-    results = run_pipeline(pipeline, dry_run=args.dry_run, force=args.force, progress=not args.no_progress)
+    try:
+        results = run_pipeline(pipeline, dry_run=args.dry_run, force=args.force, progress=not args.no_progress)
+    except TrainingStopped as exc:  # stopped as asked (stop_after) or by a signal: not an error
+        print(f"medseg run: {exc}", file=sys.stderr)
+        return exc.exit_code
     total = time.perf_counter() - started
     print()
     print(f"{'stage':<10} {'status':<8} {'time':>8}")
@@ -51,5 +58,5 @@ def run(args) -> int:
         print(line)
     if "report" in summary:
         print(f"report: {summary['report']}")
-    failed = (outputs.get("evaluate") or {}).get("failed", 0)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    evaluated = outputs.get("evaluate") or {}
+    return EXIT_SOME_FAILED if evaluated.get("failed", 0) or evaluated.get("unprepared", 0) else EXIT_OK

@@ -21,7 +21,10 @@ skipped. :func:`discover_cohort` returns both lists; :func:`discover_cases` only
 """
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -132,7 +135,25 @@ def _follows_naming(path: Path, folder: Path) -> "str | None":
     return None if pattern.match(stem) else shown
 
 
+def broken_links(folder: "Path | None") -> dict[str, str]:
+    """``{path: reason}`` for each symbolic link directly in ``folder`` that leads nowhere (dangling, or a loop):
+    such an entry is neither a file nor a series, so it is listed as skipped instead of silently left out."""
+    if folder is None:
+        return {}
+    broken = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() and not path.name.startswith("."):
+            try:
+                path.stat()
+            except OSError as exc:
+                what = "a symbolic link loop" if exc.errno == errno.ELOOP else "a dangling symbolic link"
+                broken[str(path)] = f"{what} (target {os.readlink(path)!r} cannot be read)"
+    return broken
+
+
 def _pair(image_dir: Path, label_dir: "Path | None", skipped: dict) -> list[Case]:
+    skipped.update(broken_links(image_dir))
+    skipped.update(broken_links(label_dir))
     files = []
     for path in image_files(image_dir):
         expected = _follows_naming(path, image_dir)
@@ -157,6 +178,25 @@ def _first_existing(root: Path, names: tuple[str, ...]) -> "Path | None":
     return None
 
 
+def check_phantom_complete(root: Path) -> None:
+    """InputError when ``root/phantom.json`` says ``medseg synth`` did not finish writing the cohort.
+
+    An interrupted synth leaves some cases missing, or (an interrupted overwrite) cases of two seeds side by side;
+    its ``phantom.json`` keeps ``"complete": false`` until the last case is written.
+    """
+    manifest = root / "phantom.json"
+    if not manifest.is_file():
+        return
+    try:
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{manifest}: unreadable phantom cohort record; run medseg synth again") from None
+    if isinstance(record, dict) and record.get("complete") is False:
+        raise InputError(f"{manifest}: the phantom cohort is incomplete (medseg synth of {record.get('num_cases')} "
+                         f"cases, seed {record.get('seed')}, did not finish; its files may mix two cohorts); run "
+                         "medseg synth again into this folder")
+
+
 def discover_cohort(root: "str | Path", allow_unlabelled: bool = False) -> Cohort:
     """Find the cases of a cohort folder in any of the supported layouts, and the files left out.
 
@@ -169,7 +209,8 @@ def discover_cohort(root: "str | Path", allow_unlabelled: bool = False) -> Cohor
         A :class:`Cohort`: cases sorted by id, and ``skipped`` ``{file: reason}``.
 
     Raises:
-        InputError: the folder is missing or empty, file names collide on a case id, or a label has no image.
+        InputError: the folder is missing or empty, file names collide on a case id, a label has no image, or it
+            is a phantom cohort whose ``medseg synth`` did not finish.
     """
     root = Path(root)
     if not root.exists():
@@ -179,6 +220,7 @@ def discover_cohort(root: "str | Path", allow_unlabelled: bool = False) -> Cohor
     nested = root / "RawData" / "Training"
     if nested.is_dir():
         root = nested
+    check_phantom_complete(root)
 
     skipped: dict[str, str] = {}
     image_dir = _first_existing(root, IMAGE_DIR_NAMES)
@@ -192,6 +234,7 @@ def discover_cohort(root: "str | Path", allow_unlabelled: bool = False) -> Cohor
         labelled = label_dir is not None and any(c.label is not None for c in cases)
     else:
         files = nifti_files(root)
+        skipped.update(broken_links(root))
         if not files:
             raise InputError(f"{root}: no NIfTI files and no img/, imagesTr/ or images/ folder found")
         labels = [p for p in files if strip_nifti_suffix(p.name).lower().endswith(LABEL_SUFFIXES)]

@@ -2,7 +2,9 @@
 
 :class:`SliceDataset` yields one axial slice at a time for training: ``image`` float32 ``(1, S, S)`` in [0, 1],
 ``label`` int64 ``(S, S)``, where ``S`` is the model input size, plus ``case_id`` and ``slice_index``. Slices are
-read from memory-mapped ``.npy`` stacks, so a data-loader worker touches only the slices it serves.
+read from memory-mapped ``.npy`` stacks, so a data-loader worker touches only the slices it serves; a cache that
+stores HU (int16) is windowed to [0, 1] as each slice is read, before augmentation, giving the float32 values a
+cache that stored them windowed gives (:func:`medseg.data.slice_cache.load_case_arrays`).
 
 Augmentation randomness is a pure function of ``(seed, epoch, index)``: call :meth:`SliceDataset.set_epoch` at the
 start of every epoch. The same run then draws the same augmentations whatever the number of workers, and a resumed
@@ -60,6 +62,7 @@ class SliceDataset(Dataset):
         entries = [e for e in entries if e.get("has_label", True)]
         if not entries:
             raise InputError(f"{self.prepared_dir}: no labelled cases in split {split!r}")
+        self.entries = entries
         self.case_ids = [e["case_id"] for e in entries]
         self.index: list[tuple[int, int]] = []
         for case_number, entry in enumerate(entries):
@@ -86,7 +89,8 @@ class SliceDataset(Dataset):
 
     def _case(self, case_number: int) -> tuple[np.ndarray, np.ndarray]:
         if case_number not in self._arrays:
-            self._arrays[case_number] = load_case_arrays(self.prepared_dir, self.case_ids[case_number], mmap=True)
+            self._arrays[case_number] = load_case_arrays(self.prepared_dir, self.case_ids[case_number], mmap=True,
+                                                         entry=self.entries[case_number])
         return self._arrays[case_number]
 
     def sample_seed(self, index: int) -> int:

@@ -3,9 +3,20 @@
 Layout (see docs/architecture.md)::
 
     OUT/manifest.json              format, label set, preprocessing, split, one entry per case, skipped cases
-    OUT/cases/<case_id>/image.npy  float32 (D, H, W) in [0, 1], slice-first, oriented (rows P, columns L)
-    OUT/cases/<case_id>/label.npy  uint8 (D, H, W) classes of the label set (labelled cases only)
-    OUT/cases/<case_id>/case.json  the case's manifest entry
+    OUT/cases/<case_id>/image_hu.npy  int16 (D, H, W) CT values in HU, slice-first, oriented (rows P, columns L);
+                                      float32 HU where the values are not whole numbers in the int16 range
+    OUT/cases/<case_id>/image.npy     instead of image_hu.npy: float32 (D, H, W) already in [0, 1] (caches of
+                                      version 2 and older, and cases imported from the TransUNet layout)
+    OUT/cases/<case_id>/label.npy     uint8 (D, H, W) classes of the label set (labelled cases only)
+    OUT/cases/<case_id>/case.json     the case's manifest entry
+
+The HU window is applied when a slice is read (:func:`load_case_arrays`), with the same float32 operations
+(:func:`medseg.data.transforms.hu_window`) that version 2 applied before storing, so the slices a model sees are
+bit for bit those of a version-2 cache, at half the size (int16 against float32). The entry's ``arrays`` record
+names each array's file, encoding, dtype, shape, size in bytes and SHA-256 as written; a re-run reuses a case only
+when its files still have that size and hash (a deleted, truncated or altered array is prepared again and the
+reason reported). An entry without an ``arrays`` record (version 2 and older) is read as float32 [0, 1]
+``image.npy``; a manifest of a newer cache version than this medseg knows is refused.
 
 Source paths (``source_image``, ``source_label``) given relative are recorded relative to the cache folder
 (``../../synth/cohort/img/img0001.nii.gz``), so :func:`load_manifest` finds them from any working directory (a
@@ -31,7 +42,7 @@ import numpy as np
 
 from medseg import __version__
 from medseg.data.cohort import Case, discover_cohort, make_split
-from medseg.data.transforms import IMAGE, LABEL, PreprocessingParams, volume_preprocessing
+from medseg.data.transforms import IMAGE, LABEL, PreprocessingParams, hu_window, volume_preprocessing
 from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import (current_umask, check_output_path, ensure_folder, file_sha256, make_temp_dir, read_json,
                        remove_stale_temps, spacing_from_affine, write_json)
@@ -41,8 +52,11 @@ from medseg.progress import progress_bar
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "medseg-slices"
-CACHE_VERSION = 2  # bump whenever the arrays a case holds would change for the same sources and settings
+CACHE_VERSION = 3  # bump whenever the arrays a case holds would change for the same sources and settings
 MANIFEST = "manifest.json"
+SCALED_IMAGE_FILE = "image.npy"  # float32 in [0, 1]: the window already applied
+HU_IMAGE_FILE = "image_hu.npy"  # HU (int16, or float32 where int16 would not hold them exactly); windowed when read
+LABEL_FILE = "label.npy"
 
 
 @dataclass
@@ -132,17 +146,60 @@ def provenance_difference(recorded: "dict | None", current: dict) -> "str | None
     return None
 
 
-def preprocess_case(case: Case, label_set: LabelSet, params: PreprocessingParams) -> dict:
+def preprocess_case(case: Case, label_set: LabelSet, params: PreprocessingParams, window: bool = True) -> dict:
     """Run the volume chain on one case.
 
     Returns:
-        The chain's output dict: ``image`` float32 ``(D, H, W)``, ``label`` uint8 ``(D, H, W)`` when the case has
-        one, ``organ_slices``, source and oriented geometry.
+        The chain's output dict: ``image`` float32 ``(D, H, W)`` (in [0, 1] with ``window``, else HU), ``label``
+        uint8 ``(D, H, W)`` when the case has one, ``organ_slices``, source and oriented geometry.
     """
     data = {IMAGE: str(case.image)}
     if case.label is not None:
         data[LABEL] = str(case.label)
-    return volume_preprocessing(label_set, params)(data)
+    return volume_preprocessing(label_set, params, window=window)(data)
+
+
+def compact_hu(hu: np.ndarray) -> np.ndarray:
+    """The smallest exact storage of HU values: int16 when every value is a whole number in the int16 range
+    (CT stored as integers, as scanners write it), else the float32 values unchanged."""
+    hu = np.asarray(hu, dtype=np.float32)
+    info = np.iinfo(np.int16)
+    if hu.size and np.isfinite(hu).all() and hu.min() >= info.min and hu.max() <= info.max:
+        as_int = hu.astype(np.int16)
+        if np.array_equal(as_int.astype(np.float32), hu):
+            return as_int
+    return hu
+
+
+class WindowedStack:
+    """A read-only slice stack ``(D, H, W)`` of HU values that hands out windowed float32 values.
+
+    Indexing (``stack[k]``, ``stack[a:b]``) windows only what it reads (:func:`medseg.data.transforms.hu_window`),
+    so a memory-mapped stack stays cheap to sample; ``np.asarray(stack)`` windows the whole stack.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, hu: np.ndarray, hu_min: float, hu_max: float):
+        self.hu, self.hu_min, self.hu_max = hu, float(hu_min), float(hu_max)
+
+    @property
+    def shape(self) -> tuple:
+        return self.hu.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.hu.ndim
+
+    def __len__(self) -> int:
+        return len(self.hu)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return hu_window(self.hu[index], self.hu_min, self.hu_max)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        windowed = hu_window(self.hu, self.hu_min, self.hu_max)
+        return windowed if dtype is None else windowed.astype(dtype, copy=False)
 
 
 def case_entry(case: Case, split: str, result: dict, provenance: "dict | None" = None, out_dir=".") -> dict:
@@ -166,17 +223,44 @@ def case_entry(case: Case, split: str, result: dict, provenance: "dict | None" =
     }
 
 
-def write_case_folder(out_dir, case_id: str, image: np.ndarray, label: "np.ndarray | None", entry: dict) -> dict:
+def array_record(path: Path, array: np.ndarray, **extra) -> dict:
+    """What :func:`verify_case_arrays` checks of a written ``.npy`` file: its name, dtype, shape, size in bytes and
+    SHA-256 (plus ``extra`` keys such as the encoding)."""
+    return {"file": path.name, "dtype": str(array.dtype), "shape": [int(s) for s in array.shape], **extra,
+            "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def write_case_folder(out_dir, case_id: str, image: np.ndarray, label: "np.ndarray | None", entry: dict,
+                      window: "tuple[float, float] | None" = None) -> dict:
     """Write one case's slice stacks and manifest entry to ``out_dir/cases/<case_id>/`` atomically.
+
+    Args:
+        image: ``(D, H, W)``: HU values when ``window`` is given (stored as :func:`compact_hu` in
+            ``image_hu.npy``, windowed to ``window = (hu_min, hu_max)`` when read), else float32 values in [0, 1]
+            (``image.npy``).
+        label: uint8 ``(D, H, W)`` or None.
+        entry: the manifest entry; its ``arrays`` record (file, dtype, shape, bytes, SHA-256) is added here.
 
     The folder is built under a temporary name and renamed into place, so it exists only when complete.
     """
     cases_dir = ensure_folder(Path(out_dir) / "cases")
     tmp = make_temp_dir(cases_dir, case_id)
     try:
-        np.save(tmp / "image.npy", np.ascontiguousarray(image, dtype=np.float32))
+        if window is None:
+            stored = np.ascontiguousarray(image, dtype=np.float32)
+            extra = {"encoding": "scaled"}
+            path = tmp / SCALED_IMAGE_FILE
+        else:
+            stored = np.ascontiguousarray(compact_hu(image))
+            extra = {"encoding": "hu", "hu_min": float(window[0]), "hu_max": float(window[1])}
+            path = tmp / HU_IMAGE_FILE
+        np.save(path, stored)
+        arrays = {"image": array_record(path, stored, **extra)}
         if label is not None:
-            np.save(tmp / "label.npy", np.ascontiguousarray(label, dtype=np.uint8))
+            stored_label = np.ascontiguousarray(label, dtype=np.uint8)
+            np.save(tmp / LABEL_FILE, stored_label)
+            arrays["label"] = array_record(tmp / LABEL_FILE, stored_label)
+        entry = {**entry, "arrays": arrays}
         write_json(tmp / "case.json", entry)
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
         final = cases_dir / case_id
@@ -194,9 +278,10 @@ def _write_case(out_dir: Path, case: Case, split: str, label_set: LabelSet, para
     """Preprocess one case and write its folder atomically; returns its manifest entry."""
     if provenance is None:
         provenance = case_provenance(case, split, label_set, params, out_dir)
-    result = preprocess_case(case, label_set, params)
+    result = preprocess_case(case, label_set, params, window=False)
     entry = case_entry(case, split, result, provenance, out_dir)
-    return write_case_folder(out_dir, case.case_id, result[IMAGE], result.get(LABEL), entry)
+    return write_case_folder(out_dir, case.case_id, result[IMAGE], result.get(LABEL), entry,
+                             window=(params.hu_min, params.hu_max))
 
 
 def _prepare_one(args) -> tuple[str, "dict | None", "str | None"]:
@@ -287,9 +372,10 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
 
 def _plan_cases(cases, splits: dict, out_dir: Path, label_set: LabelSet, params: PreprocessingParams,
                 entries: dict, summary: PrepareSummary) -> list:
-    """The preparation jobs: every case whose cached folder is missing or was made from other sources or settings
-    (listed in ``summary.reprepared``). A case already done is put in ``entries`` and ``summary.already_done``; one
-    whose sources cannot be read goes to ``summary.failed``."""
+    """The preparation jobs: every case whose cached folder is missing, was made from other sources or settings, or
+    whose arrays are no longer the files written (:func:`verify_case_arrays`; listed in ``summary.reprepared``). A
+    case already done is put in ``entries`` and ``summary.already_done``; one whose sources cannot be read goes to
+    ``summary.failed``."""
     todo = []
     for case in cases:
         try:
@@ -304,6 +390,8 @@ def _plan_cases(cases, splits: dict, out_dir: Path, label_set: LabelSet, params:
             except InputError:
                 entry = {}
             why = provenance_difference(entry.get("provenance"), provenance)
+            if why is None:
+                why = verify_case_arrays(done.parent, entry)
             if why is None:
                 entries[case.case_id] = entry
                 summary.already_done.append(case.case_id)
@@ -385,6 +473,10 @@ def load_manifest(prepared_dir) -> dict:
     manifest = read_json(path)
     if manifest.get("format") != CACHE_FORMAT:
         raise InputError(f"{path}: not a medseg slice cache (format {manifest.get('format')!r})")
+    version = manifest.get("version")
+    if not isinstance(version, int) or version > CACHE_VERSION:
+        raise InputError(f"{path}: slice cache version {version!r} is newer than this medseg reads "
+                         f"(up to {CACHE_VERSION}); prepare the cohort again or update medseg")
     return _with_resolved_sources(manifest, prepared_dir)
 
 
@@ -400,19 +492,59 @@ def _with_resolved_sources(manifest: dict, prepared_dir: Path) -> dict:
     return manifest
 
 
-def load_case_arrays(prepared_dir, case_id: str, mmap: bool = True) -> tuple[np.ndarray, "np.ndarray | None"]:
-    """The slice stacks of one prepared case: image float32 ``(D, H, W)`` and label uint8 ``(D, H, W)`` or None.
+def verify_case_arrays(folder: Path, entry: dict) -> "str | None":
+    """None when every array file of a cached case is the one written (same size and SHA-256 as its ``arrays``
+    record), else a short reason naming the file (missing, truncated or grown, altered). Reads each file once."""
+    arrays = entry.get("arrays")
+    if not isinstance(arrays, dict) or "image" not in arrays:
+        return "no record of its arrays (prepared by an older medseg)"
+    for record in arrays.values():
+        path = Path(folder) / str(record.get("file"))
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{path.name} is missing"
+        if size != record.get("bytes"):
+            return f"{path.name} has {size} bytes, {record.get('bytes')} were written"
+        if file_sha256(path) != record.get("sha256"):
+            return f"{path.name} was altered (SHA-256 differs from the one recorded when written)"
+    return None
 
-    With ``mmap`` the arrays are memory-mapped read-only (cheap random access to single slices).
+
+def load_case_arrays(prepared_dir, case_id: str, mmap: bool = True, entry: "dict | None" = None
+                     ) -> tuple["np.ndarray | WindowedStack", "np.ndarray | None"]:
+    """The slice stacks of one prepared case: image float32 ``(D, H, W)`` in [0, 1] and label uint8 ``(D, H, W)``
+    or None.
+
+    Args:
+        entry: the case's manifest entry (read from its ``case.json`` when not given): its ``arrays`` record says
+            which file holds the image and how it is encoded.
+        mmap: memory-map the arrays read-only (cheap random access to single slices); an HU-encoded image then
+            comes as a :class:`WindowedStack` that windows each slice as it is read. Without ``mmap`` the image is
+            a windowed float32 array in memory.
+
+    Raises:
+        InputError: naming the case folder when its record or arrays are missing, corrupt or of another type.
     """
     folder = Path(prepared_dir) / "cases" / case_id
+    if entry is None:
+        entry = read_json(folder / "case.json") if (folder / "case.json").exists() else {}
+    record = (entry.get("arrays") or {}).get("image") or {"file": SCALED_IMAGE_FILE, "encoding": "scaled",
+                                                         "dtype": "float32"}
     mode = "r" if mmap else None
     try:
-        image = np.load(folder / "image.npy", mmap_mode=mode)
-        label_path = folder / "label.npy"
+        image = np.load(folder / str(record["file"]), mmap_mode=mode)
+        label_path = folder / LABEL_FILE
         label = np.load(label_path, mmap_mode=mode) if label_path.exists() else None
     except FileNotFoundError:
         raise InputError(f"{folder}: prepared case is missing its arrays") from None
     except ValueError as exc:
         raise InputError(f"{folder}: prepared case arrays are corrupt ({exc})") from None
+    if str(image.dtype) != record.get("dtype"):
+        raise InputError(f"{folder / record['file']}: holds {image.dtype}, its record says {record.get('dtype')}")
+    if record.get("encoding") == "hu":
+        stack = WindowedStack(image, record["hu_min"], record["hu_max"])
+        return (stack if mmap else np.asarray(stack)), label
+    if record.get("encoding") != "scaled":
+        raise InputError(f"{folder}: unknown image encoding {record.get('encoding')!r}")
     return image, label

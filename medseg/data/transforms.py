@@ -188,10 +188,13 @@ def organ_slice_indices(label_stack: np.ndarray) -> list[int]:
     return [int(k) for k in np.flatnonzero(label_stack.reshape(label_stack.shape[0], -1).any(axis=1))]
 
 
-def volume_preprocessing(label_set: "LabelSet | None", params: PreprocessingParams = PreprocessingParams()):
+def volume_preprocessing(label_set: "LabelSet | None", params: PreprocessingParams = PreprocessingParams(),
+                         window: bool = True):
     """The volume chain: ``{"image": path, "label": path?}`` -> slice stacks and geometry.
 
-    Output keys: ``image`` float32 ``(D, H, W)`` in [0, 1]; ``label`` uint8 ``(D, H, W)`` (when given);
+    Output keys: ``image`` float32 ``(D, H, W)`` in [0, 1] (with ``window``; without it the oriented HU values,
+    float32, which :func:`hu_window` turns into the same [0, 1] values bit for bit); ``label`` uint8 ``(D, H, W)``
+    (when given);
     ``organ_slices``; ``image_source_shape`` / ``image_source_affine`` (the file's grid); ``oriented_shape``
     ``(H, W, D)`` and ``oriented_affine``.
     """
@@ -199,8 +202,9 @@ def volume_preprocessing(label_set: "LabelSet | None", params: PreprocessingPara
         LoadVolumed([IMAGE, LABEL]),
         CheckPaird(),
         Orientd([IMAGE, LABEL], axcodes=params.axcodes),
-        HUWindowd([IMAGE], hu_min=params.hu_min, hu_max=params.hu_max),
     ]
+    if window:
+        steps.append(HUWindowd([IMAGE], hu_min=params.hu_min, hu_max=params.hu_max))
     if label_set is not None:
         steps.append(RemapLabelsd(label_set))
     steps.append(ToSliceStackd())

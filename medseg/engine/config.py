@@ -95,8 +95,9 @@ class TrainConfig:
     val_batch_size: int = setting(16, minimum=1, help="slices per forward pass during validation")
     val_max_cases: "int | None" = setting(None, minimum=1, help="validate on at most this many held-out cases")
     device: str = setting("auto", flag="--device", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    amp: Literal["auto", "bf16", "off"] = setting("auto", flag="--amp",
-                                                  help="bf16 autocast (auto: on CUDA only)")
+    amp: Literal["auto", "bf16", "fp32", "off"] = setting(
+        "auto", flag="--amp", help="bf16 autocast; auto: on CUDA, and on a CPU with native bf16 (AVX512-BF16, AMX) "
+                                   "when training on one thread; fp32 and off: none (medseg.engine.train.training_amp)")
     channels_last: bool = setting(True, help="channels-last memory format on CUDA (ignored on CPU)")
     deterministic: bool = setting(False, flag="--deterministic",
                                   help="deterministic algorithms (a resumed CPU run reproduces the loss curve "

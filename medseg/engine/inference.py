@@ -114,15 +114,29 @@ def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
     raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
 
 
-def resolve_amp(amp: "str | bool | None", device: torch.device) -> str:
-    """``None``/``auto`` -> ``bf16`` on CUDA and ``off`` on CPU; ``True`` -> ``bf16``; ``False`` -> ``off``."""
+def cpu_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in ``cpuinfo``'s flags) and torch's
+    oneDNN can use it. Elsewhere (no such flags, not Linux, no oneDNN) bf16 is emulated and slower than fp32."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags)) and torch.backends.mkldnn.is_available()
+
+
+def resolve_amp(amp: "str | bool | None", device: torch.device, cpu_bf16: bool = False) -> str:
+    """``None``/``auto`` -> ``bf16`` on CUDA, and on a CPU with native bf16 when ``cpu_bf16`` (training), else
+    ``off``; ``True``/``bf16`` -> ``bf16``; ``False``/``off``/``fp32`` -> ``off``."""
     if amp is None or amp == "auto":
-        return "bf16" if device.type == "cuda" else "off"
+        if device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_native_bf16()):
+            return "bf16"
+        return "off"
     if amp is True or amp == "bf16":
         return "bf16"
-    if amp is False or amp == "off":
+    if amp is False or amp in ("off", "fp32"):
         return "off"
-    raise ConfigError(f"amp: expected auto, bf16 or off, got {amp!r}")
+    raise ConfigError(f"amp: expected auto, bf16, fp32 or off, got {amp!r}")
 
 
 def autocast(device: torch.device, amp: str):

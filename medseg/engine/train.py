@@ -39,7 +39,9 @@ SIGINT and SIGTERM finish the current iteration, save ``last.pt`` (marked interr
 Devices
 -------
 On CUDA: bf16 autocast (``amp: auto``), channels-last tensors, pinned memory and ``workers`` loader processes
-feeding the GPU. On the CPU the defaults are fp32 and the standard memory format.
+feeding the GPU. On the CPU: bf16 autocast where the CPU has native bf16 and the run uses one torch thread
+(:func:`training_amp`), else fp32; the standard memory format (channels-last did not pay on the CPU, see
+benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -67,9 +69,10 @@ from medseg.engine import distributed as D
 from medseg.engine.config import TrainConfig, check_resume_compatible
 from medseg.engine.inference import autocast, make_predictor, resolve_amp, resolve_device, segment_oriented
 from medseg.engine.losses import combined_loss
-from medseg.errors import CheckpointError, ConfigError, InputError
+from medseg.errors import CheckpointError, ConfigError, InputError, OutputError
 from medseg.evaluation.metrics import evaluate_case
 from medseg.io import write_json, write_text
+from medseg.ownership import acquire_lock, release_lock, write_failure
 from medseg.labels import LabelSet
 from medseg.models import create, get_spec
 from medseg.models.checkpoint import load_checkpoint, save_checkpoint
@@ -238,16 +241,32 @@ class MetricsLog:
         self.rows: list[dict] = []
 
     def load_until(self, iteration: int, epoch: int) -> None:
-        """Keep the rows of an earlier invocation up to ``iteration`` / ``epoch`` (resume)."""
+        """Keep the rows of an earlier invocation up to ``iteration`` / ``epoch`` (resume).
+
+        Raises:
+            InputError: the file is damaged (not medseg's columns, or a row without a whole-number epoch and
+                iteration), naming the file and the row.
+        """
         if not self.enabled or not self.path.exists():
             return
-        with open(self.path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("val_dice"):
-                    if int(row["epoch"]) <= epoch:
+        try:
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or not {"epoch", "iteration"} <= set(reader.fieldnames):
+                    raise ValueError(f"header {reader.fieldnames} lacks the epoch and iteration columns")
+                for number, row in enumerate(reader, start=2):
+                    try:
+                        if row.get("val_dice"):
+                            keep = int(row["epoch"]) <= epoch
+                        else:
+                            keep = int(row["iteration"]) <= iteration
+                    except (TypeError, ValueError):
+                        raise ValueError(f"line {number} is not a row of whole-number epoch and iteration") from None
+                    if keep:
                         self.rows.append(row)
-                elif int(row["iteration"]) <= iteration:
-                    self.rows.append(row)
+        except (ValueError, csv.Error, UnicodeDecodeError, OSError) as exc:
+            raise InputError(f"{self.path}: damaged training metrics ({exc}); move it away to resume without the "
+                             "earlier rows") from None
 
     def add(self, **values) -> None:
         if self.enabled:
@@ -384,7 +403,8 @@ def load_training_data(config: TrainConfig, context: D.DistContext, device: torc
                            domain_randomisation=config.domain_randomisation)
     val_entries = validation_entries(manifest, config.val_max_cases) if config.val_every else []
     training_ids = set(dataset.case_ids)
-    check_cached_cases(config.data, [e for e in manifest["cases"] if e["case_id"] in training_ids] + val_entries)
+    check_cached_cases(config.data, [e for e in manifest["cases"] if e["case_id"] in training_ids] + val_entries,
+                       label_set)
     if config.batch_size % context.world_size:
         raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {context.world_size} processes")
     local_batch = config.batch_size // context.world_size
@@ -401,21 +421,40 @@ def load_training_data(config: TrainConfig, context: D.DistContext, device: torc
                         config.epochs * batches_per_epoch, val_entries)
 
 
-def check_cached_cases(prepared_dir, entries: list[dict]) -> None:
-    """Open every listed case of a slice cache (memory-mapped: headers only) and compare it with its manifest entry.
+def training_amp(amp: str, device: torch.device) -> str:
+    """The autocast of a training run: ``bf16`` or ``off`` (see :func:`medseg.engine.inference.resolve_amp`).
+
+    ``auto`` on a CPU means bf16 only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch runs
+    one thread (``threads: 1``, as the demo trains): there one training step of TransUNet-Tiny at 96 px took
+    0.8 times the fp32 time even on a loaded machine. With two or more threads oneDNN's bf16 weight-gradient
+    convolutions wait for each other at spinning barriers, so on a machine shared with other jobs a bf16 step took
+    up to 4.5 times the fp32 time (benchmarks/RESULTS.md); ``amp: bf16`` still asks for it.
+    """
+    return resolve_amp(amp, device, cpu_bf16=torch.get_num_threads() == 1)
+
+
+def check_cached_cases(prepared_dir, entries: list[dict], label_set: "LabelSet | None" = None) -> None:
+    """Open every listed case of a slice cache (memory-mapped) and compare it with its manifest entry; with
+    ``label_set``, also read the labels and check that they hold only its classes.
 
     Raises:
-        InputError: naming the case folder whose arrays are missing, truncated, or of another shape.
+        InputError: naming the case folder whose arrays are missing, truncated, of another shape, or whose labels
+            hold a value outside the label set (the loss would fail on it in the middle of an epoch).
     """
     for entry in entries:
         image, label = load_case_arrays(prepared_dir, entry["case_id"], mmap=True)
         folder = Path(prepared_dir) / "cases" / entry["case_id"]
         expected = entry.get("num_slices")
         if image.ndim != 3 or (expected is not None and image.shape[0] != expected):
-            raise InputError(f"{folder}: image.npy has shape {image.shape}, the manifest says {expected} slices")
+            raise InputError(f"{folder}: the image array has shape {image.shape}, the manifest says {expected} slices")
         if entry.get("has_label", True) and (label is None or label.shape != image.shape):
             shape = None if label is None else label.shape
             raise InputError(f"{folder}: label.npy has shape {shape}, the image {image.shape}")
+        if label_set is not None and label is not None and label.size:
+            highest = int(np.max(label))
+            if highest >= label_set.num_classes:
+                raise InputError(f"{folder}: label.npy holds value {highest}, not a class of label set "
+                                 f"{label_set.name} (0..{label_set.num_classes - 1})")
 
 
 def build_model(config: TrainConfig, label_set: LabelSet, device: torch.device):
@@ -626,6 +665,7 @@ def save_run_checkpoint(run: TrainingRun, path: Path, *, interrupted: bool, resu
         "elapsed_s": position.elapsed_before + time.perf_counter() - run.started,
         "interrupted": interrupted,
         "world_size": run.context.world_size,
+        "amp": run.amp,  # the precision ``amp: auto`` resolved to on this machine
         "config": run.config.to_dict(),
     }
     if resumable:
@@ -634,9 +674,13 @@ def save_run_checkpoint(run: TrainingRun, path: Path, *, interrupted: bool, resu
     history = position.val_history
     extra = {"epoch": position.epoch, "iteration": position.iteration, "best_val_dice": position.best_dice,
              "val_dice": history[-1]["mean_dice"] if history else None}
-    save_checkpoint(path, run.unwrapped, model_name=run.config.model, model_config=run.model_config,
-                    label_set=data.label_set, preprocessing=data.preprocessing.to_dict(), extra=extra,
-                    training_state=training_state)
+    try:
+        save_checkpoint(path, run.unwrapped, model_name=run.config.model, model_config=run.model_config,
+                        label_set=data.label_set, preprocessing=data.preprocessing.to_dict(), extra=extra,
+                        training_state=training_state)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+        raise OutputError(f"{path}: cannot save the checkpoint: {write_failure(exc)}; the previous {path.name}, "
+                          "if any, is kept") from None
 
 
 def finish_run(run: TrainingRun, stop: StopRequest, stop_reason: "str | None") -> RunResult:
@@ -696,15 +740,18 @@ def train(config: TrainConfig) -> RunResult:
     medseg_logger = logging.getLogger("medseg")
     previous_level = medseg_logger.level
     log_files: list[logging.Handler] = []  # train.log, attached by _train once the data has been checked
+    locks: list[Path] = []  # the run folder's lock (rank 0), taken by _train once the data has been checked
     stop = StopRequest()
     try:
         stop.install()
         with torch_settings(config.deterministic, config.threads, device):
             if config.progress and context.is_main:
                 with logging_redirect():  # log lines print above the progress bar instead of through it
-                    return _train(config, context, device, stop, started, log_files)
-            return _train(config, context, device, stop, started, log_files)
+                    return _train(config, context, device, stop, started, log_files, locks)
+            return _train(config, context, device, stop, started, log_files, locks)
     finally:
+        for lock in locks:
+            release_lock(lock)
         stop.restore()
         for handler in log_files:
             medseg_logger.removeHandler(handler)
@@ -713,17 +760,23 @@ def train(config: TrainConfig) -> RunResult:
         D.cleanup_distributed(context)
 
 
-def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: StopRequest,
-           started: float, log_files: list) -> RunResult:
-    """The run, step by step: check, data, model, resume, epochs (train, validate, save), finish."""
-    run_dir = Path(config.out)
+def _check_new_or_resumed(run_dir: Path, config: TrainConfig) -> None:
     if (run_dir / LAST).exists() and not config.resume:
         raise ConfigError(f"{run_dir}: already holds a run ({LAST}); use --resume to continue it or choose a new "
                           "--out folder")
+
+
+def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: StopRequest,
+           started: float, log_files: list, locks: list) -> RunResult:
+    """The run, step by step: check, data, model, resume, epochs (train, validate, save), finish."""
+    run_dir = Path(config.out)
+    _check_new_or_resumed(run_dir, config)
     data = load_training_data(config, context, device)
     model, optimizer, model_config = build_model(config, data.label_set, device)
     if context.is_main:
-        log_files.append(_attach_log_file(run_dir))  # the run folder exists from here on
+        locks.append(acquire_lock(run_dir, "training folder"))  # the run folder exists from here on: one writer
+        _check_new_or_resumed(run_dir, config)  # again, now that no other training can start here
+        log_files.append(_attach_log_file(run_dir))
     if config.pretrained:  # after the log file is attached, so that the load report goes to train.log
         _load_pretrained(model, get_spec(config.model).family, config.pretrained)
     position = resume_position(config, run_dir / LAST, model, optimizer, data.batches_per_epoch)
@@ -745,7 +798,7 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
 
     metrics = MetricsLog(run_dir / METRICS_FILE, enabled=context.is_main)
     metrics.load_until(position.iteration, position.epoch)
-    run = TrainingRun(config=config, context=context, device=device, amp=resolve_amp(config.amp, device), data=data,
+    run = TrainingRun(config=config, context=context, device=device, amp=training_amp(config.amp, device), data=data,
                       model=model, unwrapped=unwrapped, optimizer=optimizer, model_config=model_config,
                       position=position, metrics=metrics, run_dir=run_dir, started=started,
                       writer=_tensorboard_writer(run_dir, config.tensorboard and context.is_main))

@@ -43,7 +43,11 @@ The summary (a plain dict, written as ``summary.json`` by :func:`medseg.evaluati
       # label_set["label_map"]: the label map the raw references follow (source, sha256, value -> name, organ,
       # class; the values mapped to background and why), absent for BTCV numbering
       "display_names": {organ: "Aorta", ...},
-      "tolerance_mm": 2.0, "spacing_source": "reference NIfTI affine",
+      "tolerance_mm": 2.0 (NSD tolerance of organs without their own), "spacing_source": "reference NIfTI affine",
+      "tolerance_mm_by_organ": {organ: mm}, "tolerance_overrides": {organ: mm given per organ},
+      "label_set_source": "prediction headers" | "--labels" | "default (the predictions name none)",
+      "organs_kept": [organs the predictions' records kept with --organs] or None (all organs scored),
+      "prediction_origin": [{"model": {checkpoint_sha256, tta, resize, amp, model, img_size} or None, "files": [...]}],
       "worst_case_distance": "image diagonal in mm ...",
       "reference_dir": "...", "prediction_dir": "...", "reference_format": "auto",
       "counts": {"cases": n reference cases, "evaluated": n cases compared with a prediction,
@@ -97,6 +101,8 @@ from medseg.data.cohort import (IMAGE_DIR_NAMES, LABEL_DIR_NAMES, LABEL_SUFFIXES
 from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, read_volume, strip_nifti_suffix
 from medseg.labels import LabelSet, describe_label_map, find_label_map, get_label_set, remap_labels, with_label_map
+from medseg.evaluation.origin import (coarse_tolerance_warning, mixed_models_warning, model_groups,
+                                      parse_tolerances, read_origin, resolve_label_set, resolve_organs)
 from medseg.evaluation.metrics import (
     BOTH_EMPTY,
     DEFAULT_TOLERANCE_MM,
@@ -107,8 +113,8 @@ from medseg.evaluation.metrics import (
     STATUSES,
     TRANSUNET_METRICS,
     UNSCORABLE_PREDICTION,
-    check_tolerance,
     evaluate_case,
+    organ_tolerance_map,
     protocols_of,
     to_class_map,
 )
@@ -249,7 +255,7 @@ def cohort_reference_format(references: dict, label_set: LabelSet, ref_dir="refe
 
 
 def evaluate_pair(pair: CasePair, label_set: "LabelSet | str", protocol: str = "both",
-                  tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict:
+                  tolerance_mm: "float | dict" = DEFAULT_TOLERANCE_MM) -> dict:
     """Read and score one case; never raises for a bad case (the error goes into the record).
 
     A missing or unscorable prediction is scored as an empty one (status ``missing_prediction`` /
@@ -323,8 +329,8 @@ def reference_label_set(labels: "str | LabelSet | dict", ref_dir, label_map: "st
     return with_label_map(label_set, found), "raw", None
 
 
-def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8", protocol: str = "both",
-                     tolerance_mm: float = DEFAULT_TOLERANCE_MM, workers: "int | None" = None,
+def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet | None" = None, protocol: str = "both",
+                     tolerance_mm: "float | str | dict" = DEFAULT_TOLERANCE_MM, workers: "int | None" = None,
                      reference_format: str = "auto", progress: bool = True,
                      label_map: "str | Path | None" = None) -> dict:
     """Evaluate every prediction of PRED_DIR against the references of REF_DIR.
@@ -332,9 +338,12 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     Args:
         ref_dir: references (cohort folder or flat folder of label files; see the module docstring).
         pred_dir: flat folder of predicted label maps (NIfTI), one per case.
-        labels: label set of the predictions (and of the references after any remapping).
+        labels: label set of the predictions (and of the references after any remapping); None (default): the
+            one the predictions' headers name (synapse8 when they name none). A set other than the headers' is an
+            error (:mod:`medseg.evaluation.origin`).
         protocol: ``standard``, ``transunet`` or ``both``.
-        tolerance_mm: NSD tolerance in mm.
+        tolerance_mm: NSD tolerance in mm: a number, ``"liver=5,spleen=3"`` / ``"3,liver=5"`` (a default plus
+            per-organ values), or ``{organ: mm}``.
         workers: processes evaluating cases in parallel (1 = in this process); default :func:`default_workers`.
         reference_format: ``auto``, ``raw`` or ``classes``.
         progress: show progress over cases on stderr (a bar on a terminal, log lines elsewhere; medseg.progress).
@@ -345,17 +354,25 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
         The summary dict described in the module docstring.
 
     Raises:
-        InputError: a folder is missing or unusable, or no prediction matches a reference.
+        InputError: a folder is missing or unusable, no prediction matches a reference, or the predictions name
+            another label set than ``labels``, more than one label set, or different kept organs.
         ConfigError: bad protocol, tolerance, workers or reference format.
     """
-    label_set, reference_format, map_warning = reference_label_set(labels, ref_dir, label_map, reference_format)
-    if label_set.label_map is not None:
-        logger.info("%s", describe_label_map(label_set))
     protocols_of(protocol)
-    tolerance_mm = check_tolerance(tolerance_mm)
+    default_mm, overrides = parse_tolerances(tolerance_mm, DEFAULT_TOLERANCE_MM)
     workers = default_workers() if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be a whole number >= 1, got {workers!r}")
+    origins = _matched_origins(ref_dir, pred_dir)
+    requested = None if labels is None else get_label_set(labels)
+    header_set = resolve_label_set(origins, None if requested is None else requested.name)
+    # the headers' set (a LabelSet object given with the same name keeps its own fields), then the references' map
+    chosen = header_set if requested is None else requested
+    label_set, reference_format, map_warning = reference_label_set(chosen, ref_dir, label_map, reference_format)
+    if label_set.label_map is not None:
+        logger.info("%s", describe_label_map(label_set))
+    tolerances = organ_tolerance_map({**dict.fromkeys(label_set.organs, default_mm), **overrides}, label_set)
+    organs = resolve_organs(origins, label_set)
     pairs, unmatched = pair_cases(ref_dir, pred_dir, reference_format, label_set)
     if reference_format == "auto":
         logger.info("%s: references read as %s (decided for the whole cohort; pass --reference-format to choose)",
@@ -373,13 +390,13 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     workers = min(workers, len(pairs))
     if workers == 1:
         for pair in pairs:
-            records.append(evaluate_pair(pair, label_set, protocol, tolerance_mm))
+            records.append(evaluate_pair(pair, label_set, protocol, tolerances))
             bar.update(1)
     else:
         # "spawn" starts clean interpreters: safe when the caller has threads (torch, a notebook kernel).
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, _cancel_on_interrupt(pool):
-            futures = {pool.submit(evaluate_pair, pair, label_set, protocol, tolerance_mm): pair for pair in pairs}
+            futures = {pool.submit(evaluate_pair, pair, label_set, protocol, tolerances): pair for pair in pairs}
             for future in as_completed(futures):
                 try:
                     records.append(future.result())
@@ -396,11 +413,49 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     for record in records:
         if record["error"]:
             logger.warning("%s: %s", record["case_id"], record["error"])
-    summary = summarize(records, label_set, protocol, tolerance_mm, unmatched_predictions=unmatched,
-                        reference_dir=ref_dir, prediction_dir=pred_dir, reference_format=reference_format)
+    summary = summarize(records, label_set, protocol, default_mm, unmatched_predictions=unmatched,
+                        reference_dir=ref_dir, prediction_dir=pred_dir, reference_format=reference_format,
+                        organs=organs)
     if map_warning:
         summary["warnings"].append(map_warning)
+    add_origin(summary, origins, labels_given=requested is not None, tolerances=tolerances, overrides=overrides)
     return summary
+
+
+def _matched_origins(ref_dir, pred_dir) -> list:
+    """:func:`medseg.evaluation.origin.read_origin` of every prediction that has a reference case."""
+    references, _ = find_references(ref_dir)
+    predictions = find_predictions(pred_dir)
+    return [read_origin(predictions[case_id]) for case_id in sorted(set(references) & set(predictions))]
+
+
+def add_origin(summary: dict, origins: list, *, labels_given: bool, tolerances: dict, overrides: dict) -> None:
+    """Record in ``summary`` what made the predictions and which tolerances scored them, with the warnings.
+
+    Adds ``label_set_source`` (``prediction headers`` or ``--labels``), ``organs_kept`` (None: all),
+    ``prediction_origin`` (the files grouped by the model and settings that made them),
+    ``tolerance_mm_by_organ`` (mm, scored organs) and ``tolerance_overrides``; warns when the folder mixes models
+    or settings, when only kept organs were scored, and when a tolerance is below the grids' voxel spacing.
+    """
+    groups = model_groups(origins)
+    summary["label_set_source"] = ("prediction headers" if any(o.label_set for o in origins)
+                                   else "--labels" if labels_given else "default (the predictions name none)")
+    summary["organs_kept"] = summary["organs"] if origins and origins[0].organs is not None else None
+    summary["prediction_origin"] = groups
+    summary["tolerance_mm_by_organ"] = {organ: tolerances[organ] for organ in summary["organs"]}
+    summary["tolerance_overrides"] = dict(overrides)
+    notes = []
+    if summary["organs_kept"] is not None:
+        notes.append(f"the predictions kept only {', '.join(summary['organs_kept'])} (--organs in their record): "
+                     "only these organs are scored")
+    mixed = mixed_models_warning(groups)
+    if mixed:
+        notes.append(mixed)
+    spacings = [info.get("spacing_mm") for info in summary["case_info"].values() if info.get("spacing_mm")]
+    coarse = coarse_tolerance_warning(summary["tolerance_mm_by_organ"], spacings) if "standard" in summary else None
+    if coarse:
+        notes.append(coarse)
+    summary["warnings"][:0] = notes
 
 
 @contextlib.contextmanager
@@ -415,9 +470,14 @@ def _cancel_on_interrupt(pool):
 
 def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
               tolerance_mm: float = DEFAULT_TOLERANCE_MM, *, unmatched_predictions=(), reference_dir=None,
-              prediction_dir=None, reference_format: str = "auto") -> dict:
-    """Build the summary dict (see the module docstring) from :func:`evaluate_pair` records."""
+              prediction_dir=None, reference_format: str = "auto", organs=None) -> dict:
+    """Build the summary dict (see the module docstring) from :func:`evaluate_pair` records.
+
+    ``organs``: the organ keys to score (None: every organ of the label set); the others are dropped from the
+    per-case results before aggregating.
+    """
     label_set = get_label_set(label_set)
+    organs = list(label_set.organs) if organs is None else [o for o in label_set.organs if o in organs]
     records = sorted(records, key=lambda r: r["case_id"])
     summary = {
         "format": "medseg-evaluation",
@@ -425,7 +485,7 @@ def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
         "medseg_version": __version__,
         "protocol": protocol,
         "label_set": label_set.to_dict(),
-        "organs": list(label_set.organs),
+        "organs": organs,
         "display_names": dict(zip(label_set.organs, label_set.display_names)),
         "tolerance_mm": float(tolerance_mm),
         "spacing_source": SPACING_SOURCE,
@@ -446,11 +506,12 @@ def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
     }
     metrics_of = {"standard": STANDARD_METRICS, "transunet": TRANSUNET_METRICS}
     for name in protocols_of(protocol):
-        cases = {r["case_id"]: r["results"][name] for r in records if r["results"] is not None}
+        cases = {r["case_id"]: {organ: r["results"][name][organ] for organ in organs}
+                 for r in records if r["results"] is not None}
         summary[name] = {
             "metrics": list(metrics_of[name]),
             "cases": cases,
-            **aggregate(cases, label_set.organs, metrics_of[name]),
+            **aggregate(cases, organs, metrics_of[name]),
         }
     status_counts = dict.fromkeys(STATUSES, 0)
     first = protocols_of(protocol)[0]

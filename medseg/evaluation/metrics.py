@@ -112,6 +112,17 @@ def check_tolerance(tolerance_mm) -> float:
     return value
 
 
+def organ_tolerance_map(tolerance_mm: "float | dict", label_set: LabelSet) -> dict:
+    """``{organ: tolerance in mm}`` for every organ of ``label_set`` from one number or a per-organ mapping
+    (organs not named get :data:`DEFAULT_TOLERANCE_MM`; ConfigError for a bad value or an unknown organ)."""
+    if not isinstance(tolerance_mm, dict):
+        return dict.fromkeys(label_set.organs, check_tolerance(tolerance_mm))
+    unknown = [organ for organ in tolerance_mm if organ not in label_set.organs]
+    if unknown:
+        raise ConfigError(f"tolerance: {unknown[0]!r} is not an organ of label set {label_set.name}")
+    return {organ: check_tolerance(tolerance_mm.get(organ, DEFAULT_TOLERANCE_MM)) for organ in label_set.organs}
+
+
 def image_diagonal_mm(shape, spacing) -> float:
     """Diagonal of the image's field of view in mm, ``sqrt(sum((shape * spacing) ** 2))``: the worst-case distance."""
     extent = np.asarray(shape, dtype=np.float64) * check_spacing(spacing, len(shape))
@@ -247,7 +258,7 @@ def transunet_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray) -> dict:
 
 
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing, label_set: "LabelSet | str" = "synapse8",
-                  protocol: str = "standard", tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict:
+                  protocol: str = "standard", tolerance_mm: "float | dict" = DEFAULT_TOLERANCE_MM) -> dict:
     """Score every organ of one case.
 
     Args:
@@ -256,7 +267,8 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing, label_set: "LabelS
         spacing: voxel size in mm per array axis (the reference NIfTI's spacing).
         label_set: ``synapse8``, ``btcv13`` or a :class:`~medseg.labels.LabelSet`.
         protocol: ``standard``, ``transunet`` or ``both``.
-        tolerance_mm: NSD tolerance in mm (standard protocol).
+        tolerance_mm: NSD tolerance in mm (standard protocol): one number for every organ, or ``{organ: mm}``
+            (organs not named get :data:`DEFAULT_TOLERANCE_MM`).
 
     Returns:
         ``{protocol_name: {organ_key: record}}`` for each protocol run, organs in class order. A standard record
@@ -269,7 +281,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing, label_set: "LabelS
     """
     label_set = get_label_set(label_set)
     protocols = protocols_of(protocol)
-    tolerance_mm = check_tolerance(tolerance_mm)
+    tolerances = organ_tolerance_map(tolerance_mm, label_set)
     pred = to_class_map(pred, label_set, "prediction")
     ref = to_class_map(ref, label_set, "reference")
     if pred.shape != ref.shape:
@@ -292,12 +304,12 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing, label_set: "LabelS
         class_value = index + 1
         pred_box, ref_box = pred_boxes[index], ref_boxes[index]
         if pred_box is None and ref_box is None:
-            records = _score_pair(np.zeros(0, bool), np.zeros(0, bool), spacing, protocols, tolerance_mm,
+            records = _score_pair(np.zeros(0, bool), np.zeros(0, bool), spacing, protocols, tolerances[organ],
                                   worst_case_mm)
         else:
             box = _union_box(pred_box, ref_box, ref.shape)
             records = _score_pair(pred[box] == class_value, ref[box] == class_value, spacing, protocols,
-                                  tolerance_mm, worst_case_mm)
+                                  tolerances[organ], worst_case_mm)
         for name in protocols:
             results[name][organ] = records[name]
     return results

@@ -324,7 +324,8 @@ def box_plot_figure(summary: dict, protocol: str, metric: str) -> Figure:
     """
     organs = summary["organs"]
     names = summary.get("display_names", {})
-    colours = dict(zip(organs, get_label_set(summary["label_set"]).colours))
+    label_set = get_label_set(summary["label_set"])
+    colours = dict(zip(label_set.organs, label_set.colours))  # by key: summary organs may be a kept subset
     label, scale, _ = _METRIC_ROWS[(protocol, metric)]
     label = label.format(tol=summary.get("tolerance_mm", 0.0))
     data, positions, ticks, penalties = [], [], [], []
