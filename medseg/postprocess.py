@@ -1,0 +1,346 @@
+"""Post-processing of predicted label maps, chosen on validation cases (as nnU-Net does).
+
+Per organ, a rule (:class:`OrganRule`) may
+
+* remove every 3D connected component smaller than ``min_component_ml`` millilitres, and
+* keep only the largest connected component (``largest_only``).
+
+When no component of an organ survives (its largest component is smaller than ``min_component_ml``), the organ is
+reported as **not found** (:attr:`OrganResult.not_found`) instead of being kept as a speck.
+
+Connectivity is full 3D (26 neighbours: faces, edges and corners), so a component is what a reader sees as one
+piece. Volumes are voxel counts times the voxel volume in ml, from the spacing in mm of the label map's axes (array
+axis order, as ``medseg.io.Volume.spacing``). Label maps hold class indices of a :class:`~medseg.labels.LabelSet`
+(0 background, ``i + 1`` the organ ``organs[i]``); removed voxels become background.
+
+:func:`choose_rules` picks, per organ, among :func:`candidate_rules` the one that improves the validation cases'
+mean Dice or mean HD95 (standard protocol, mm) without making the other worse; an organ where none does keeps no
+rule. The rules are stored as a JSON file beside the checkpoint (:func:`rules_path`), holding the checkpoint's
+SHA-256, so that they are applied only to the model they were chosen for (:func:`load_rules_for`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.errors import InputError
+from medseg.evaluation.metrics import BOTH_EMPTY, evaluate_case
+from medseg.io import file_sha256, read_json, write_json
+from medseg.labels import LabelSet, get_label_set
+
+#: Format name and version of a rules file.
+RULES_FORMAT = "medseg-postprocess"
+RULES_VERSION = 1
+
+#: Suffix of the rules file beside a checkpoint: ``run/last.pt`` -> ``run/last.postprocess.json``.
+RULES_SUFFIX = ".postprocess.json"
+
+#: Thresholds (ml) tried by :func:`candidate_rules` for removing small components.
+DEFAULT_THRESHOLDS_ML = (0.5, 2.0, 10.0)
+
+#: Smallest change that counts as an improvement in :func:`choose_rules` (Dice, and HD95 in mm).
+DICE_EPSILON = 1e-4
+HD95_EPSILON_MM = 0.01
+
+#: 26-connectivity in 3D.
+_STRUCTURE = ndimage.generate_binary_structure(3, 3)
+
+
+@dataclass(frozen=True)
+class OrganRule:
+    """What post-processing does to one organ: drop components under ``min_component_ml`` ml, then optionally keep
+    only the largest. The default (no removal) changes nothing."""
+
+    largest_only: bool = False
+    min_component_ml: float = 0.0
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the rule changes no mask."""
+        return not self.largest_only and self.min_component_ml <= 0
+
+    def describe(self) -> str:
+        """Short text, e.g. ``largest component, components >= 2 ml``."""
+        parts = []
+        if self.largest_only:
+            parts.append("largest component")
+        if self.min_component_ml > 0:
+            parts.append(f"components >= {self.min_component_ml:g} ml")
+        return ", ".join(parts) or "none"
+
+
+@dataclass
+class OrganResult:
+    """What a rule did to one organ of one case (volumes in ml)."""
+
+    components: int
+    removed_components: int
+    removed_ml: float
+    kept_ml: float
+    not_found: bool  # the organ had voxels, but no component reached the rule's minimum volume
+
+
+@dataclass
+class PostprocessRules:
+    """The rules of every organ that has one, plus what the choice was based on."""
+
+    label_set: str
+    rules: dict[str, OrganRule] = field(default_factory=dict)
+    checkpoint_sha256: "str | None" = None
+    validation: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The rules file's content (plain JSON types)."""
+        return {"format": RULES_FORMAT, "version": RULES_VERSION, "label_set": self.label_set,
+                "checkpoint_sha256": self.checkpoint_sha256,
+                "rules": {organ: asdict(rule) for organ, rule in self.rules.items()},
+                "validation": self.validation}
+
+    def describe(self) -> dict[str, str]:
+        """``organ -> rule text`` of the organs with a rule (for summaries and reports)."""
+        return {organ: rule.describe() for organ, rule in self.rules.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Applying rules (pure functions)
+
+
+def voxel_volume_ml(spacing) -> float:
+    """Volume of one voxel in ml from the spacing in mm per axis."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError(f"spacing: expected three positive sizes in mm, got {spacing.tolist()}")
+    return float(np.prod(spacing)) / 1000.0
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 26-connected components of a 3D boolean mask.
+
+    Returns:
+        ``(labelled, sizes)``: an int32 array with 0 outside the mask and ``1..n`` per component, and the voxel count
+        of each component (``sizes[i]`` belongs to component ``i + 1``).
+    """
+    if mask.ndim != 3:
+        raise InputError(f"mask: expected a 3D array, got shape {mask.shape}")
+    labelled, count = ndimage.label(mask, structure=_STRUCTURE)
+    sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
+    return labelled, sizes
+
+
+def apply_organ_rule(mask: np.ndarray, spacing, rule: OrganRule) -> tuple[np.ndarray, OrganResult]:
+    """One organ's mask after ``rule`` (a new array; the input is not modified).
+
+    Args:
+        mask: 3D boolean mask, array axis order.
+        spacing: voxel size in mm per array axis.
+        rule: the organ's rule.
+
+    Returns:
+        ``(kept_mask, result)``.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    voxel_ml = voxel_volume_ml(spacing)
+    labelled, sizes = components(mask)
+    keep = np.ones(sizes.size, dtype=bool)
+    if rule.min_component_ml > 0:
+        keep &= sizes * voxel_ml >= rule.min_component_ml
+    if rule.largest_only and keep.any():
+        largest = int(np.argmax(np.where(keep, sizes, -1)))
+        keep[:] = False
+        keep[largest] = True
+    kept = np.concatenate([[False], keep])[labelled]
+    result = OrganResult(components=int(sizes.size), removed_components=int(np.count_nonzero(~keep)),
+                         removed_ml=float(sizes[~keep].sum() * voxel_ml), kept_ml=float(sizes[keep].sum() * voxel_ml),
+                         not_found=bool(sizes.size > 0 and not keep.any()))
+    return kept, result
+
+
+def apply_rules(labels: np.ndarray, spacing, rules: "PostprocessRules | dict[str, OrganRule]",
+                label_set: "LabelSet | str | None" = None) -> tuple[np.ndarray, dict[str, OrganResult]]:
+    """A label map after the organs' rules (a new array; removed voxels become background 0).
+
+    Args:
+        labels: 3D class-index label map, array axis order.
+        spacing: voxel size in mm per array axis.
+        rules: :class:`PostprocessRules` (its label set is used) or ``organ -> OrganRule``.
+        label_set: needed when ``rules`` is a plain dict.
+
+    Returns:
+        ``(labels, results)``: the new map and ``organ -> OrganResult`` for every organ with a rule.
+    """
+    if isinstance(rules, PostprocessRules):
+        label_set, rules = rules.label_set, rules.rules
+    label_set = get_label_set(label_set)
+    labels = np.asarray(labels)
+    out = labels.copy()
+    results: dict[str, OrganResult] = {}
+    for organ, rule in rules.items():
+        if organ not in label_set.organs:
+            raise InputError(f"post-processing rule for {organ!r}: not an organ of label set {label_set.name}")
+        if rule.is_identity:
+            continue
+        value = label_set.organs.index(organ) + 1
+        mask = labels == value
+        kept, results[organ] = apply_organ_rule(mask, spacing, rule)
+        out[mask & ~kept] = 0
+    return out, results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing rules on validation cases
+
+
+def candidate_rules(thresholds_ml=DEFAULT_THRESHOLDS_ML) -> list[OrganRule]:
+    """The rules :func:`choose_rules` tries per organ: largest component only, components under each threshold
+    removed, and both together."""
+    rules = [OrganRule(largest_only=True)]
+    for threshold in thresholds_ml:
+        rules += [OrganRule(min_component_ml=float(threshold)),
+                  OrganRule(largest_only=True, min_component_ml=float(threshold))]
+    return rules
+
+
+def organ_scores(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing) -> tuple[float, float]:
+    """``(dice, hd95_mm)`` of one organ for rule selection: the standard protocol, with an organ correctly absent
+    from both masks counted as Dice 1, HD95 0 (so removing a false-positive speck counts as a gain)."""
+    record = evaluate_case(pred_mask.astype(np.uint8), ref_mask.astype(np.uint8), spacing,
+                           label_set=_ONE_ORGAN)["standard"]["organ"]
+    if record["status"] == BOTH_EMPTY:
+        return 1.0, 0.0
+    return float(record["dice"]), float(record["hd95_mm"])
+
+
+_ONE_ORGAN = LabelSet(name="one-organ", organs=("organ",), raw_to_class={1: 1})
+
+
+def _mean_scores(pairs, spacings, rule: OrganRule) -> tuple[float, float]:
+    dice, hd95 = [], []
+    for (pred_mask, ref_mask), spacing in zip(pairs, spacings):
+        kept = apply_organ_rule(pred_mask, spacing, rule)[0] if not rule.is_identity else pred_mask
+        d, h = organ_scores(kept, ref_mask, spacing)
+        dice.append(d)
+        hd95.append(h)
+    return float(np.mean(dice)), float(np.mean(hd95))
+
+
+def _improves(candidate: tuple[float, float], base: tuple[float, float]) -> bool:
+    """Better Dice or better HD95, and neither worse (within the epsilons)."""
+    dice_gain = candidate[0] - base[0]
+    hd95_gain = base[1] - candidate[1]
+    not_worse = dice_gain >= -DICE_EPSILON and hd95_gain >= -HD95_EPSILON_MM
+    return not_worse and (dice_gain > DICE_EPSILON or hd95_gain > HD95_EPSILON_MM)
+
+
+def choose_rules(cases, label_set: "LabelSet | str", thresholds_ml=DEFAULT_THRESHOLDS_ML,
+                 checkpoint_sha256: "str | None" = None) -> PostprocessRules:
+    """Per organ, the candidate rule that improves the validation cases most, or none.
+
+    Args:
+        cases: iterable of ``(prediction, reference, spacing)``: class-index label maps of one case (same shape,
+            array axis order) and its spacing in mm per axis. Predictions are the model's raw output.
+        label_set: the label set of both maps.
+        thresholds_ml: component volumes tried (:func:`candidate_rules`).
+        checkpoint_sha256: the model the predictions came from (recorded in the rules).
+
+    Returns:
+        :class:`PostprocessRules`; ``validation`` holds per organ the mean Dice / HD95 (mm) without and with the
+        chosen rule, and the number of cases.
+
+    A candidate improves when the organ's mean Dice rises or its mean HD95 falls and the other does not get worse;
+    among improving candidates the one with the highest Dice, then the lowest HD95, then the first listed wins.
+    """
+    label_set = get_label_set(label_set)
+    cases = list(cases)
+    if not cases:
+        raise InputError("post-processing: no validation case to choose rules on")
+    spacings = [tuple(float(s) for s in spacing) for _, _, spacing in cases]
+    for index, (pred, ref, _) in enumerate(cases):
+        if np.shape(pred) != np.shape(ref):
+            raise InputError(f"post-processing: validation case {index}: prediction shape {np.shape(pred)} differs "
+                             f"from reference shape {np.shape(ref)}")
+    rules: dict[str, OrganRule] = {}
+    per_organ: dict[str, dict] = {}
+    candidates = candidate_rules(thresholds_ml)
+    for value, organ in enumerate(label_set.organs, start=1):
+        pairs = [(np.asarray(pred) == value, np.asarray(ref) == value) for pred, ref, _ in cases]
+        base = _mean_scores(pairs, spacings, OrganRule())
+        best_rule, best = None, base
+        for rule in candidates:
+            scores = _mean_scores(pairs, spacings, rule)
+            if _improves(scores, base) and (best_rule is None or (scores[0], -scores[1]) > (best[0], -best[1])):
+                best_rule, best = rule, scores
+        if best_rule is not None:
+            rules[organ] = best_rule
+        per_organ[organ] = {"rule": (best_rule or OrganRule()).describe(),
+                            "dice_without": round(base[0], 4), "hd95_mm_without": round(base[1], 2),
+                            "dice_with": round(best[0], 4), "hd95_mm_with": round(best[1], 2)}
+    validation = {"cases": len(cases), "criterion": "mean Dice up or mean HD95 (mm, standard protocol) down, "
+                  "neither worse; an organ absent from both masks counts as Dice 1, HD95 0",
+                  "candidates": [rule.describe() for rule in candidates], "organs": per_organ}
+    return PostprocessRules(label_set=label_set.name, rules=rules, checkpoint_sha256=checkpoint_sha256,
+                            validation=validation)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Storing rules beside a checkpoint
+
+
+def rules_path(checkpoint: "str | Path") -> Path:
+    """Where the rules of a checkpoint live: ``run/last.pt`` -> ``run/last.postprocess.json``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + RULES_SUFFIX)
+
+
+def save_rules(path: "str | Path", rules: PostprocessRules) -> Path:
+    """Write a rules file atomically."""
+    return write_json(path, rules.to_json())
+
+
+def parse_rules(data: dict, source: str) -> PostprocessRules:
+    """A rules file's content as :class:`PostprocessRules`; a damaged or foreign file is an InputError."""
+    if not isinstance(data, dict) or data.get("format") != RULES_FORMAT:
+        raise InputError(f"{source}: not a medseg post-processing rules file (format {RULES_FORMAT!r} expected)")
+    if data.get("version") != RULES_VERSION:
+        raise InputError(f"{source}: rules file version {data.get('version')!r}; this medseg reads {RULES_VERSION}")
+    try:
+        label_set = get_label_set(data["label_set"])
+        rules = {}
+        for organ, rule in data["rules"].items():
+            if organ not in label_set.organs:
+                raise InputError(f"{source}: rule for {organ!r}, not an organ of label set {label_set.name}")
+            threshold = float(rule["min_component_ml"])
+            if not math.isfinite(threshold) or threshold < 0:
+                raise InputError(f"{source}: {organ}: min_component_ml must be >= 0, got {threshold}")
+            rules[organ] = OrganRule(largest_only=bool(rule["largest_only"]), min_component_ml=threshold)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise InputError(f"{source}: damaged rules file ({type(error).__name__}: {error})") from None
+    return PostprocessRules(label_set=label_set.name, rules=rules, checkpoint_sha256=data.get("checkpoint_sha256"),
+                            validation=data.get("validation") or {})
+
+
+def load_rules(path: "str | Path") -> PostprocessRules:
+    """Read a rules file (:func:`parse_rules`)."""
+    return parse_rules(read_json(path), str(path))
+
+
+def load_rules_for(checkpoint: "str | Path", checkpoint_sha256: "str | None" = None) -> "PostprocessRules | None":
+    """The rules stored beside ``checkpoint`` (:func:`rules_path`), or None when there is no rules file.
+
+    Raises:
+        InputError: the file is damaged, or it was chosen for another checkpoint (its recorded SHA-256 differs):
+            rules chosen for one model are never applied to another.
+    """
+    path = rules_path(checkpoint)
+    if not path.is_file():
+        return None
+    rules = load_rules(path)
+    sha = checkpoint_sha256 or file_sha256(checkpoint)
+    if rules.checkpoint_sha256 != sha:
+        raise InputError(f"{path}: post-processing rules were chosen for another checkpoint (sha256 "
+                         f"{str(rules.checkpoint_sha256)[:12]}..., {Path(checkpoint).name} is {sha[:12]}...); "
+                         "choose them again or use --no-postprocess")
+    return rules
