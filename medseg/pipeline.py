@@ -42,7 +42,7 @@ from medseg.schema import setting
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("synth", "prepare", "train", "predict", "evaluate", "report")
+STAGE_ORDER = ("synth", "prepare", "train", "postprocess", "predict", "evaluate", "report")
 STAGE_FILE = "stage.json"
 
 
@@ -115,6 +115,22 @@ TRAIN_STAGE_EXCLUDED = ("data", "out", "resume", "progress")
 
 
 @dataclass
+class PostprocessStage:
+    """Choose post-processing rules on validation cases (:func:`medseg.postprocess.choose_rules`); the predict stage
+    applies them."""
+
+    checkpoint: Literal["best", "last"] = setting("last", help="the checkpoint the rules are chosen for (the "
+                                                  "predict stage's)")
+    validation: Literal["auto", "phantoms", "train"] = setting(
+        "auto", help="validation cases: phantoms (fresh ones from the synth stage's generator, never trained on), "
+        "train (the training split: optimistic, for real data without other cases) or auto (phantoms when the "
+        "synth stage makes the cohort, else train)")
+    cases: int = setting(6, minimum=1, help="number of validation cases")
+    seed: int = setting(1000, help="seed of the validation phantoms (other than the synth stage's)")
+    batch_size: int = setting(32, minimum=1, help="slices per forward pass")
+
+
+@dataclass
 class PredictStage(PredictConfig):
     """Predict the held-out cases with the trained model: ``medseg predict``'s settings and which checkpoint."""
 
@@ -138,8 +154,8 @@ class ReportStage:
 
 
 def _stage_schemas() -> dict:
-    return {"synth": SynthStage, "prepare": PrepareStage, "train": TrainConfig, "predict": PredictStage,
-            "evaluate": EvaluateStage, "report": ReportStage}
+    return {"synth": SynthStage, "prepare": PrepareStage, "train": TrainConfig, "postprocess": PostprocessStage,
+            "predict": PredictStage, "evaluate": EvaluateStage, "report": ReportStage}
 
 
 def stage_params(name: str, params: dict, source: str) -> dict:
@@ -222,6 +238,7 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
     if "predict" in stages and stages["predict"]["checkpoint"] == "best" and not stages["train"]["val_every"]:
         raise ConfigError(f"{source}: stages.predict.checkpoint: best needs validation (set train.val_every > 0) "
                           "or use last")
+    _check_postprocess(stages, source)
     name = top.name or Path(source).stem
     return Pipeline(
         name=str(name),
@@ -235,10 +252,26 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
 
 def _check_chain(stages: dict, source: str) -> None:
     """Every stage needs the one before it (report needs evaluate, ...), except that synth/data start a chain."""
-    needs = {"train": "prepare", "predict": "train", "evaluate": "predict", "report": "evaluate"}
+    needs = {"train": "prepare", "postprocess": "train", "predict": "train", "evaluate": "predict",
+             "report": "evaluate"}
     for stage, required in needs.items():
         if stage in stages and required not in stages:
             raise ConfigError(f"{source}: stages.{stage}: needs the {required} stage")
+
+
+def _check_postprocess(stages: dict, source: str) -> None:
+    """The rules must be chosen for the checkpoint the predict stage uses, on cases that exist."""
+    post = stages.get("postprocess")
+    if post is None:
+        return
+    if "predict" in stages and stages["predict"]["checkpoint"] != post["checkpoint"]:
+        raise ConfigError(f"{source}: stages.postprocess.checkpoint: {post['checkpoint']}, but the predict stage "
+                          f"uses {stages['predict']['checkpoint']}; rules are chosen for one checkpoint")
+    if post["validation"] == "phantoms" and "synth" not in stages:
+        raise ConfigError(f"{source}: stages.postprocess.validation: phantoms needs the synth stage (with a data "
+                          "folder use train or auto)")
+    if post["checkpoint"] == "best" and not stages["train"]["val_every"]:
+        raise ConfigError(f"{source}: stages.postprocess.checkpoint: best needs train.val_every > 0")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,6 +398,62 @@ def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
             "best_val_dice": result.best_val_dice, "train_seconds": round(result.wall_time_s, 1)}
 
 
+def _stage_postprocess(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+    from medseg.engine.inference import load_predictor, predict_volume
+    from medseg.engine.provenance import checkpoint_sha256
+    from medseg.io import read_volume
+    from medseg.labels import remap_labels
+    from medseg.postprocess import choose_rules, rules_path, save_rules
+    from medseg.progress import progress_bar
+
+    checkpoint = outputs["train"][params["checkpoint"]]
+    if checkpoint is None:
+        raise ConfigError(f"{pipeline.source}: stages.postprocess.checkpoint: the train stage wrote no best.pt; "
+                          "use last")
+    source, pairs = _validation_pairs(pipeline, params, stage_dir, outputs, progress)
+    predictor = load_predictor(checkpoint, "auto")
+    sha = checkpoint_sha256(checkpoint)
+    cases = []
+    for image, label in progress_bar(pairs, desc="postprocess", unit="case", disable=not progress):
+        prediction = predict_volume(image, predictor, batch_size=params["batch_size"])
+        reference = read_volume(label)
+        cases.append((prediction.array, remap_labels(reference.array, predictor.label_set, str(label)),
+                      reference.spacing))
+    rules = choose_rules(cases, predictor.label_set, checkpoint_sha256=sha)
+    rules.validation["source"] = source
+    path = save_rules(rules_path(checkpoint), rules)
+    for organ, rule in rules.describe().items():
+        log.info("[postprocess] %s: %s", organ, rule)
+    return {"rules": str(path), "rules_sha256": file_sha256(path), "checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha, "chosen": rules.describe(), "validation_cases": len(cases), "source": source}
+
+
+def _validation_pairs(pipeline, params, stage_dir: Path, outputs, progress) -> tuple[str, list[tuple[str, str]]]:
+    """(what the validation cases are, [(image, label) paths]) for the postprocess stage."""
+    from medseg.data.phantom import write_cohort
+    from medseg.data.slice_cache import load_manifest
+
+    mode = params["validation"]
+    if mode == "auto":
+        mode = "phantoms" if "synth" in pipeline.stages else "train"
+    if mode == "phantoms":
+        synth = pipeline.stages["synth"]
+        if params["seed"] == synth["seed"]:
+            raise ConfigError(f"{pipeline.source}: stages.postprocess.seed: {params['seed']} is the synth stage's "
+                              "seed (the validation phantoms would be training cases)")
+        cohort = stage_dir / "validation"
+        write_cohort(cohort, cases=params["cases"], seed=params["seed"], size=synth["size"], progress=progress)
+        images = sorted((cohort / "img").glob("*.nii.gz"))
+        pairs = [(str(p), str(cohort / "label" / p.name.replace("img", "label", 1))) for p in images]
+        return f"{len(pairs)} fresh phantoms (seed {params['seed']}, size {synth['size']})", pairs
+    entries = [e for e in load_manifest(outputs["prepare"]["prepared"])["cases"]
+               if e["split"] == "train" and e.get("source_label")][:params["cases"]]
+    if not entries:
+        raise ConfigError("postprocess: the training split has no labelled case to choose rules on")
+    return (f"{len(entries)} training-split cases (seen in training: optimistic)",
+            [(e["source_image"], e["source_label"]) for e in entries])
+
+
 def _test_cases(outputs) -> list[dict]:
     """Manifest entries of the held-out (test split) cases of the prepared cohort."""
     from medseg.data.slice_cache import load_manifest
@@ -377,8 +466,11 @@ def _test_cases(outputs) -> list[dict]:
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     from medseg.engine.inference import load_predictor, predict_volume
+    from medseg.io import Volume
     from medseg.outputs import write_label_map, write_labels_nifti
+    from medseg.postprocess import finish_case, load_rules_for
     from medseg.progress import progress_bar
+    from medseg.quality import write_flags_csv
 
     from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
 
@@ -389,20 +481,39 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
     predictor = load_predictor(checkpoint, params["device"], amp=params["amp"])
     settings = {"checkpoint_sha256": checkpoint_sha256(checkpoint), "tta": bool(params["tta"]),
                 "resize": params["resize"], "amp": predictor.amp, "model": None, "labels": None, "img_size": None}
-    labels_dir = stage_dir / "labels"
+    # The postprocess stage's rules (chosen for this checkpoint; load_rules_for refuses rules of another one).
+    use_rules = params["postprocess"] and "postprocess" in outputs
+    rules = load_rules_for(checkpoint, settings["checkpoint_sha256"]) if use_rules else None
+    settings["postprocess"] = outputs["postprocess"]["rules_sha256"] if rules is not None else None
+    labels_dir, raw_dir, records_dir = stage_dir / "labels", stage_dir / "labels_raw", stage_dir / "cases"
     entries = _test_cases(outputs)
+    records = {}
     for entry in progress_bar(entries, desc="predict", unit="case", disable=not progress):
-        target = labels_dir / f"{entry['case_id']}.nii.gz"
+        case_id = entry["case_id"]
+        target = labels_dir / f"{case_id}.nii.gz"
+        record_path = records_dir / f"{case_id}.json"
         expected = expected_record(settings, entry["source_image"])
-        if target.exists() and record_mismatch(target, expected) is None:
+        if target.exists() and record_path.exists() and record_mismatch(target, expected) is None:
+            records[case_id] = read_json(record_path)
             continue  # resumed stage: this case was finished, by this checkpoint, before the interruption
         labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"],
                                 resize=params["resize"])
-        write_labels_nifti(target, labels, predictor.label_set,
-                           provenance=dict(expected, checkpoint=str(checkpoint), input=entry["source_image"]))
+        final, records[case_id] = finish_case(labels.array, labels.affine, predictor.label_set, rules)
+        provenance = dict(expected, checkpoint=str(checkpoint), input=entry["source_image"])
+        write_json(record_path, records[case_id])  # before the labels: a finished label file always has its record
+        if rules is not None:  # the model's own output, for the figures without post-processing
+            write_labels_nifti(raw_dir / f"{case_id}.nii.gz", labels, predictor.label_set,
+                               provenance=dict(provenance, postprocess=None))
+        write_labels_nifti(target, Volume(final, labels.affine), predictor.label_set, provenance=provenance)
     write_label_map(labels_dir, predictor.label_set)
-    return {"predictions": str(labels_dir), "checkpoint": str(checkpoint),
-            "checkpoint_sha256": settings["checkpoint_sha256"], "cases": len(entries)}
+    flags = write_flags_csv(stage_dir / "quality_flags.csv", {case: r["flags"] for case, r in records.items()})
+    result = {"predictions": str(labels_dir), "checkpoint": str(checkpoint),
+              "checkpoint_sha256": settings["checkpoint_sha256"], "cases": len(entries),
+              "postprocess": rules.describe() if rules is not None else None, "quality_flags": str(flags),
+              "flagged_cases": sorted(case for case, r in records.items() if r["flags"])}
+    if rules is not None:
+        result["predictions_raw"] = str(raw_dir)
+    return result
 
 
 def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
@@ -418,12 +529,23 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
             link.unlink(missing_ok=True)
             link.symlink_to(Path(entry["source_label"]).resolve())
     label_set = load_manifest(outputs["prepare"]["prepared"])["label_set"]
-    summary = evaluate_folders(references, outputs["predict"]["predictions"], labels=label_set,
-                               protocol=params["protocol"], tolerance_mm=params["tolerance_mm"],
-                               workers=params["workers"], reference_format="raw", progress=progress)
-    write_json(stage_dir / "summary.json", summary)
-    return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
-            "failed": summary["counts"]["failed"]}
+    def evaluate(predictions: str, name: str) -> dict:
+        summary = evaluate_folders(references, predictions, labels=label_set, protocol=params["protocol"],
+                                   tolerance_mm=params["tolerance_mm"], workers=params["workers"],
+                                   reference_format="raw", progress=progress)
+        write_json(stage_dir / name, summary)
+        return summary
+
+    summary = evaluate(outputs["predict"]["predictions"], "summary.json")
+    result = {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
+              "failed": summary["counts"]["failed"]}
+    if outputs["predict"].get("predictions_raw"):  # post-processing on: the model's own output scored as well
+        raw = evaluate(outputs["predict"]["predictions_raw"], "summary_without_postprocessing.json")
+        result["headline"] = [f"with post-processing: {line}" for line in result["headline"]]
+        result["headline"] += [f"without post-processing: {line}" for line in headline(raw)
+                               if not line.startswith("warning:")]
+        result["summary_without_postprocessing"] = str(stage_dir / "summary_without_postprocessing.json")
+    return result
 
 
 def headline(summary: dict) -> list[str]:
@@ -481,8 +603,18 @@ def _report_provenance(pipeline, outputs) -> dict:
     data = str(pipeline.data) if pipeline.data else f"phantom cohort {(outputs.get('synth') or {}).get('cohort')}"
     if prepare:
         data += f" (label set {prepare.get('labels')}, split {prepare.get('split')})"
-    return {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
-            "data": data, "pipeline_record": "pipeline.json"}
+    result = {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
+              "data": data, "pipeline_record": "pipeline.json"}
+    post = outputs.get("postprocess")
+    if post is not None:
+        applied = predicted.get("postprocess") is not None
+        result["post_processing"] = (post["chosen"] or "no rule chosen") if applied else "off"
+        result["post_processing_chosen_on"] = post["source"]
+    if (outputs.get("evaluate") or {}).get("summary_without_postprocessing"):
+        result["scores_without_post_processing"] = " / ".join(
+            line.split(": ", 1)[1] for line in outputs["evaluate"]["headline"]
+            if line.startswith("without post-processing"))
+    return result
 
 
 def _training_curve(outputs) -> "bytes | None":
@@ -498,6 +630,7 @@ STAGES: dict[str, Callable] = {
     "synth": _stage_synth,
     "prepare": _stage_prepare,
     "train": _stage_train,
+    "postprocess": _stage_postprocess,
     "predict": _stage_predict,
     "evaluate": _stage_evaluate,
     "report": _stage_report,

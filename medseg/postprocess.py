@@ -29,8 +29,9 @@ from scipy import ndimage
 
 from medseg.errors import InputError
 from medseg.evaluation.metrics import BOTH_EMPTY, evaluate_case
-from medseg.io import file_sha256, read_json, write_json
+from medseg.io import file_sha256, read_json, spacing_from_affine, write_json
 from medseg.labels import LabelSet, get_label_set
+from medseg.quality import quality_flags
 
 #: Format name and version of a rules file.
 RULES_FORMAT = "medseg-postprocess"
@@ -344,3 +345,33 @@ def load_rules_for(checkpoint: "str | Path", checkpoint_sha256: "str | None" = N
                          f"{str(rules.checkpoint_sha256)[:12]}..., {Path(checkpoint).name} is {sha[:12]}...); "
                          "choose them again or use --no-postprocess")
     return rules
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One predicted case: post-processing and quality flags together (used by the pipeline and `medseg predict`)
+
+
+def finish_case(labels: np.ndarray, affine: np.ndarray, label_set: "LabelSet | str",
+                rules: "PostprocessRules | None", image: "np.ndarray | None" = None) -> tuple[np.ndarray, dict]:
+    """A predicted label map after the rules (when given), and the case's record.
+
+    Args:
+        labels: the model's class-index label map, in the voxel axes of ``affine``.
+        affine: its 4x4 affine (spacing in mm, orientation for the quality flags).
+        label_set: the label set of ``labels``.
+        rules: the checkpoint's rules, or None (post-processing off or no rules file).
+        image: the CT in HU on the same grid (optional; the body midline of the quality flags).
+
+    Returns:
+        ``(labels, record)``: the final map and ``{"postprocess": {organ: what was removed} or None,
+        "not_found": [organs left as specks by the rules], "flags": [quality flag dicts of the final map]}``.
+    """
+    record: dict = {"postprocess": None, "not_found": [], "flags": []}
+    if rules is not None:
+        labels, results = apply_rules(labels, spacing_from_affine(affine), rules)
+        record["postprocess"] = {organ: {"removed_components": r.removed_components,
+                                         "removed_ml": round(r.removed_ml, 3), "not_found": r.not_found}
+                                 for organ, r in results.items() if r.removed_components}
+        record["not_found"] = [organ for organ, r in results.items() if r.not_found]
+    record["flags"] = [flag.to_dict() for flag in quality_flags(labels, affine, label_set, image=image)]
+    return labels, record

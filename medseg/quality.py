@@ -268,3 +268,49 @@ def flag_text(flags: list) -> str:
     """Flags of one case as one short text, e.g. ``kidney_left: wrong_side; spleen: several_large_components``."""
     records = [f.to_dict() if isinstance(f, Flag) else f for f in flags]
     return "; ".join(f"{r['organ']}: {r['flag']}" for r in records)
+
+
+def flag_comparison(cases: dict[str, dict], flags_by_case: dict[str, list]) -> dict:
+    """Do flagged results score worse? Mean Dice of flagged vs unflagged results.
+
+    Args:
+        cases: ``{case_id: {organ: record}}`` of an evaluation summary's protocol (records with ``dice``; None when
+            not scored).
+        flags_by_case: ``{case_id: [flag dicts]}`` (cases absent here are left out).
+
+    Returns:
+        ``{"organ_results": {"flagged": {"n", "mean_dice"}, "unflagged": {...}}, "cases": {...}}``: per (case,
+        organ) result (flagged when that organ of that case has a flag) and per case (the mean Dice of its scored
+        organs; flagged when any organ has a flag). ``mean_dice`` is None where ``n`` is 0.
+    """
+    organ_groups: dict[str, list] = {"flagged": [], "unflagged": []}
+    case_groups: dict[str, list] = {"flagged": [], "unflagged": []}
+    for case_id, organs in cases.items():
+        if case_id not in flags_by_case:
+            continue
+        flagged_organs = {f["organ"] for f in flags_by_case[case_id]}
+        scored = []
+        for organ, record in organs.items():
+            if record.get("dice") is None:
+                continue
+            scored.append(record["dice"])
+            organ_groups["flagged" if organ in flagged_organs else "unflagged"].append(record["dice"])
+        if scored:
+            case_groups["flagged" if flagged_organs else "unflagged"].append(float(np.mean(scored)))
+
+    def describe(groups: dict) -> dict:
+        return {name: {"n": len(values), "mean_dice": float(np.mean(values)) if values else None}
+                for name, values in groups.items()}
+
+    return {"organ_results": describe(organ_groups), "cases": describe(case_groups)}
+
+
+def comparison_line(comparison: dict) -> str:
+    """One line, e.g. ``flagged organ results: mean Dice 0.412 (n=5); unflagged: 0.861 (n=67)``."""
+    def part(group: dict) -> str:
+        mean = "-" if group["mean_dice"] is None else f"{group['mean_dice']:.3f}"
+        return f"{mean} (n={group['n']})"
+
+    organs, cases = comparison["organ_results"], comparison["cases"]
+    return (f"quality flags: flagged organ results mean Dice {part(organs['flagged'])}, unflagged "
+            f"{part(organs['unflagged'])}; flagged cases {part(cases['flagged'])}, unflagged {part(cases['unflagged'])}")

@@ -168,6 +168,8 @@ class PredictConfig:
     resize: Literal["torch", "scipy"] = setting(
         "torch", flag="--resize", help="resize to the model size like training (torch) or like the reference test "
                                        "loop (scipy cubic zoom per slice, slower)")
+    postprocess: bool = setting(True, help="apply the checkpoint's post-processing rules (medseg.postprocess) when "
+                                           "it has them (`medseg predict --no-postprocess` turns them off)")
 
 
 def read_yaml_config(path: "str | Path") -> dict:

@@ -14,7 +14,7 @@ from medseg.io import file_sha256, read_provenance
 
 #: Keys of a prediction's record that must match for an existing output to be reused.
 PREDICTION_KEYS = ("checkpoint_sha256", "input_sha256", "tta", "resize", "amp", "model", "labels", "img_size",
-                   "organs")
+                   "organs", "postprocess")
 
 
 def checkpoint_sha256(path: "str | Path") -> str:

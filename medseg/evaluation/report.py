@@ -32,6 +32,7 @@ import io
 from pathlib import Path
 
 from medseg.io import atomic_path, write_json, write_text
+from medseg.quality import comparison_line, write_flags_csv
 
 #: Row label, unit scale and decimals of each metric in the report tables.
 _METRIC_ROWS = {
@@ -91,6 +92,8 @@ def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, titl
     paths["per_case"] = out_dir / "per_case.csv"
     with atomic_path(paths["per_case"], suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)
+    if "flags" in summary:
+        paths["quality_flags"] = write_flags_csv(out_dir / "quality_flags.csv", summary["flags"])
 
     figures = {}
     protocol = primary_protocol(summary)
@@ -273,8 +276,9 @@ def worst_cases(summary: dict, n: int = 10) -> list[dict]:
         for organ, record in organs.items():
             if record.get("dice") is None:
                 continue
+            flags = [f["flag"] for f in summary.get("flags", {}).get(case_id, []) if f["organ"] == organ]
             rows.append({"case": case_id, "organ": organ, "dice": record["dice"], "hd95": record.get(hd_key),
-                         "status": record["status"]})
+                         "status": record["status"], "flags": ", ".join(flags)})
     rows.sort(key=lambda r: (r["dice"], -(r["hd95"] or 0.0), r["case"], r["organ"]))
     return rows[:n]
 
@@ -557,6 +561,8 @@ def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes]
     protocol = primary_protocol(summary)
     parts.append(f"<h2>Worst cases (lowest DSC, {esc(protocol)} protocol)</h2>")
     parts.append(_html_table(*_worst_table(summary, worst_rows)))
+    if summary.get("flag_comparison"):
+        parts.append(f'<p class="note">{esc(comparison_line(summary["flag_comparison"]))}</p>')
     if context.get("thumbnails"):
         parts.append('<p class="note">Reference and prediction on the slice where they disagree most on the organ '
                      "(the organ outlined in white).</p><p>")
@@ -605,9 +611,9 @@ def _worst_table(summary: dict, worst_rows: list[dict]) -> tuple[list[str], list
     protocol = primary_protocol(summary)
     hd_label = "HD95 (mm)" if protocol == "standard" else "HD95 (voxels)"
     names = summary.get("display_names", {})
-    header = ["Case", "Organ", "DSC (%)", hd_label, "Status"]
+    header = ["Case", "Organ", "DSC (%)", hd_label, "Status", "Quality flags"]
     rows = [[r["case"], names.get(r["organ"], r["organ"]), _fmt(r["dice"], 100.0, 2), _fmt(r["hd95"], 1.0, 2),
-             r["status"]] for r in worst_rows]
+             r["status"], r.get("flags") or "-"] for r in worst_rows]
     return header, rows
 
 
@@ -617,6 +623,8 @@ def _worst_markdown(summary: dict, worst_rows: list[dict]) -> list[str]:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if summary.get("flag_comparison"):
+        lines += ["", f"{comparison_line(summary['flag_comparison'])} (flags: medseg.quality, quality_flags.csv)"]
     return lines + [""]
 
 
