@@ -107,6 +107,11 @@ class PrepareStage:
     split: str = setting("auto", help="train/test split mode")
     test_fraction: float = setting(0.4, minimum=0, help="fraction of cases held out (seeded split)")
     seed: int = setting(1234, help="seed of the split")
+    input_mode: Literal["resize", "spacing"] = setting(
+        "resize", help="model input: resize slices to the model size (the paper) or resample them to a fixed "
+                       "in-plane spacing (medseg.data.spacing)")
+    target_spacing_mm: "float | None" = setting(None, minimum=0.01, help="spacing mode's in-plane spacing in mm "
+                                                                         "(default: the training split's median)")
     workers: int = setting(1, minimum=1, help="processes")
 
 
@@ -278,6 +283,10 @@ def _check_postprocess(stages: dict, source: str) -> None:
 # Running
 
 
+#: Settings left out of a stage's key while they hold these values (added later: runs made before stay cached).
+KEY_OMITTED_DEFAULTS = {"prepare": {"input_mode": "resize", "target_spacing_mm": None}}
+
+
 def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     """The cache key of every stage: a hash of its parameters, the data folder and the keys of earlier stages."""
     keys: dict[str, str] = {}
@@ -287,6 +296,8 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
             from medseg.data.phantom import GENERATOR_VERSION
 
             upstream = {**upstream, "phantom_generator": GENERATOR_VERSION}
+        omitted = KEY_OMITTED_DEFAULTS.get(name, {})
+        params = {key: value for key, value in params.items() if key not in omitted or omitted[key] != value}
         payload = json.dumps({"stage": name, "params": params, "upstream": upstream}, sort_keys=True, default=str)
         keys[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
         upstream = {"previous": keys[name]}
@@ -369,7 +380,12 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
 
     cohort = pipeline.data if pipeline.data is not None else Path(outputs["synth"]["cohort"])
     prepared = stage_dir / "slices"
-    summary = prepare_cohort(cohort, prepared, labels=params["labels"], split=params["split"],
+    from medseg.data.transforms import PreprocessingParams
+
+    preprocessing = PreprocessingParams.from_dict({"input_mode": params["input_mode"],
+                                                   "target_spacing_mm": params["target_spacing_mm"]},
+                                                  source=f"{pipeline.source}: stages.prepare")
+    summary = prepare_cohort(cohort, prepared, labels=params["labels"], params=preprocessing, split=params["split"],
                              test_fraction=params["test_fraction"], seed=params["seed"],
                              workers=params["workers"], progress=progress)
     if not (summary.written or summary.already_done):

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medseg.data.orientation import orient_view, orientation_transform
-from medseg.io import spacing_from_affine, write_text
+from medseg.data.orientation import orient_view, oriented_spacing
+from medseg.io import write_text
 from medseg.labels import LabelSet, get_label_set
 
 #: Reference organ masses (g ~ ml), (female, male), ICRP Publication 89 (2002); kidneys: one kidney (half the pair).
@@ -141,7 +141,7 @@ def quality_flags(labels: np.ndarray, affine: np.ndarray, label_set: "LabelSet |
     """
     label_set = get_label_set(label_set)
     oriented = orient_view(np.asarray(labels), affine)[0]
-    spacing = _oriented_spacing(affine)
+    spacing = np.asarray(oriented_spacing(affine))
     image_oriented = orient_view(np.asarray(image), affine)[0] if image is not None else None
     last_slice = oriented.shape[2] - 1
     geometry = {organ: organ_geometry(oriented == value, spacing)
@@ -155,15 +155,6 @@ def quality_flags(labels: np.ndarray, affine: np.ndarray, label_set: "LabelSet |
     flags += _missing_flags(geometry, last_slice)
     order = {organ: i for i, organ in enumerate(label_set.organs)}
     return sorted(flags, key=lambda f: (order[f.organ], FLAG_NAMES.index(f.flag)))
-
-
-def _oriented_spacing(affine) -> np.ndarray:
-    """Spacing in mm along the oriented (P, L, S) axes."""
-    spacing = np.asarray(spacing_from_affine(affine))
-    transform = orientation_transform(affine)
-    oriented = np.empty(3)
-    oriented[transform[:, 0].astype(int)] = spacing
-    return oriented
 
 
 def _touches_ends(geometry: OrganGeometry, last_slice: int) -> bool:

@@ -32,12 +32,18 @@ def add_arguments(parser) -> None:
                         help="with --format transunet: write only training slices that hold an organ")
     parser.add_argument("--allow-unlabelled", action="store_true",
                         help="keep images without a label in a labelled cohort (default: list and skip them)")
+    parser.add_argument("--input-mode", default="resize", choices=["resize", "spacing"],
+                        help="model input: resize each slice to the model size (the paper) or resample it to a fixed "
+                             "in-plane spacing first (spacing-aware; recorded in the cache and checkpoints)")
+    parser.add_argument("--target-spacing", type=float, default=None, metavar="MM",
+                        help="in-plane spacing of --input-mode spacing (default: the training split's median)")
     parser.add_argument("--workers", type=int, default=1, help="cases processed in parallel")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     from medseg.data.slice_cache import prepare_cohort
+    from medseg.data.transforms import PreprocessingParams
     from medseg.data.transunet_format import export_transunet, import_transunet, is_transunet_layout
 
     from medseg.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED
@@ -62,7 +68,9 @@ def run(args) -> int:
         scratch = make_temp_dir(args.out_dir, "slice-cache")
         cache_dir = Path(scratch)
     try:
-        summary = prepare_cohort(args.raw_dir, cache_dir, labels=args.labels, split=args.split,
+        params = PreprocessingParams.from_dict({"input_mode": args.input_mode,
+                                                "target_spacing_mm": args.target_spacing}, source="medseg prepare")
+        summary = prepare_cohort(args.raw_dir, cache_dir, labels=args.labels, params=params, split=args.split,
                                  test_fraction=args.test_fraction, seed=args.seed, workers=args.workers,
                                  progress=not args.no_progress, allow_unlabelled=args.allow_unlabelled)
         if args.format == "transunet":
