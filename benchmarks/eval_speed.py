@@ -129,7 +129,7 @@ def make_phantom_case(case_index: int, seed: int):
     """A full-size case of medseg's phantom cohort (if available) and a perturbed prediction of it."""
     from scipy import ndimage
 
-    from medseg.data.phantom import generate_case
+    from medseg.phantom import generate_case
     from medseg.labels import SYNAPSE8, remap_labels
 
     _, label = generate_case(case_index, seed, size="full")

@@ -179,7 +179,7 @@ def loader_check(args, r50: str, size: int, batch: int, warmup: int, steps: int,
 
 def command_prepare(args) -> None:
     """A phantom cohort and its slice cache for the loader check (``--cases`` cases, ``--size`` small/full)."""
-    from medseg.data.phantom import write_cohort
+    from medseg.phantom import write_cohort
     from medseg.data.slice_cache import prepare_cohort
 
     out = Path(args.prepared)

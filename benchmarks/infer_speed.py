@@ -67,7 +67,7 @@ def benchmark_volume(slices: int, seed: int = 0):
     from medseg.io import Volume
 
     try:
-        from medseg.data.phantom import generate_case
+        from medseg.phantom import generate_case
     except ImportError:
         generate_case = None
     if generate_case is None:

@@ -49,7 +49,7 @@ HISTORY = "history.json"
 log = logging.getLogger("sim2real")
 
 #: What the attempts showed (kept with the table; update when a new attempt changes the picture).
-NOTES = """Rows are in the order they were run; each row's generator is the state of `medseg/data/phantom.py` at that
+NOTES = """Rows are in the order they were run; each row's generator is the state of `medseg.phantom.py` at that
 time (the labels say what changed), the last row is the current one. The training is deterministic on CPU, so the
 differences between rows come from the generator, not from training noise; but every change also redraws the
 cohort, so a difference of a few hundredths says little on one real case. What they show: the real CT is
@@ -149,7 +149,7 @@ def render(history: list[dict]) -> str:
 
 def render_figure(path: Path, seed: int = 0, real_dir: Path = REAL_CT) -> Path:
     """The README's phantom preview: the real CT beside phantom cases of each contrast phase (same views)."""
-    from medseg.data import phantom
+    from medseg import phantom
     from medseg.data.cohort import discover_cases
     from medseg.io import read_volume
 
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     import torch
 
     import medseg
-    from medseg.data.phantom import GENERATOR_VERSION
+    from medseg.phantom import GENERATOR_VERSION
     from medseg.io import read_json, write_json
 
     load_before = load_text()

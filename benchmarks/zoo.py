@@ -10,7 +10,7 @@ Usage::
 
 What it does
 ------------
-1. **Cohort**: one phantom cohort (:func:`medseg.data.phantom.write_cohort`, ``--cases`` small cases from
+1. **Cohort**: one phantom cohort (:func:`medseg.phantom.write_cohort`, ``--cases`` small cases from
    ``--seed``) in ``RUN_DIR/cohort``, written once and reused while its parameters are unchanged.
 2. **Every trained model** runs the demo pipeline's stages (:mod:`medseg.pipeline`: prepare -> train -> predict ->
    evaluate -> report) in ``RUN_DIR/<model>/`` with the *same* stage parameters except ``train.model``: same
@@ -117,7 +117,7 @@ def fmt(value, spec: str = ".3f", missing: str = "-") -> str:
 
 def ensure_cohort(path: Path, cases: int, seed: int) -> str:
     """Write the phantom cohort unless ``path`` already holds the same complete one; returns a description."""
-    from medseg.data.phantom import GENERATOR_VERSION, write_cohort
+    from medseg.phantom import GENERATOR_VERSION, write_cohort
     from medseg.io import read_json
 
     manifest = path / "phantom.json"

@@ -91,7 +91,7 @@ class PipelineFile:
 
 @dataclass
 class SynthStage:
-    """Write a synthetic phantom cohort (:func:`medseg.data.phantom.write_cohort`)."""
+    """Write a synthetic phantom cohort (:func:`medseg.phantom.write_cohort`)."""
 
     cases: int = setting(20, minimum=1, help="number of cases")
     seed: int = setting(0, help="seed of the cohort")
@@ -293,7 +293,7 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     upstream = {"medseg": __version__, "data": _data_fingerprint(pipeline.data)}
     for name, params in pipeline.stages.items():
         if name == "synth":  # a new phantom generator makes a different cohort from the same parameters
-            from medseg.data.phantom import GENERATOR_VERSION
+            from medseg.phantom import GENERATOR_VERSION
 
             upstream = {**upstream, "phantom_generator": GENERATOR_VERSION}
         omitted = KEY_OMITTED_DEFAULTS.get(name, {})
@@ -367,7 +367,7 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, force: "tuple[str, .
 
 
 def _stage_synth(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.data.phantom import write_cohort
+    from medseg.phantom import write_cohort
 
     cohort = stage_dir / "cohort"
     write_cohort(cohort, cases=params["cases"], seed=params["seed"], size=params["size"],

@@ -386,7 +386,7 @@ def _sigterm_at_write(monkeypatch, after: int = 1):
                 time.sleep(0.5)  # the handler raises here, before the rename
 
     monkeypatch.setattr(medseg_io, "atomic_path", atomic_then_signal)
-    for module in ("medseg.evaluation.report", "medseg.data.phantom", "medseg.commands.predict"):
+    for module in ("medseg.evaluation.report", "medseg.phantom", "medseg.commands.predict"):
         imported = sys.modules.get(module)
         if imported is not None and hasattr(imported, "atomic_path"):
             monkeypatch.setattr(imported, "atomic_path", atomic_then_signal)

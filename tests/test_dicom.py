@@ -73,7 +73,7 @@ def test_hu_from_rescale_slope_and_intercept(tmp_path):
 
 @pytest.mark.parametrize("case", [2, 3])  # case 2 stores LPS; case 3's slice normal points down (k reversed)
 def test_phantom_round_trip_same_world_geometry(case, tmp_path):
-    from medseg.data.phantom import generate_case
+    from medseg.phantom import generate_case
 
     image, _ = generate_case(case, 0, "small")
     dicom.write_series(image, tmp_path / "s")

@@ -84,7 +84,7 @@ def test_stage_keys_chain_downstream(tmp_path):
 
 
 def test_a_new_phantom_generator_reruns_synth(tmp_path, monkeypatch):
-    from medseg.data import phantom
+    from medseg import phantom
 
     path = _write(tmp_path, "stages:\n  synth: {cases: 3}\n  prepare: {split: seeded}\n")
     base = stage_keys(load_pipeline(path))

@@ -1,6 +1,6 @@
 """``medseg synth OUT_DIR``: write a synthetic Synapse-like phantom cohort in the raw BTCV layout.
 
-See :mod:`medseg.data.phantom` for what the phantom holds and how it is made.
+See :mod:`medseg.phantom` for what the phantom holds and how it is made.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the cohort and print where it went, how long it took and the preview's path."""
-    from medseg.data.phantom import write_cohort
+    from medseg.phantom import write_cohort
     from medseg.io import check_output_path, remove_stale_temps
 
     check_output_path(args.out_dir, "output folder", folder=True)

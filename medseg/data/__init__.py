@@ -1,1 +1,1 @@
-"""Data layer: cohort discovery and splits, MONAI transform chains, the 2D slice cache, the phantom cohort."""
+"""Data layer: cohort discovery and splits, MONAI transform chains, the 2D slice cache."""
