@@ -446,8 +446,8 @@ def _stage_postprocess(pipeline, params, stage_dir: Path, outputs, progress) -> 
 
 def _validation_pairs(pipeline, params, stage_dir: Path, outputs, progress) -> tuple[str, list[tuple[str, str]]]:
     """(what the validation cases are, [(image, label) paths]) for the postprocess stage."""
-    from medseg.data.phantom import write_cohort
     from medseg.data.slice_cache import load_manifest
+    from medseg.phantom import write_cohort
 
     mode = params["validation"]
     if mode == "auto":

@@ -250,3 +250,16 @@ def test_postprocess_stage_settings_are_checked(tmp_path, sets, message, capsys)
     assert main(["run", str(path), "--dry-run", *sets]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_postprocess_stage_validates_on_fresh_phantoms(tmp_path):
+    """With the synth stage, the rules are chosen on phantoms of another seed (never trained on)."""
+    path = _write(tmp_path, f"run_dir: {tmp_path / 'run'}\nstages:\n  synth: {{cases: 2, seed: 5}}\n"
+                            "  prepare: {split: all-train}\n"
+                            "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 1, batch_size: 8, workers: 0,"
+                            " threads: 1, tensorboard: false}\n  postprocess: {cases: 1, seed: 6}\n")
+    results = {r.name: r for r in run_pipeline(load_pipeline(path), progress=False)}
+    outputs = results["postprocess"].outputs
+    assert outputs["source"] == "1 fresh phantoms (seed 6, size small)" and outputs["validation_cases"] == 1
+    with pytest.raises(ConfigError, match="stages.postprocess.seed: 5 is the synth stage's seed"):
+        run_pipeline(load_pipeline(path, ["postprocess.seed=5"]), progress=False)
