@@ -482,7 +482,7 @@ def _test_cases(outputs) -> list[dict]:
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     from medseg.engine.inference import load_predictor, predict_volume
-    from medseg.io import Volume
+    from medseg.io import Volume, read_volume
     from medseg.outputs import write_label_map, write_labels_nifti
     from medseg.postprocess import finish_case, load_rules_for
     from medseg.progress import progress_bar
@@ -512,9 +512,11 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
         if target.exists() and record_path.exists() and record_mismatch(target, expected) is None:
             records[case_id] = read_json(record_path)
             continue  # resumed stage: this case was finished, by this checkpoint, before the interruption
-        labels = predict_volume(entry["source_image"], predictor, batch_size=params["batch_size"], tta=params["tta"],
+        image = read_volume(entry["source_image"])
+        labels = predict_volume(image, predictor, batch_size=params["batch_size"], tta=params["tta"],
                                 resize=params["resize"])
-        final, records[case_id] = finish_case(labels.array, labels.affine, predictor.label_set, rules)
+        final, records[case_id] = finish_case(labels.array, labels.affine, predictor.label_set, rules,
+                                              image=image.array)
         provenance = dict(expected, checkpoint=str(checkpoint), input=entry["source_image"])
         write_json(record_path, records[case_id])  # before the labels: a finished label file always has its record
         if rules is not None:  # the model's own output, for the figures without post-processing

@@ -140,3 +140,36 @@ def test_missing_liver_is_expected_when_the_spleen_is_found(organ):
         assert ("liver", "expected_not_found") in flags
     else:  # the spleen is expected because the liver lies wholly inside the scan
         assert ("spleen", "expected_not_found") in flags
+
+
+def test_evaluate_shows_flags_beside_the_scores(tmp_path, caplog):
+    """A swapped-kidney prediction and a correct one: the summary flags the first, its Dice is lower, the CLI
+    logs it and the report's worst cases name the flag."""
+    import logging
+
+    from medseg.cli import main
+    from medseg.io import Volume, read_json, write_volume
+
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    raw = {value: raw for raw, value in SYNAPSE8.raw_to_class.items()}  # class -> raw BTCV value
+    reference = abdomen()
+    raw_reference = np.vectorize(lambda v: raw.get(int(v), 0))(reference).astype(np.uint8)
+    swapped = reference.copy()
+    swapped[reference == ORGAN["kidney_right"]] = ORGAN["kidney_left"]
+    swapped[reference == ORGAN["kidney_left"]] = ORGAN["kidney_right"]
+    for case, prediction in (("case0001", reference), ("case0002", swapped)):
+        write_volume(refs / f"{case}.nii.gz", Volume(raw_reference, AFFINE), dtype=np.uint8)
+        write_volume(preds / f"{case}.nii.gz", Volume(prediction, AFFINE), dtype=np.uint8)
+    caplog.set_level(logging.INFO)
+    code = main(["evaluate", str(refs), str(preds), "-o", str(tmp_path / "out"), "--reference-format", "raw",
+                 "--workers", "1", "--thumbnails", "0"])
+    assert code == 0
+    summary = read_json(tmp_path / "out" / "summary.json")
+    assert summary["flags"]["case0001"] == []
+    assert {f["organ"] for f in summary["flags"]["case0002"]} == {"kidney_left", "kidney_right"}
+    comparison = summary["flag_comparison"]["organ_results"]
+    assert comparison["flagged"] == {"n": 2, "mean_dice": 0.0} and comparison["unflagged"]["mean_dice"] == 1.0
+    assert "flagged case0002 (mean DSC 75.00 %): kidney_left wrong_side" in caplog.text
+    assert "flagged organ results mean Dice 0.000 (n=2), unflagged 1.000 (n=14)" in caplog.text
+    assert (tmp_path / "out" / "quality_flags.csv").read_text().count("wrong_side") == 2
+    assert "| wrong_side |" in (tmp_path / "out" / "report.md").read_text()
