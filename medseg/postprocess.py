@@ -352,7 +352,8 @@ def load_rules_for(checkpoint: "str | Path", checkpoint_sha256: "str | None" = N
 
 
 def finish_case(labels: np.ndarray, affine: np.ndarray, label_set: "LabelSet | str",
-                rules: "PostprocessRules | None", image: "np.ndarray | None" = None) -> tuple[np.ndarray, dict]:
+                rules: "PostprocessRules | None", image: "np.ndarray | None" = None,
+                flags: bool = True) -> tuple[np.ndarray, dict]:
     """A predicted label map after the rules (when given), and the case's record.
 
     Args:
@@ -361,6 +362,7 @@ def finish_case(labels: np.ndarray, affine: np.ndarray, label_set: "LabelSet | s
         label_set: the label set of ``labels``.
         rules: the checkpoint's rules, or None (post-processing off or no rules file).
         image: the CT in HU on the same grid (optional; the body midline of the quality flags).
+        flags: compute the quality flags (False for input without geometry, e.g. a TransUNet h5 stack).
 
     Returns:
         ``(labels, record)``: the final map and ``{"postprocess": {organ: what was removed} or None,
@@ -373,5 +375,6 @@ def finish_case(labels: np.ndarray, affine: np.ndarray, label_set: "LabelSet | s
                                          "removed_ml": round(r.removed_ml, 3), "not_found": r.not_found}
                                  for organ, r in results.items() if r.removed_components}
         record["not_found"] = [organ for organ, r in results.items() if r.not_found]
-    record["flags"] = [flag.to_dict() for flag in quality_flags(labels, affine, label_set, image=image)]
+    if flags:
+        record["flags"] = [flag.to_dict() for flag in quality_flags(labels, affine, label_set, image=image)]
     return labels, record

@@ -77,6 +77,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--img-size", type=int, help="input size of a bare state_dict (default: the model's, 224)")
     parser.add_argument("--num-parts", type=int, default=1, help="split a folder into N parts (default 1)")
     parser.add_argument("--part-id", type=int, default=0, help="which part to run, 0..N-1 (default 0)")
+    parser.add_argument("--no-postprocess", action="store_true",
+                        help="do not apply the checkpoint's post-processing rules (NAME.postprocess.json beside it)")
     parser.add_argument("--overwrite", action="store_true", help="predict again when the output already exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -221,6 +223,7 @@ def predict_one(source: Path, target: Path, predictor, args, provenance: "dict |
     from medseg.errors import InputError
     from medseg.io import atomic_path, write_json
     from medseg.outputs import keep_organs, organ_statistics
+    from medseg.postprocess import finish_case
 
     started = time.perf_counter()
     if isinstance(source, DicomCase):
@@ -236,6 +239,10 @@ def predict_one(source: Path, target: Path, predictor, args, provenance: "dict |
     if args.save_probabilities:
         prediction, probabilities = prediction
     organs = getattr(args, "organ_list", None)
+    # post-processing rules (when the checkpoint has them and they are on) and quality flags (medseg.quality)
+    prediction.array, case = finish_case(prediction.array, prediction.affine, predictor.label_set,
+                                         getattr(args, "rules", None), image=None if h5_input else volume.array,
+                                         flags=not h5_input)
     prediction.array = keep_organs(prediction.array, predictor.label_set, organs)
     if any(kind != "nifti" for kind in getattr(args, "output_types", None) or []) and not prediction.array.any():
         raise InputError(f"{source.name}: no organ predicted, and a DICOM-SEG / RTSTRUCT needs at least one; "
@@ -257,7 +264,7 @@ def predict_one(source: Path, target: Path, predictor, args, provenance: "dict |
     record = write_case_outputs(source, target, volume, prediction, predictor.label_set, args, hu=not h5_input,
                                 provenance=provenance)
     return {"status": "predicted", "seconds": round(time.perf_counter() - started, 3),
-            "shape": list(prediction.shape), **record}
+            "shape": list(prediction.shape), **record, **case}
 
 
 def _input_text(source) -> str:
@@ -352,12 +359,29 @@ def _run(args, stack: contextlib.ExitStack) -> int:
         return EXIT_OK
     remove_stale_temps(args.output.parent if single_output else args.output)
     settings = run_settings(args, checkpoint_sha256(args.checkpoint))
+    args.rules, settings["postprocess"] = _postprocess_rules(args, settings["checkpoint_sha256"])
     expected = {source.name: expected_record(settings, _source_files(source)) for source, _ in pairs}
     todo, records = _sort_done(args, pairs, expected)
     started = time.perf_counter()
     records.update(_predict_cases(args, todo, expected, single_output))
     return _finish(args, pairs, todo, records, settings, dicom_input, single_output,
                    time.perf_counter() - started)
+
+
+def _postprocess_rules(args, checkpoint_hash: str):
+    """``(rules or None, the rules file's SHA-256 or None)``: the checkpoint's post-processing rules unless
+    ``--no-postprocess`` (rules chosen for another checkpoint are an error, never applied)."""
+    from medseg.io import file_sha256
+    from medseg.postprocess import load_rules_for, rules_path
+
+    if args.no_postprocess:
+        return None, None
+    rules = load_rules_for(args.checkpoint, checkpoint_hash)
+    if rules is None:
+        return None, None
+    log.info("post-processing rules %s: %s", rules_path(args.checkpoint),
+             ", ".join(f"{organ} {rule}" for organ, rule in rules.describe().items()) or "none chosen")
+    return rules, file_sha256(rules_path(args.checkpoint))
 
 
 def _check_outputs(args, inputs: list, dicom_input: bool) -> bool:
@@ -453,6 +477,12 @@ def _finish(args, pairs: list, todo: list, records: dict, settings: dict, dicom_
     if args.statistics and todo:
         write_statistics_table(args, pairs)
     if not single_output:
+        from medseg.postprocess import rules_path
+        from medseg.quality import write_flags_csv
+
+        flags = {name: record["flags"] for name, record in records.items() if "flags" in record}
+        if flags:
+            write_flags_csv(args.output / "quality_flags.csv", flags)
         name = "predict_summary.json" if args.num_parts == 1 else \
             f"predict_summary.part{args.part_id}of{args.num_parts}.json"
         write_json(args.output / name, {
@@ -462,6 +492,12 @@ def _finish(args, pairs: list, todo: list, records: dict, settings: dict, dicom_
             "output_types": args.output_types, "organs": getattr(args, "organ_list", None),
             "dicom_series": [s.series.summary() | {"name": s.name} for s, _ in pairs] if dicom_input else [],
             "seconds": round(elapsed, 3), "cases": records,
+            "postprocess": None if args.rules is None else {
+                "rules": str(rules_path(args.checkpoint)), "rules_sha256": settings["postprocess"],
+                "organs": args.rules.describe(), "chosen_on": args.rules.validation.get("source")},
+            "postprocess_off": "--no-postprocess" if args.no_postprocess else (
+                None if args.rules is not None else "the checkpoint has no rules file"),
+            "flagged_cases": sorted(name for name, flags_of_case in flags.items() if flags_of_case),
         })
     print(f"predicted {counts['predicted']}, already done {counts['exists']}, failed {counts['failed']} "
           f"in {elapsed:.1f} s -> {args.output}")
