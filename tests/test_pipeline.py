@@ -37,7 +37,7 @@ def test_paper_pipeline_without_data_names_the_key(capsys):
 
 def test_demo_pipeline_validates():
     pipeline = load_pipeline(PIPELINES / "demo.yaml")
-    assert list(pipeline.stages) == ["synth", "prepare", "train", "predict", "evaluate", "report"]
+    assert list(pipeline.stages) == ["synth", "prepare", "train", "postprocess", "predict", "evaluate", "report"]
     assert pipeline.data is None
 
 
