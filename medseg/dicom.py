@@ -1,8 +1,11 @@
 """DICOM in and out: CT series to volumes, label volumes to DICOM-SEG and RTSTRUCT.
 
-Reading uses pydicom for the headers (grouping files by SeriesInstanceUID, checking the slice geometry) and
-SimpleITK/GDCM for the pixel data (every transfer syntax GDCM knows, RescaleSlope/RescaleIntercept applied, so the
-array holds HU). No DICOM parsing is written here.
+Reading uses pydicom for the headers (grouping files into series, checking the slice geometry) and SimpleITK/GDCM
+for the pixel data (every transfer syntax GDCM knows: uncompressed little or big endian, deflated, RLE, JPEG
+lossless, JPEG-LS, JPEG 2000; RescaleSlope/RescaleIntercept applied, so the array holds HU). No DICOM parsing is
+written here. Files group by SeriesInstanceUID, or where anonymisation left it empty by FrameOfReferenceUID +
+orientation + pixel grid (:func:`series_key`; :attr:`Series.grouped_by` records which); an empty SOPInstanceUID is
+taken from the file meta header.
 
 Geometry, handled once, here:
     DICOM gives positions in patient LPS millimetres. A series becomes a :class:`medseg.io.Volume` indexed
@@ -12,31 +15,45 @@ Geometry, handled once, here:
     that normal. A prediction on that volume maps back to DICOM pixels as ``labels[:, :, k].T`` = the ``(rows,
     columns)`` frame of slice ``k``.
 
-A series that would give a wrong volume is refused with one line: missing slices, uneven spacing, gantry tilt
-(slices sheared against their normal), mixed orientations or pixel grids, duplicate positions, a single slice,
-multi-frame files, or a Modality other than CT.
+A series that would give a wrong volume is refused with one line naming it and the reason: missing slices, uneven
+spacing, gantry tilt (slices sheared against their normal), all slices at one position, mixed orientations or pixel
+grids, duplicate positions, a single slice, multi-frame files, or a Modality other than CT.
 
 Writing:
     :func:`write_series` writes a volume as a CT series (tests, and turning a NIfTI into DICOM for a viewer);
     :func:`write_dicom_seg` writes a DICOM-SEG with highdicom (one segment per organ, coded with SNOMED CT,
     referencing the source series); :func:`write_rtstruct` writes an RT Structure Set built with pydicom (one ROI
-    per organ, closed planar contours per slice traced with scikit-image's marching squares).
+    per organ, closed planar contours per slice traced with scikit-image's marching squares). Both reference the
+    source through :func:`source_headers` (UIDs the source lacks are minted by :func:`output_uids` and reported)
+    and pass dicom3tools' ``dciodvfy`` without errors.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import hashlib
 import logging
 import re
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import highdicom as hd
 import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from skimage import measure
 
 from medseg.errors import InputError
-from medseg.io import Volume, atomic_path
+from medseg.io import Volume, atomic_path, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +88,13 @@ ORGAN_CODES: dict[str, tuple[str, str]] = {
 _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: SOP classes that hold no image slices (SEG, RTSTRUCT, SR, presentation states...) are skipped when scanning.
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 _IMAGE_FREE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
+
+
+#: How :func:`find_series` grouped a series' files (recorded in :meth:`Series.summary`).
+GROUPED_BY_SERIES_UID = "SeriesInstanceUID"
+GROUPED_BY_GEOMETRY = "FrameOfReferenceUID+orientation+grid"
 
 
 @dataclass(frozen=True)
@@ -79,11 +102,17 @@ class Series:
     """One DICOM image series found on disk.
 
     Attributes:
-        uid: SeriesInstanceUID.
+        uid: SeriesInstanceUID ('' when the files have none; see ``grouped_by``).
         files: the slice files, sorted along the slice normal (see the module docstring).
         patient_id, study_date, series_number, description, modality: from the first file ('' when absent).
-        name: the output stem: ``PatientID_StudyDate_SeriesNumber`` (file-name safe), or the UID when those are
-            missing or not unique in the input (set by :func:`find_series`).
+        name: the output stem, unique in the input (set by :func:`find_series`, see :func:`_named`).
+        grouped_by: the rule that put the files together: :data:`GROUPED_BY_SERIES_UID`, or for files without a
+            SeriesInstanceUID :data:`GROUPED_BY_GEOMETRY` (same FrameOfReferenceUID, ImageOrientationPatient,
+            Rows, Columns and PixelSpacing).
+        study_uid, frame_of_reference_uid: from the first file ('' when absent or empty).
+        sop_uids: each file's SOPInstanceUID, or its file meta MediaStorageSOPInstanceUID when the dataset's is
+            empty ('' when both are), in ``files`` order.
+        sop_uids_from_file_meta: how many of ``sop_uids`` came from the file meta only.
     """
 
     uid: str
@@ -94,12 +123,61 @@ class Series:
     description: str = ""
     modality: str = ""
     name: str = ""
+    grouped_by: str = GROUPED_BY_SERIES_UID
+    study_uid: str = ""
+    frame_of_reference_uid: str = ""
+    sop_uids: tuple[str, ...] = ()
+    sop_uids_from_file_meta: int = 0
+
+    def label(self) -> str:
+        """How error messages name the series: its folder and UID (or its name when it has no UID)."""
+        folder = self.files[0].parent if self.files else ""
+        if self.uid:
+            return f"{folder} (series {self.uid})"
+        return f"{folder} (series '{self.name or '?'}', no SeriesInstanceUID)"
 
     def summary(self) -> dict:
-        """Plain-data description for summaries."""
+        """Plain-data description for summaries: identity, the rule that grouped the files, and which UIDs DICOM
+        outputs take from the file meta or mint (see :func:`output_uids`)."""
         return {"series_instance_uid": self.uid, "patient_id": self.patient_id, "study_date": self.study_date,
                 "series_number": self.series_number, "description": self.description, "modality": self.modality,
-                "slices": len(self.files), "folder": str(self.files[0].parent) if self.files else ""}
+                "slices": len(self.files), "folder": str(self.files[0].parent) if self.files else "",
+                "grouped_by": self.grouped_by, "minted_uids": output_uids(self).minted,
+                "sop_uids_from_file_meta": self.sop_uids_from_file_meta}
+
+
+@dataclass(frozen=True)
+class OutputUids:
+    """The source UIDs a DICOM-SEG or RTSTRUCT references (see :func:`output_uids`).
+
+    Attributes:
+        study, series, frame_of_reference: the series' own UIDs, or minted ones where its files hold none.
+        minted: ``{keyword: minted UID}`` of the UIDs the files lack (empty when they hold all three).
+    """
+
+    study: str
+    series: str
+    frame_of_reference: str
+    minted: dict
+
+
+def output_uids(series: Series) -> OutputUids:
+    """The Study, Series and Frame of Reference UIDs that outputs of ``series`` reference: the files' own, else
+    minted.
+
+    A UID the files leave empty is minted: a new UID is what DICOM prescribes wherever an identity is created, and
+    it is derived from the slices' SOP Instance UIDs and file names, so the DICOM-SEG and the RTSTRUCT of one
+    series, and reruns, reference the same minted UIDs. SOP Instance UIDs are never minted (a reference must name
+    the instance a viewer holds); see :func:`source_headers`.
+    """
+    seed = [*series.sop_uids, *(p.name for p in series.files)]
+    own = {"StudyInstanceUID": series.study_uid, "SeriesInstanceUID": series.uid,
+           "FrameOfReferenceUID": series.frame_of_reference_uid}
+    minted = {key: generate_uid(entropy_srcs=[key, *seed]) for key, value in own.items() if not value}
+    return OutputUids(study=own["StudyInstanceUID"] or minted.get("StudyInstanceUID", ""),
+                      series=own["SeriesInstanceUID"] or minted.get("SeriesInstanceUID", ""),
+                      frame_of_reference=own["FrameOfReferenceUID"] or minted.get("FrameOfReferenceUID", ""),
+                      minted=minted)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,57 +214,117 @@ def _dicom_files(folder: Path, limit: "int | None" = None) -> Iterator[Path]:
                 return
 
 
-def find_series(folder: "str | Path") -> list[Series]:
-    """Every image series below ``folder`` (any depth), one :class:`Series` per SeriesInstanceUID.
+def _text(header, keyword: str) -> str:
+    """A tag's value as stripped text ('' when absent or empty)."""
+    return str(getattr(header, keyword, "") or "").strip()
 
-    Files without the DICOM preamble are ignored, and so are SEG, RTSTRUCT, SR and other image-free objects. The
-    geometry is not checked here (see :func:`read_series`).
+
+def skip_reason(header) -> str:
+    """Why a DICOM file is no slice of a CT volume ('' when it may be one): a DICOMDIR (CD and USB exports carry
+    one), an image-free object by Modality (SEG, RTSTRUCT, SR, ...), a file without Rows, or a localizer (scout:
+    ImageType LOCALIZER, a projection image that study exports put beside the volumes)."""
+    if _text(getattr(header, "file_meta", None), "MediaStorageSOPClassUID") == _MEDIA_STORAGE_DIRECTORY:
+        return "DICOMDIR"
+    if _text(header, "Modality").upper() in _IMAGE_FREE_MODALITIES or not _text(header, "Rows"):
+        return "non-image object"
+    image_type = [str(v).strip().upper() for v in (getattr(header, "ImageType", None) or [])]
+    if "LOCALIZER" in image_type:
+        return "localizer"
+    return ""
+
+
+def sop_instance_uid(header) -> tuple[str, bool]:
+    """``(SOP Instance UID, taken from the file meta)``: the dataset's SOPInstanceUID, or when that is empty or
+    absent the file meta's MediaStorageSOPInstanceUID (Part 10 requires both to be equal); '' when neither exists."""
+    own = _text(header, "SOPInstanceUID")
+    if own:
+        return own, False
+    meta = _text(getattr(header, "file_meta", None), "MediaStorageSOPInstanceUID")
+    return meta, bool(meta)
+
+
+def series_key(header) -> tuple[str, tuple]:
+    """``(rule, key)`` that groups a file into its series.
+
+    Files with a SeriesInstanceUID group by it (rule :data:`GROUPED_BY_SERIES_UID`). Files without one group by
+    FrameOfReferenceUID, ImageOrientationPatient (rounded to 1e-4), Rows, Columns and PixelSpacing (rounded to
+    1e-4 mm) (rule :data:`GROUPED_BY_GEOMETRY`): slices of one volume share all of them, and a group that still
+    mixes acquisitions is refused by :func:`check_geometry` (slices at the same position).
+    """
+    uid = _text(header, "SeriesInstanceUID")
+    if uid:
+        return GROUPED_BY_SERIES_UID, (uid,)
+    try:
+        orientation = tuple(round(float(v), 4) + 0.0 for v in header.ImageOrientationPatient)
+        spacing = tuple(round(float(v), 4) for v in header.PixelSpacing)
+    except (AttributeError, ValueError, TypeError):
+        orientation, spacing = (), ()
+    return GROUPED_BY_GEOMETRY, (_text(header, "FrameOfReferenceUID"), orientation,
+                                 _text(header, "Rows"), _text(header, "Columns"), spacing)
+
+
+def find_series(folder: "str | Path") -> list[Series]:
+    """Every image series below ``folder`` (any depth), grouped by :func:`series_key`.
+
+    Files without the DICOM preamble are ignored, and so are DICOMDIR files, SEG, RTSTRUCT, SR and other image-free
+    objects, and localizers (see :func:`skip_reason`; logged as one line). The geometry is not checked here (see
+    :func:`read_series`).
 
     Raises:
-        InputError: the folder holds no DICOM image files.
+        InputError: an unreadable DICOM file, or the folder holds no DICOM image files.
     """
-    import pydicom
-
     folder = Path(folder)
-    groups: dict[str, list[tuple[Path, object]]] = {}
+    groups: dict[tuple, list[tuple[Path, object]]] = {}
+    skipped: dict[str, int] = {}
     for path in _dicom_files(folder):
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # pydicom raises several types for a corrupt file
             raise InputError(f"{path}: unreadable DICOM file ({_first_line(exc)})") from None
-        if str(getattr(header, "Modality", "")).upper() in _IMAGE_FREE_MODALITIES:
+        reason = skip_reason(header)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        uid = str(getattr(header, "SeriesInstanceUID", "") or "")
-        if not uid:
-            raise InputError(f"{path}: DICOM file without a SeriesInstanceUID")
-        groups.setdefault(uid, []).append((path, header))
+        groups.setdefault(series_key(header), []).append((path, header))
+    if skipped:
+        log.info("%s: skipped %s", folder, ", ".join(f"{n} {reason} file(s)" for reason, n in sorted(skipped.items())))
     if not groups:
-        raise InputError(f"{folder}: no DICOM image files found")
-    series = []
-    for uid, members in groups.items():
-        first = members[0][1]
-        series.append(Series(
-            uid=uid, files=tuple(p for p, _ in _sort_along_normal(members)),
-            patient_id=str(getattr(first, "PatientID", "") or ""),
-            study_date=str(getattr(first, "StudyDate", "") or ""),
-            series_number=str(getattr(first, "SeriesNumber", "") or ""),
-            description=str(getattr(first, "SeriesDescription", "") or ""),
-            modality=str(getattr(first, "Modality", "") or ""),
-        ))
-    return _named(sorted(series, key=lambda s: (s.patient_id, s.study_date, _int_or(s.series_number), s.uid)))
+        found = f" (only {', '.join(f'{n} {reason}' for reason, n in sorted(skipped.items()))})" if skipped else ""
+        raise InputError(f"{folder}: no DICOM image files found{found}")
+    series = [_series_of(rule, members) for (rule, _), members in groups.items()]
+    return _named(sorted(series, key=lambda s: (s.patient_id, s.study_date, _int_or(s.series_number), s.uid,
+                                                s.sop_uids)))
+
+
+def _series_of(rule: str, members: list[tuple[Path, object]]) -> Series:
+    """A :class:`Series` (not yet named) of one group's ``(path, header)`` members."""
+    members = _sort_along_normal(members)
+    first = members[0][1]
+    sops = [sop_instance_uid(header) for _, header in members]
+    return Series(
+        uid=_text(first, "SeriesInstanceUID") if rule == GROUPED_BY_SERIES_UID else "",
+        files=tuple(p for p, _ in members), patient_id=_text(first, "PatientID"),
+        study_date=_text(first, "StudyDate"), series_number=_text(first, "SeriesNumber"),
+        description=_text(first, "SeriesDescription"), modality=_text(first, "Modality"), grouped_by=rule,
+        study_uid=_text(first, "StudyInstanceUID"), frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
+        sop_uids=tuple(uid for uid, _ in sops), sop_uids_from_file_meta=sum(meta for _, meta in sops),
+    )
 
 
 def _named(series: list[Series]) -> list[Series]:
-    """Give each series its output stem; falls back to the UID when the readable name is incomplete or repeated."""
-    readable = {}
+    """Give each series its output stem: ``PatientID_StudyDate_SeriesNumber`` from the parts that are not empty
+    (else the SeriesDescription, else ``series``), file-name safe; a stem that several series share gets
+    ``_`` and 8 hex digits of the series' Series UID (its own or minted, see :func:`output_uids`) appended."""
+    stems = []
     for s in series:
-        parts = [s.patient_id, s.study_date, s.series_number]
-        readable[s.uid] = _safe_name("_".join(parts)) if all(parts) else ""
-    counts: dict[str, int] = {}
-    for name in readable.values():
-        counts[name] = counts.get(name, 0) + 1
-    return [Series(**{**s.__dict__, "name": readable[s.uid] if readable[s.uid] and counts[readable[s.uid]] == 1
-                      else _safe_name(s.uid)}) for s in series]
+        readable = "_".join(part for part in (s.patient_id, s.study_date, s.series_number) if part)
+        stems.append(_safe_name(readable or s.description or "series"))
+    named = []
+    for s, stem in zip(series, stems):
+        if stems.count(stem) > 1:
+            stem = f"{stem}_{hashlib.sha1(output_uids(s).series.encode()).hexdigest()[:8]}"
+        named.append(dataclasses.replace(s, name=stem))
+    return named
 
 
 def _safe_name(text: str) -> str:
@@ -289,6 +427,9 @@ def check_geometry(headers: list, source: str) -> np.ndarray:
     normal = _normal(orientations[0])
     along = positions @ normal
     steps = np.diff(along)
+    if np.ptp(along) < POSITION_TOLERANCE_MM:
+        raise InputError(f"{source}: all {len(headers)} slices at one position ({along[0]:.2f} mm along the "
+                         "normal): not a volume (a localizer, or repeated scans of one slice?)")
     if np.any(steps < POSITION_TOLERANCE_MM):
         at = int(np.argmin(steps))
         raise InputError(f"{source}: two slices at the same position ({along[at]:.2f} mm along the normal); "
@@ -297,8 +438,10 @@ def check_geometry(headers: list, source: str) -> np.ndarray:
     shear = np.linalg.norm(deltas - np.outer(deltas @ normal, normal), axis=1)
     if shear.max() > max(POSITION_TOLERANCE_MM, 1e-3 * float(np.abs(steps).max())):
         tilt = float(np.degrees(np.arctan2(shear.max(), steps[int(np.argmax(shear))])))
-        raise InputError(f"{source}: gantry tilt ({tilt:.1f} degrees between slice positions and their normal); "
-                         "resample the series to an orthogonal grid first")
+        uneven = f", and uneven steps ({steps.min():.2f} to {steps.max():.2f} mm along the normal)" \
+            if not _regular(along) else ""
+        raise InputError(f"{source}: gantry tilt ({tilt:.1f} degrees between slice positions and their normal"
+                         f"{uneven}); resample the series to an orthogonal grid first")
     step = float(np.median(steps))
     gaps = steps > 1.5 * step
     if np.any(gaps):
@@ -307,8 +450,7 @@ def check_geometry(headers: list, source: str) -> np.ndarray:
         if abs(ratio - round(ratio)) < 0.1 * round(ratio):
             raise InputError(f"{source}: missing slice(s): a {steps[at]:.2f} mm gap between slices at "
                              f"{along[at]:.2f} and {along[at + 1]:.2f} mm (spacing elsewhere {step:.2f} mm)")
-    regular = along[0] + np.arange(len(along)) * (along[-1] - along[0]) / (len(along) - 1)
-    if np.abs(along - regular).max() > max(SPACING_TOLERANCE * step, SLICE_JITTER_MM):
+    if not _regular(along):
         raise InputError(f"{source}: uneven slice spacing ({steps.min():.2f} to {steps.max():.2f} mm); "
                          "resample the series to a regular grid first")
     row_spacing, column_spacing = (float(v) for v in headers[0].PixelSpacing)
@@ -320,10 +462,16 @@ def check_geometry(headers: list, source: str) -> np.ndarray:
     return affine
 
 
+def _regular(along: np.ndarray) -> bool:
+    """True when sorted slice positions ``along`` the normal (mm) lie on a regular grid through the first and last:
+    none more than :data:`SPACING_TOLERANCE` of the median step (at least :data:`SLICE_JITTER_MM`) off it."""
+    step = float(np.median(np.diff(along)))
+    regular = along[0] + np.arange(len(along)) * (along[-1] - along[0]) / (len(along) - 1)
+    return bool(np.abs(along - regular).max() <= max(SPACING_TOLERANCE * step, SLICE_JITTER_MM))
+
+
 def read_headers(series: Series) -> list:
     """pydicom datasets (no pixel data) of the series' slices, in its slice order."""
-    import pydicom
-
     headers = []
     for path in series.files:
         try:
@@ -343,13 +491,13 @@ def read_series(series: Series) -> Volume:
         InputError: not a CT series (Modality), bad geometry (see :func:`check_geometry`) or pixel data GDCM cannot
             decode.
     """
-    import SimpleITK as sitk
 
-    source = f"{series.files[0].parent} (series {series.uid})"
-    if series.modality.upper() != "CT":
-        raise InputError(f"{source}: modality {series.modality or 'unknown'}, not CT; medseg's models segment CT "
-                         "(in HU), so this series is not read")
+    source = series.label()
     headers = read_headers(series)
+    modalities = sorted({_text(h, "Modality").upper() or "unknown" for h in headers})
+    if modalities != ["CT"]:
+        raise InputError(f"{source}: modality {'/'.join(modalities)}, not CT; medseg's models segment CT "
+                         "(in HU), so this series is not read")
     lps_affine = check_geometry(headers, source)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in series.files])
@@ -401,8 +549,6 @@ def read_dicom(path: "str | Path") -> Volume:
 
 def read_image(path: "str | Path", *, dtype=None) -> Volume:
     """Read a CT image: a NIfTI file (:func:`medseg.io.read_volume`) or one DICOM series (folder or ``.zip``)."""
-    from medseg.io import read_volume
-
     path = Path(path)
     if path.is_dir() or (path.is_file() and path.suffix.lower() == ".zip"):
         volume = read_dicom(path)
@@ -420,8 +566,8 @@ def write_series(volume: Volume, folder: "str | Path", *, patient_id: str = "ANO
     """Write ``volume`` (HU, RAS affine) as a CT Image Storage series, one file per slice ``k``.
 
     Pixels are stored as unsigned 16-bit ``round(HU) - intercept`` with RescaleIntercept ``intercept`` (default:
-    -1024, or the volume's minimum when lower) and slope 1, so :func:`read_series` gives back the same array and affine. The affine must have orthogonal axes (a sheared
-    affine has no DICOM equivalent).
+    -1024, or the volume's minimum when lower) and slope 1, so :func:`read_series` gives back the same array and
+    affine. The affine must have orthogonal axes (a sheared affine has no DICOM equivalent).
 
     Returns:
         The slice files, ``IM0001.dcm``... in ``k`` order.
@@ -429,9 +575,6 @@ def write_series(volume: Volume, folder: "str | Path", *, patient_id: str = "ANO
     Raises:
         InputError: a sheared affine, or HU values that do not fit the stored range.
     """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     folder = Path(folder)
     lps = LPS_TO_RAS @ np.asarray(volume.affine, dtype=np.float64)
@@ -470,6 +613,7 @@ def write_series(volume: Volume, folder: "str | Path", *, patient_id: str = "ANO
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series_uid, int(series_number)
         ds.SeriesDescription, ds.Manufacturer = description, "medseg"
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
+        ds.PatientPosition, ds.Laterality = "", ""  # Type 2C: unknown here, present and empty
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.InstanceNumber, ds.AcquisitionNumber = k + 1, 1
         ds.ContentDate, ds.ContentTime = study_date, "120000"
@@ -502,10 +646,8 @@ def _ds(value: float) -> str:
 
 def organ_code(organ: str):
     """The SNOMED CT code of an organ key as a highdicom CodedConcept (``Organ`` when the organ has no code)."""
-    from highdicom.sr import CodedConcept
-
     value, meaning = ORGAN_CODES.get(organ, ("91772007", "Organ"))
-    return CodedConcept(value=value, scheme_designator="SCT", meaning=meaning)
+    return hd.sr.CodedConcept(value=value, scheme_designator="SCT", meaning=meaning)
 
 
 def frames_of(labels: Volume) -> np.ndarray:
@@ -513,12 +655,34 @@ def frames_of(labels: Volume) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(np.asarray(labels.array), (2, 1, 0)))
 
 
-def _sources_and_frames(labels: Volume, series: Series, path) -> tuple[list, np.ndarray]:
-    """The series' headers and the labels as its frames; a label volume on another grid is an InputError."""
-    sources = read_headers(series)
+def source_headers(series: Series, output: str) -> list:
+    """The series' headers (no pixel data) with the UIDs an ``output`` (e.g. ``"DICOM-SEG"``) references filled in:
+    SOPInstanceUID from the file meta where the dataset's is empty, Study/Series/Frame of Reference UIDs from
+    :func:`output_uids` (minted where the files hold none).
+
+    Raises:
+        InputError: one line naming a slice file with no SOP Instance UID at all (neither in the dataset nor in
+            the file meta): ``output`` cannot reference that slice, so it is not written.
+    """
+    uids = output_uids(series)
+    headers = read_headers(series)
+    for path, header, sop_uid in zip(series.files, headers, series.sop_uids):
+        if not sop_uid:
+            raise InputError(f"{path}: no SOPInstanceUID (nor MediaStorageSOPInstanceUID in the file meta); "
+                             f"a {output} cannot reference this slice, so none is written for {series.name}")
+        header.SOPInstanceUID = sop_uid
+        header.StudyInstanceUID, header.SeriesInstanceUID = uids.study, uids.series
+        header.FrameOfReferenceUID = uids.frame_of_reference
+    return headers
+
+
+def _sources_and_frames(labels: Volume, series: Series, path, output: str) -> tuple[list, np.ndarray]:
+    """The series' headers (:func:`source_headers`) and the labels as its frames; a label volume on another grid
+    is an InputError."""
+    sources = source_headers(series, output)
     frames = frames_of(labels)
     if frames.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
-        raise InputError(f"{path}: label volume {labels.shape} does not match series {series.uid}")
+        raise InputError(f"{path}: label volume {labels.shape} does not match the grid of {series.label()}")
     return sources, frames
 
 
@@ -550,12 +714,13 @@ def write_dicom_seg(labels: Volume, series: Series, label_set, path: "str | Path
         description: SeriesDescription of the SEG.
 
     Returns:
-        ``{"segments": {segment_number: organ}, "empty": [organ, ...]}``.
-    """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
+        ``{"segments": {segment_number: organ}, "empty": [organ, ...], "minted_uids": {keyword: uid}}`` (the
+        source UIDs the files lacked and :func:`output_uids` minted).
 
-    sources, frames = _sources_and_frames(labels, series, path)
+    Raises:
+        InputError: no organ to write, labels on another grid, or a slice without any SOP Instance UID.
+    """
+    sources, frames = _sources_and_frames(labels, series, path, "DICOM-SEG")
     segments, descriptions = {}, []
     segment_map = np.zeros(frames.shape, dtype=np.uint8)
     present, empty = organ_masks(frames, label_set, organs)
@@ -573,16 +738,48 @@ def write_dicom_seg(labels: Volume, series: Series, label_set, path: "str | Path
         ))
     if not segments:
         raise InputError(f"{path}: no organ in the prediction; a DICOM-SEG needs at least one segment")
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=_seg_series_number(series),
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medseg", manufacturer_model_name="medseg",
-        software_versions=software_version or "0", device_serial_number="0", series_description=description,
-        omit_empty_frames=True,
-    )
+    with _highdicom_info_as_debug():
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(),
+            series_number=_seg_series_number(series), sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer="medseg", manufacturer_model_name="medseg", software_versions=software_version or "0",
+            device_serial_number="0", series_description=description, omit_empty_frames=True,
+        )
     with atomic_path(path, suffix=".dcm") as tmp:
         seg.save_as(tmp)
-    return {"segments": segments, "empty": empty}
+    return {"segments": segments, "empty": empty, "minted_uids": output_uids(series).minted}
+
+
+class _DemoteInfo(logging.Handler):
+    """Passes highdicom's warnings and errors on to the root logger's handlers, logs its INFO records with this
+    module's logger at DEBUG level, and drops its own DEBUG records (hundreds of lines per DICOM-SEG)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno > logging.INFO:
+            logging.getLogger().handle(record)
+        elif record.levelno == logging.INFO:
+            log.debug("highdicom: %s", record.getMessage())
+
+
+@contextlib.contextmanager
+def _highdicom_info_as_debug() -> Iterator[None]:
+    """While the block runs, highdicom's INFO records (about forty lines per DICOM-SEG) reach the user only with
+    debug logging on (``medseg -v``); its log warnings and errors pass unchanged, and its Python warnings about
+    the source's values (e.g. a one-component PatientName) are logged as one debug line each."""
+    highdicom_log = logging.getLogger("highdicom")
+    handler, propagate = _DemoteInfo(), highdicom_log.propagate
+    highdicom_log.addHandler(handler)
+    highdicom_log.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            yield
+        for warning in caught:
+            log.debug("highdicom: %s", _first_line(warning.message))
+    finally:
+        highdicom_log.propagate = propagate
+        highdicom_log.removeHandler(handler)
 
 
 def _seg_series_number(series: Series) -> int:
@@ -599,7 +796,6 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     The contours run along the 0.5 iso-line of the mask (marching squares on a zero-padded copy), so they enclose
     the pixel centres of the mask; a hole gives its own contour (viewers combine nested contours by parity).
     """
-    from skimage import measure
 
     padded = np.pad(mask.astype(np.float32), 1)
     contours = []
@@ -617,13 +813,14 @@ def write_rtstruct(labels: Volume, series: Series, label_set, path: "str | Path"
     direction + row * dr * column direction``). The structure set is built with pydicom.
 
     Returns:
-        ``{"rois": {roi_number: organ}, "empty": [organ, ...]}``.
-    """
-    import pydicom
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
+        ``{"rois": {roi_number: organ}, "empty": [organ, ...], "minted_uids": {keyword: uid}}`` (the source UIDs
+        the files lacked and :func:`output_uids` minted).
 
-    sources, frames = _sources_and_frames(labels, series, path)
+    Raises:
+        InputError: no organ to write, labels on another grid, or a slice without any SOP Instance UID.
+    """
+
+    sources, frames = _sources_and_frames(labels, series, path, "RTSTRUCT")
     first = sources[0]
     ds = _rtstruct_dataset(series, first, label)
     ds.ReferencedFrameOfReferenceSequence = Sequence([_rtstruct_referenced_frame(series, sources)])
@@ -654,15 +851,12 @@ def write_rtstruct(labels: Volume, series: Series, label_set, path: "str | Path"
     ds.RTROIObservationsSequence = Sequence(observation_items)
     with atomic_path(path, suffix=".dcm") as tmp:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-    return {"rois": rois, "empty": empty}
+    return {"rois": rois, "empty": empty, "minted_uids": output_uids(series).minted}
 
 
 def _rtstruct_dataset(series: Series, first, label: str):
     """A new RT Structure Set dataset (file meta, patient and study copied from the series' ``first`` slice, new
     series, structure set ``label`` dated now), without its references and ROIs."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     now_date, now_time = _now()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = _RTSTRUCT_STORAGE
@@ -672,7 +866,8 @@ def _rtstruct_dataset(series: Series, first, label: str):
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = _RTSTRUCT_STORAGE, meta.MediaStorageSOPInstanceUID
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID"):
+                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID",
+                    "PositionReferenceIndicator"):
         setattr(ds, keyword, getattr(first, keyword, ""))
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "RTSTRUCT", generate_uid(), _seg_series_number(series) + 1
     ds.SeriesDescription, ds.Manufacturer, ds.OperatorsName = "medseg structures", "medseg", ""
@@ -685,9 +880,6 @@ def _rtstruct_dataset(series: Series, first, label: str):
 def _rtstruct_referenced_frame(series: Series, sources: list):
     """The Referenced Frame of Reference item: frame of reference -> study -> series -> every slice of
     ``sources``."""
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
     first = sources[0]
     contour_images = []
     for header in sources:
@@ -695,7 +887,7 @@ def _rtstruct_referenced_frame(series: Series, sources: list):
         item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = header.SOPClassUID, header.SOPInstanceUID
         contour_images.append(item)
     series_item = Dataset()
-    series_item.SeriesInstanceUID = series.uid
+    series_item.SeriesInstanceUID = first.SeriesInstanceUID
     series_item.ContourImageSequence = Sequence(contour_images)
     study_item = Dataset()
     study_item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (as RT objects use)
@@ -710,9 +902,6 @@ def _rtstruct_referenced_frame(series: Series, sources: list):
 def _rtstruct_contours(mask: np.ndarray, sources: list) -> list:
     """Contour items of one organ's ``mask`` (slices, rows, columns; slice ``k`` lies on ``sources[k]``): closed
     planar contours in patient LPS mm, each referencing its slice."""
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
     orientation = _orientation(sources[0])
     row_spacing, column_spacing = (float(v) for v in sources[0].PixelSpacing)
     contours = []
@@ -734,8 +923,6 @@ def _rtstruct_contours(mask: np.ndarray, sources: list) -> list:
 
 
 def _now() -> tuple[str, str]:
-    import datetime
-
     now = datetime.datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 

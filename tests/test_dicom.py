@@ -106,6 +106,7 @@ def _small_series(folder: Path) -> list[Path]:
     ("single", "single slice"),
     ("multiframe", "multi-frame"),
     ("modality", "modality MR, not CT"),
+    ("mixed-modality", "modality CT/MR, not CT"),
 ])
 def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
     files = _small_series(tmp_path / "s")
@@ -123,6 +124,8 @@ def test_bad_series_geometry_is_one_line_error(problem, message, tmp_path):
     elif problem == "modality":
         for k in range(len(files)):
             _edit(files, k, Modality="MR")
+    elif problem == "mixed-modality":  # the first file says CT, a later one MR
+        _edit(files, 3, Modality="MR")
     elif problem == "multiframe":
         _edit(files, 0, NumberOfFrames=2)
     elif problem == "single":
@@ -138,11 +141,11 @@ def test_several_series_and_zip(tmp_path, real_ct):
     dicom.write_series(small, tmp_path / "in" / "a", patient_id="P1", study_date="20240101", series_number=2)
     dicom.write_series(small, tmp_path / "in" / "nested" / "b", patient_id="P1", study_date="20240101",
                        series_number=5)
-    dicom.write_series(small, tmp_path / "in" / "c", patient_id="", series_number=7)  # no PatientID: the UID
+    dicom.write_series(small, tmp_path / "in" / "c", patient_id="", series_number=7)  # no PatientID: date_number
     (tmp_path / "in" / "notes.txt").write_text("not DICOM")
     series = dicom.find_series(tmp_path / "in")
     names = [s.name for s in series]
-    assert names[1:] == ["P1_20240101_2", "P1_20240101_5"] and names[0] == series[0].uid
+    assert names == ["20000101_7", "P1_20240101_2", "P1_20240101_5"]
     archive = tmp_path / "in.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for path in (tmp_path / "in").rglob("*"):
