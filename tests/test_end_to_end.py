@@ -46,7 +46,7 @@ def test_rerun_skips_everything(tiny_runs, capsys):
     sets = [arg for s in TINY_RUN_SETTINGS + [f"run_dir={tiny_runs['a']}"] for arg in ("--set", s)]
     assert main(["run", str(demo), *sets, "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.count("cached") == 6 and "mean Dice" in out and "report:" in out
+    assert out.count("cached") == 7 and "mean Dice" in out and "report:" in out
 
 
 def test_run_comparison_statistics(tiny_runs):
