@@ -306,7 +306,7 @@ def render_figure(path: Path, seed: int = 0, real_dir: Path = REAL_CT) -> Path:
         rows.append((f"phantom {k} {short[phase]}", image, label))
     return phantom.render_preview(rows, path, max_cases=len(rows), title=(
         "Top: the real CT of tests/data/realct (TotalSegmentator example, unenhanced).\nBelow: phantom cases of "
-        "seed 0, one per contrast phase. Window L40 W400; patient's right on the image left."))
+        "seed 0, one per contrast phase."))
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from medseg import __version__, schema
-from medseg.engine.config import PredictConfig, TrainConfig
+from medseg.engine.config import TrainConfig
 from medseg.errors import ConfigError, TrainingStopped
 from medseg.io import file_sha256, read_json, read_yaml_mapping, write_json
 from medseg.schema import setting
@@ -104,6 +104,8 @@ class PrepareStage:
     """Prepare the slice cache (:func:`medseg.data.slice_cache.prepare_cohort`)."""
 
     labels: str = setting("synapse8", help="label set")
+    label_map: str | None = setting(None, help="numbering of the label files: an nnU-Net dataset.json or a JSON of "
+                                      "organ name -> value (default: the cohort's dataset.json, else BTCV's)")
     split: str = setting("auto", help="train/test split mode")
     test_fraction: float = setting(0.4, minimum=0, help="fraction of cases held out (seeded split)")
     seed: int = setting(1234, help="seed of the split")
@@ -135,9 +137,12 @@ class PostprocessStage:
     batch_size: int = setting(32, minimum=1, help="slices per forward pass")
 
 
-@dataclass
-class PredictStage(PredictConfig):
-    """Predict the held-out cases with the trained model: ``medseg predict``'s settings and which checkpoint."""
+@dataclass(kw_only=True)
+class PredictStage(schema.PredictOptions):
+    """Predict the held-out cases with the trained model (:func:`medseg.prediction.predict_cases`): every option of
+    ``medseg predict`` with the same name (:class:`medseg.schema.PredictOptions`: device, batch_size, tta, amp,
+    resize, output_types, organs, preview, statistics, save_probabilities, split_masks, viewer_tables, overwrite),
+    and which checkpoint of the train stage. The inputs, output folder and checkpoint file are the pipeline's."""
 
     checkpoint: Literal["best", "last"] = setting("last", help="last.pt, or best.pt (needs train.val_every > 0)")
 
@@ -147,6 +152,8 @@ class EvaluateStage:
     """Score the predictions against the held-out labels (:func:`medseg.evaluation.cohort.evaluate_folders`)."""
 
     protocol: Literal["standard", "transunet", "both"] = setting("both", help="evaluation protocol")
+    label_map: str | None = setting(None, help="numbering of the reference label files (default: the one the "
+                                      "prepare stage used)")
     tolerance_mm: float = setting(2.0, minimum=0, help="NSD tolerance in mm")
     workers: int = setting(1, minimum=1, help="processes")
 
@@ -298,17 +305,22 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
             upstream = {**upstream, "phantom_generator": GENERATOR_VERSION}
         omitted = KEY_OMITTED_DEFAULTS.get(name, {})
         params = {key: value for key, value in params.items() if key not in omitted or omitted[key] != value}
-        payload = json.dumps({"stage": name, "params": params, "upstream": upstream}, sort_keys=True, default=str)
+        content = {"stage": name, "params": params, "upstream": upstream}
+        if params.get("label_map") and Path(params["label_map"]).is_file():  # an edited map re-runs the stage
+            content["label_map_sha256"] = file_sha256(params["label_map"])
+        payload = json.dumps(content, sort_keys=True, default=str)
         keys[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
         upstream = {"previous": keys[name]}
     return keys
 
 
 def _data_fingerprint(data: "Path | None") -> "list | None":
-    """Names, sizes and modification times of a data folder's NIfTI files (a changed cohort re-runs prepare)."""
+    """Names, sizes and modification times of a data folder's NIfTI files and its ``dataset.json`` label map (a
+    changed cohort re-runs prepare)."""
     if data is None:
         return None
-    files = sorted(p for p in data.rglob("*") if p.is_file() and p.name.endswith((".nii", ".nii.gz", ".h5", ".npz")))
+    files = sorted(p for p in data.rglob("*") if p.is_file() and (
+        p.name.endswith((".nii", ".nii.gz", ".h5", ".npz")) or p == data / "dataset.json"))
     return [[str(p.relative_to(data)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
 
 
@@ -387,7 +399,7 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
                                                   source=f"{pipeline.source}: stages.prepare")
     summary = prepare_cohort(cohort, prepared, labels=params["labels"], params=preprocessing, split=params["split"],
                              test_fraction=params["test_fraction"], seed=params["seed"],
-                             workers=params["workers"], progress=progress)
+                             workers=params["workers"], progress=progress, label_map=params.get("label_map"))
     if not (summary.written or summary.already_done):
         raise ConfigError(f"prepare: no usable case in {cohort}")
     for path, reason in summary.skipped_files.items():
@@ -416,10 +428,11 @@ def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
 
 def _stage_postprocess(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     from medseg.engine.inference import load_predictor, predict_volume
-    from medseg.engine.provenance import checkpoint_sha256
+    from medseg.prediction.record import checkpoint_sha256
     from medseg.io import read_volume
     from medseg.labels import remap_labels
-    from medseg.postprocess import choose_rules, rules_path, save_rules
+    from medseg.evaluation.postprocess import choose_rules
+    from medseg.postprocess import rules_path, save_rules
     from medseg.progress import progress_bar
 
     checkpoint = outputs["train"][params["checkpoint"]]
@@ -481,57 +494,49 @@ def _test_cases(outputs) -> list[dict]:
 
 
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.engine.inference import load_predictor, predict_volume
-    from medseg.io import Volume, read_volume
-    from medseg.outputs import write_label_map, write_labels_nifti
-    from medseg.postprocess import finish_case, load_rules_for
-    from medseg.progress import progress_bar
-    from medseg.quality import write_flags_csv
-
-    from medseg.engine.provenance import checkpoint_sha256, expected_record, record_mismatch
+    """The held-out cases, linked into ``predict/inputs/`` under their case ids, predicted into ``predict/labels/``
+    by :func:`medseg.prediction.predict_cases` (the reuse rule and records of ``medseg predict``)."""
+    from medseg.prediction import predict_cases
 
     checkpoint = outputs["train"][params["checkpoint"]]
     if checkpoint is None:  # validation was on but found no labelled held-out case to choose best.pt by
         raise ConfigError(f"{pipeline.source}: stages.predict.checkpoint: the train stage wrote no best.pt (no "
                           "labelled test-split case to validate on); use last")
-    predictor = load_predictor(checkpoint, params["device"], amp=params["amp"])
-    settings = {"checkpoint_sha256": checkpoint_sha256(checkpoint), "tta": bool(params["tta"]),
-                "resize": params["resize"], "amp": predictor.amp, "model": None, "labels": None, "img_size": None}
-    # The postprocess stage's rules (chosen for this checkpoint; load_rules_for refuses rules of another one).
-    use_rules = params["postprocess"] and "postprocess" in outputs
-    rules = load_rules_for(checkpoint, settings["checkpoint_sha256"]) if use_rules else None
-    settings["postprocess"] = outputs["postprocess"]["rules_sha256"] if rules is not None else None
-    labels_dir, raw_dir, records_dir = stage_dir / "labels", stage_dir / "labels_raw", stage_dir / "cases"
-    entries = _test_cases(outputs)
-    records = {}
-    for entry in progress_bar(entries, desc="predict", unit="case", disable=not progress):
-        case_id = entry["case_id"]
-        target = labels_dir / f"{case_id}.nii.gz"
-        record_path = records_dir / f"{case_id}.json"
-        expected = expected_record(settings, entry["source_image"])
-        if target.exists() and record_path.exists() and record_mismatch(target, expected) is None:
-            records[case_id] = read_json(record_path)
-            continue  # resumed stage: this case was finished, by this checkpoint, before the interruption
-        image = read_volume(entry["source_image"])
-        labels = predict_volume(image, predictor, batch_size=params["batch_size"], tta=params["tta"],
-                                resize=params["resize"])
-        final, records[case_id] = finish_case(labels.array, labels.affine, predictor.label_set, rules,
-                                              image=image.array)
-        provenance = dict(expected, checkpoint=str(checkpoint), input=entry["source_image"])
-        write_json(record_path, records[case_id])  # before the labels: a finished label file always has its record
-        if rules is not None:  # the model's own output, for the figures without post-processing
-            write_labels_nifti(raw_dir / f"{case_id}.nii.gz", labels, predictor.label_set,
-                               provenance=dict(provenance, postprocess=None))
-        write_labels_nifti(target, Volume(final, labels.affine), predictor.label_set, provenance=provenance)
-    write_label_map(labels_dir, predictor.label_set)
-    flags = write_flags_csv(stage_dir / "quality_flags.csv", {case: r["flags"] for case, r in records.items()})
+    inputs = _link_test_images(_test_cases(outputs), stage_dir / "inputs")
+    options = {key: value for key, value in params.items() if key != "checkpoint"}
+    # The postprocess stage's rules (beside the checkpoint; predict_cases refuses rules of another checkpoint),
+    # with the model's own output kept in labels_raw/ for the figures without post-processing.
+    options["postprocess"] = bool(params["postprocess"] and "postprocess" in outputs)
+    labels_dir, raw_dir = stage_dir / "labels", stage_dir / "labels_raw"
+    summary = predict_cases(schema.PredictRequest(input=inputs, output=labels_dir, checkpoint=checkpoint,
+                                                  progress=progress,
+                                                  raw_output=raw_dir if options["postprocess"] else None,
+                                                  **options))
+    if not (summary.predicted or summary.reused):
+        name, error = next(iter(summary.failed.items()))
+        raise ConfigError(f"predict: no held-out case could be predicted ({name}: {error})")
+    for name, error in summary.failed.items():
+        log.warning("predict: %s failed (evaluate scores it as a missing prediction): %s", name, error)
     result = {"predictions": str(labels_dir), "checkpoint": str(checkpoint),
-              "checkpoint_sha256": settings["checkpoint_sha256"], "cases": len(entries),
-              "postprocess": rules.describe() if rules is not None else None, "quality_flags": str(flags),
-              "flagged_cases": sorted(case for case, r in records.items() if r["flags"])}
-    if rules is not None:
+              "checkpoint_sha256": summary.checkpoint_sha256, "cases": len(summary.cases),
+              "failed": summary.failed, "summary": summary.summary_path,
+              "postprocess": summary.postprocess["organs"] if summary.postprocess else None,
+              "quality_flags": str(labels_dir / "quality_flags.csv"), "flagged_cases": summary.flagged_cases}
+    if summary.postprocess:
         result["predictions_raw"] = str(raw_dir)
     return result
+
+
+def _link_test_images(entries: list[dict], folder: Path) -> Path:
+    """``folder/<case_id>.nii.gz`` (the source's own suffix) linked to each held-out case's CT; returns ``folder``."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for entry in entries:
+        source = Path(entry["source_image"])
+        suffix = ".nii.gz" if source.name.lower().endswith(".nii.gz") else source.suffix
+        (folder / f"{entry['case_id']}{suffix}").symlink_to(source.resolve())
+    return folder
 
 
 def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
@@ -547,10 +552,11 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
             link.unlink(missing_ok=True)
             link.symlink_to(Path(entry["source_label"]).resolve())
     label_set = load_manifest(outputs["prepare"]["prepared"])["label_set"]
+
     def evaluate(predictions: str, name: str) -> dict:
         summary = evaluate_folders(references, predictions, labels=label_set, protocol=params["protocol"],
                                    tolerance_mm=params["tolerance_mm"], workers=params["workers"],
-                                   reference_format="raw", progress=progress)
+                                   reference_format="raw", progress=progress, label_map=params.get("label_map"))
         write_json(stage_dir / name, summary)
         return summary
 
@@ -588,7 +594,8 @@ def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
                           extra_figures={"training_curve": curve} if curve else None,
-                          provenance=_report_provenance(pipeline, outputs),
+                          provenance=dict(_report_provenance(pipeline, outputs),
+                                          pipeline_record=str(stage_dir / "pipeline.json")),
                           images={e["case_id"]: e["source_image"] for e in _test_cases(outputs)})
     stage_info = {name: {"params": pipeline.stages[name]} for name in pipeline.stages}
     write_json(stage_dir / "pipeline.json", {"pipeline": pipeline.name, "source": pipeline.source,
@@ -622,7 +629,7 @@ def _report_provenance(pipeline, outputs) -> dict:
     if prepare:
         data += f" (label set {prepare.get('labels')}, split {prepare.get('split')})"
     result = {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
-              "data": data, "pipeline_record": "pipeline.json"}
+              "data": data}
     post = outputs.get("postprocess")
     if post is not None:
         applied = predicted.get("postprocess") is not None

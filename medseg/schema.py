@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from functools import lru_cache
 from pathlib import Path
@@ -35,10 +36,16 @@ _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 
 
 def setting(default=dataclasses.MISSING, *, help: str = "", minimum=None, flag: "str | None" = None,
-            metavar: "str | None" = None, default_factory=dataclasses.MISSING):
+            metavar: "str | None" = None, default_factory=dataclasses.MISSING, short: "str | None" = None,
+            pattern: "str | None" = None, parse: "typing.Callable | None" = None):
     """A dataclass field with its help text, an optional lower bound and an optional command-line ``flag``
-    (shown with ``metavar`` in the usage line)."""
-    metadata = {"help": help, "minimum": minimum, "flag": flag, "metavar": metavar}
+    (shown with ``metavar`` in the usage line; ``short`` adds a one-letter alias such as ``-i``).
+
+    ``pattern`` is a regular expression a text value must match in full; ``parse(value, where)`` turns a value as
+    users write it (``"liver,spleen"``) into the field's type before it is checked (``["liver", "spleen"]``).
+    """
+    metadata = {"help": help, "minimum": minimum, "flag": flag, "metavar": metavar, "short": short,
+                "pattern": pattern, "parse": parse}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -52,10 +59,15 @@ class FieldKind:
     nullable: bool
     choices: "tuple | None"
     minimum: "float | None"
+    pattern: "str | None" = None
+    parse: "typing.Callable | None" = None
+    pattern_text: "str | None" = None
 
     def describe(self) -> str:
         if self.choices:
             text = "one of " + ", ".join(str(c) for c in self.choices)
+        elif self.pattern_text:
+            text = self.pattern_text
         else:
             text = _TYPE_NAMES.get(self.base, self.base.__name__)
         return text + (" or null" if self.nullable else "")
@@ -67,7 +79,10 @@ def field_kinds(cls) -> dict[str, FieldKind]:
     hints = typing.get_type_hints(cls)
     kinds = {}
     for f in dataclasses.fields(cls):
-        kinds[f.name] = _kind(hints[f.name], f.metadata.get("minimum"), f"{cls.__name__}.{f.name}")
+        kind = _kind(hints[f.name], f.metadata.get("minimum"), f"{cls.__name__}.{f.name}")
+        pattern = f.metadata.get("pattern")
+        kinds[f.name] = dataclasses.replace(kind, pattern=pattern, parse=f.metadata.get("parse"),
+                                            pattern_text=f.metadata.get("metavar") if pattern else None)
     return kinds
 
 
@@ -91,6 +106,8 @@ def _kind(annotation, minimum, where: str) -> FieldKind:
 
 def check_value(kind: FieldKind, value, where: str):
     """``value`` checked against ``kind`` (and converted: int -> float, path -> str); ConfigError naming ``where``."""
+    if kind.parse is not None and value is not None:
+        value = kind.parse(value, where)
     if value is None:
         if kind.nullable:
             return None
@@ -111,6 +128,8 @@ def check_value(kind: FieldKind, value, where: str):
         raise ConfigError(f"{where}: expected {kind.describe()}, got {value!r}")
     if kind.minimum is not None and value < kind.minimum:
         raise ConfigError(f"{where}: must be at least {kind.minimum}, got {value!r}")
+    if kind.pattern is not None and re.fullmatch(kind.pattern, value) is None:
+        raise ConfigError(f"{where}: expected {kind.describe()}, got {value!r}")
     return dict(value) if base is dict else value
 
 
@@ -191,24 +210,38 @@ def parse_assignment(item: str, where: str = "--set") -> tuple[list[str], object
 def add_arguments(parser, cls, *, defaults: bool = False) -> None:
     """Add one argparse option per field of ``cls`` that names a ``flag`` (dest = the field name).
 
-    Booleans become switches that set True; the other types convert their text (``int``, ``float``, ``str``) and a
-    ``Literal`` field offers its choices. With ``defaults`` an option left out takes the field's default; without,
-    it is None, so that :func:`flag_values` can tell what the command line gave (to override a file's values).
+    Booleans become switches that set True (a flag named ``--no-...`` sets False); a ``list`` field takes one or
+    more values after its flag, and the flag may be repeated (``--output-type dicom-seg rtstruct``); the other types
+    convert their text (``int``, ``float``, ``str``) and a ``Literal`` field offers its choices. A field without a
+    default is a required option. With ``defaults`` an option left out takes the field's default; without, it is
+    None, so that :func:`flag_values` can tell what the command line gave (to override a file's values).
     """
     kinds = field_kinds(cls)
-    for f in dataclasses.fields(cls):
+    fields = sorted(dataclasses.fields(cls), key=lambda f: not _required(f))  # required options first
+    for f in fields:
         flag = f.metadata.get("flag")
         if not flag:
             continue
         kind = kinds[f.name]
+        names = [f.metadata["short"], flag] if f.metadata.get("short") else [flag]
         help_text = f.metadata.get("help", "")
         default = f.default if defaults and f.default is not dataclasses.MISSING else None
         if kind.base is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text)
+            action = "store_false" if flag.startswith("--no-") else "store_true"
+            parser.add_argument(*names, dest=f.name, action=action, default=default, help=help_text)
+            continue
+        required = _required(f)
+        if kind.base is list:
+            parser.add_argument(*names, dest=f.name, nargs="+", action="extend", default=None, required=required,
+                                metavar=f.metadata.get("metavar"), help=help_text)
             continue
         shown = "" if f.default in (dataclasses.MISSING, "", None) else f" (default {f.default})"
-        parser.add_argument(flag, dest=f.name, type=kind.base, choices=kind.choices, default=default,
-                            metavar=f.metadata.get("metavar"), help=help_text + shown)
+        parser.add_argument(*names, dest=f.name, type=kind.base, choices=kind.choices, default=default,
+                            required=required, metavar=f.metadata.get("metavar"), help=help_text + shown)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def flag_values(args, cls) -> dict:
@@ -239,3 +272,123 @@ def suggest(key: str, known) -> str:
 def is_number(value) -> bool:
     """A real int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prediction: one request for `medseg predict`, the pipeline's predict stage and notebooks (medseg.predict_cases).
+
+#: Output types of a prediction (``--output-type``); DICOM outputs need a DICOM series input.
+OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct")
+
+
+def split_items(value, where: str) -> list[str]:
+    """``"a,b"``, ``["a", "b"]`` or ``["a,b"]`` -> ``["a", "b"]`` (stripped, order kept, repeats dropped).
+
+    Raises:
+        ConfigError: naming ``where`` when no item is left (``--organs ''``), or an item is not text.
+    """
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list or comma-separated text, got {value!r}")
+    items: list[str] = []
+    for text in values:
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: expected names, got {text!r}")
+        for item in (part.strip() for part in text.split(",")):
+            if item and item not in items:
+                items.append(item)
+    if not items:
+        raise ConfigError(f"{where}: empty (name at least one, e.g. liver,spleen; leave it out for all)")
+    return items
+
+
+def parse_output_types(value, where: str) -> list[str]:
+    """``"nifti,dicom-seg"`` or ``["dicom-seg", "rtstruct"]`` -> the output types, checked against
+    :data:`OUTPUT_TYPES` (lower case, order kept)."""
+    types = [item.lower() for item in split_items(value, where)]
+    for item in types:
+        if item not in OUTPUT_TYPES:
+            raise ConfigError(f"{where}: unknown type {item!r} (choose from {', '.join(OUTPUT_TYPES)})")
+    return list(dict.fromkeys(types))
+
+
+def check_instance(instance) -> None:
+    """Check every field of a settings dataclass instance (after parsing; values are replaced by the parsed ones);
+    messages name ``ClassName.field``."""
+    kinds = field_kinds(type(instance))
+    for name, kind in kinds.items():
+        value = check_value(kind, getattr(instance, name), f"{type(instance).__name__}.{name}")
+        object.__setattr__(instance, name, value)
+
+
+@dataclasses.dataclass(kw_only=True)
+class PredictOptions:
+    """How cases are predicted and which files a prediction folder gets: the options ``medseg predict`` and the
+    pipeline's predict stage share (same names; the flags are generated from these fields)."""
+
+    SCHEMA_VERSION = 1
+
+    device: str = setting("auto", flag="--device", pattern=r"auto|cpu|cuda(:[0-9]+)?", metavar="auto|cpu|cuda[:N]",
+                          help="auto (CUDA when available), cpu, cuda or cuda:N")
+    batch_size: int = setting(16, minimum=1, flag="--batch-size", help="slices per forward pass")
+    tta: bool = setting(False, flag="--tta", help="average over left-right and up-down flips")
+    amp: typing.Literal["auto", "bf16", "off"] = setting("auto", flag="--amp",
+                                                         help="bf16 autocast (auto: on CUDA only)")
+    resize: typing.Literal["torch", "scipy"] = setting(
+        "torch", flag="--resize", help="resize to the model size like training (torch) or like the reference test "
+                                       "loop (scipy cubic zoom per slice, slower)")
+    output_types: list = setting(default_factory=lambda: ["nifti"], flag="--output-type", metavar="TYPE",
+                                 parse=parse_output_types,
+                                 help="nifti (default), dicom-seg, rtstruct: several as 'dicom-seg rtstruct', "
+                                      "nifti,dicom-seg or by repeating the option (DICOM outputs need a DICOM input)")
+    organs: "list | None" = setting(None, flag="--organs", metavar="ORGAN", parse=split_items,
+                                    help="keep only these organs (liver,spleen or liver spleen); the others become "
+                                         "background in every output")
+    preview: bool = setting(False, flag="--preview",
+                            help="also write NAME_preview.png (axial, coronal, sagittal views with the organs)")
+    statistics: bool = setting(False, flag="--statistics",
+                               help="also write NAME_statistics.json (organ volumes in ml, mean and std HU) and, for "
+                                    "a folder, statistics.csv")
+    save_probabilities: bool = setting(False, flag="--save-probabilities",
+                                       help="also write NAME_probabilities.npz (float16, (i, j, k, C))")
+    split_masks: bool = setting(False, flag="--split-masks", help="also write NAME/<organ>.nii.gz binary masks")
+    viewer_tables: bool = setting(False, flag="--viewer-tables",
+                                  help="also write labels.ctbl (3D Slicer) and labels_itksnap.txt (ITK-SNAP)")
+    overwrite: bool = setting(False, flag="--overwrite",
+                              help="predict again when an output exists (made by another model or settings)")
+    postprocess: bool = setting(True, flag="--no-postprocess",
+                                help="do not apply the checkpoint's post-processing rules (NAME.postprocess.json "
+                                     "beside it, medseg.postprocess)")
+
+    def __post_init__(self):
+        check_instance(self)
+
+
+@dataclasses.dataclass(kw_only=True)
+class PredictRequest(PredictOptions):
+    """One prediction run (:func:`medseg.predict_cases`): what to predict, where, with which checkpoint, and the
+    :class:`PredictOptions`. Paths are text or :class:`~pathlib.Path`; an invalid value is a ConfigError."""
+
+    input: str = setting(flag="--input", short="-i",
+                         help=".nii/.nii.gz file, TransUNet .npy.h5 volume, or a folder of them; or a folder / .zip "
+                              "of DICOM series (one output per series)")
+    output: str = setting(flag="--output", short="-o", help="output .nii.gz file (single input) or folder")
+    checkpoint: str = setting(flag="--checkpoint", short="-m",
+                              help="medseg checkpoint (best.pt / last.pt) or a bare reference state_dict (with "
+                                   "--model)")
+    model: "str | None" = setting(None, flag="--model",
+                                  help="architecture of a bare state_dict checkpoint (e.g. R50-ViT-B_16)")
+    labels: "typing.Literal['synapse8', 'btcv13'] | None" = setting(
+        None, flag="--labels", help="label set of a bare state_dict (default synapse8)")
+    img_size: "int | None" = setting(None, minimum=1, flag="--img-size",
+                                     help="input size of a bare state_dict (default: the model's, 224)")
+    raw_output: "str | None" = setting(None, flag="--raw-output", metavar="DIR",
+                                       help="also write each case's labels before post-processing to this folder")
+    num_parts: int = setting(1, minimum=1, flag="--num-parts", help="split a folder into N parts")
+    part_id: int = setting(0, minimum=0, flag="--part-id", help="which part to run, 0..N-1")
+    progress: bool = setting(True, flag="--no-progress", help="no progress bars")
+
+    def __post_init__(self):
+        check_instance(self)
+        if self.part_id >= self.num_parts:
+            raise ConfigError(f"--part-id: must be in 0..{self.num_parts - 1}, got {self.part_id}")

@@ -327,9 +327,9 @@ def test_positions_rounded_to_hundredths_still_read(tmp_path):
 
 
 def test_no_organ_means_no_dicom_output_and_nothing_written(real_ct, checkpoint, tmp_path, monkeypatch, capsys):
-    from medseg.engine import inference
+    from medseg.prediction import run
 
-    monkeypatch.setattr(inference, "predict_volume",
+    monkeypatch.setattr(run, "predict_volume",
                         lambda volume, *a, **k: Volume(np.zeros(volume.shape, np.uint8), volume.affine))
     small = Volume(real_ct.array[:20, :16, :4], real_ct.affine)
     dicom.write_series(small, tmp_path / "in", patient_id="P5", study_date="20240505", series_number=1)

@@ -30,12 +30,46 @@ def test_every_stage_leaves_its_outputs(tiny_runs):
         assert prediction.array.dtype == np.uint8 and prediction.array.max() <= 8
     summary = json.loads((run / "evaluate" / "summary.json").read_text())
     assert summary["counts"]["evaluated"] == 3 and summary["protocol"] == "both"
-    for name in ("report.html", "report.md", "per_case.csv", "dice_boxplot.png", "training_curve.png"):
-        assert (run / "report" / name).stat().st_size > 0
-    assert "Aorta" in (run / "report" / "report.md").read_text()
+    _check_report(run / "report", summary)
     # the report names the checkpoint by the hash recorded in the predictions it evaluates
     recorded = read_provenance(run / "predict" / "labels" / f"{held_out[0]['case_id']}.nii.gz")["checkpoint_sha256"]
     assert recorded in (run / "report" / "report.md").read_text()
+
+
+def _check_report(report: Path, summary: dict) -> None:
+    """The report shows what summary.json holds: the per-organ DSC row, every figure (linked in report.md, embedded
+    byte for byte in report.html) and per_case.csv with one row per case x organ x metric x protocol."""
+    import base64
+
+    import pandas as pd
+
+    markdown = (report / "report.md").read_text()
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("|  | Mean |")).strip("| ").split(" | ")
+    assert header == ["Mean"] + [summary["display_names"][o] for o in summary["organs"]]
+    block = summary["standard"]
+    dsc = next(line for line in lines if line.startswith("| DSC (%) |")).strip("| ").split(" | ")
+
+    def percent(value):
+        return "\u2014" if value is None else f"{value * 100:.2f}"
+
+    assert dsc[1:] == [percent(block["foreground_mean"]["dice"])] + [percent(block["organs"][o]["dice"]["mean"])
+                                                                      for o in summary["organs"]]
+    page = (report / "report.html").read_text()
+    for name in ("dice_boxplot", "hd95_boxplot", "training_curve"):
+        png = (report / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and base64.b64encode(png).decode("ascii") in page
+        assert f"]({name}.png)" in markdown
+    table = pd.read_csv(report / "per_case.csv")
+    protocols = [p for p in ("standard", "transunet") if p in summary]
+    assert len(table) == sum(len(summary[p]["metrics"]) for p in protocols) * len(summary["organs"]) * len(
+        block["cases"])
+    dice = table[(table.protocol == "standard") & (table.metric == "dice")].set_index(["case", "organ"])["value"]
+    for case_id, organs in block["cases"].items():
+        for organ, record in organs.items():
+            expected = record.get("dice")
+            assert (np.isnan(dice[(case_id, organ)]) if expected is None
+                    else dice[(case_id, organ)] == pytest.approx(expected))
 
 
 def test_rerun_skips_everything(tiny_runs, capsys):
@@ -50,7 +84,7 @@ def test_rerun_skips_everything(tiny_runs, capsys):
 
 
 def test_run_comparison_statistics(tiny_runs):
-    from medseg.evaluation.compare import bootstrap_ci, compare_runs, load_summary
+    from medseg.evaluation.compare import compare_runs, load_summary
 
     a, b = load_summary(tiny_runs["a"]), load_summary(tiny_runs["b"])
     table = compare_runs(a, b, "dice")
@@ -62,9 +96,22 @@ def test_run_comparison_statistics(tiny_runs):
             assert table.loc[name, "mean_a"] == pytest.approx(scored_a["mean"])
             assert table.loc[name, "mean_b"] == pytest.approx(scored_b["mean"])
     assert (table.n == 3).any()  # the three held-out cases pair for at least one organ
-    low, high = bootstrap_ci([0.5, 0.7, 0.9], resamples=500, seed=1)
-    assert 0.5 <= low <= 0.7 <= high <= 0.9
-    assert bootstrap_ci([0.5, 0.7, 0.9], resamples=500, seed=1) == (low, high)
+
+
+def test_bootstrap_interval_of_the_mean():
+    """The percentile bootstrap of a mean: for 40 values its 95 % interval is close to mean +- 1.96 sd / sqrt(n) (sd
+    with ddof=0, the plug-in estimate the bootstrap resamples from), its 50 % interval to +- 0.674 sd / sqrt(n). A
+    resampling without replacement gives a zero-width interval, wrong tails a narrower or wider one."""
+    from medseg.evaluation.compare import bootstrap_ci
+
+    values = np.random.default_rng(7).normal(0.8, 0.1, 40)
+    low, high = bootstrap_ci(values, resamples=4000, seed=1)
+    half_width = 1.96 * values.std() / np.sqrt(values.size)
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
+    assert (low + high) / 2 == pytest.approx(values.mean(), abs=0.1 * half_width)
+    assert bootstrap_ci(values, resamples=4000, seed=1) == (low, high)
+    narrower = bootstrap_ci(values, confidence=0.5, resamples=4000, seed=1)
+    assert (narrower[1] - narrower[0]) / 2 == pytest.approx(0.674 * values.std() / np.sqrt(values.size), rel=0.1)
 
 
 def test_repository_paths_work_from_the_notebooks_folder(monkeypatch):

@@ -4,8 +4,14 @@ from __future__ import annotations
 import math
 import warnings
 
+# The references these tests compare against: medpy is in the test extra (pyproject.toml), torch and MONAI are
+# dependencies. A missing one is an error, never a silent skip of every metric test.
+import medpy.metric.binary as medpy_binary
+import monai.metrics as monai_metrics
+import monai.metrics.hausdorff_distance as monai_hausdorff
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from medseg.errors import ConfigError, InputError
@@ -18,11 +24,6 @@ from medseg.evaluation import (
     transunet_metrics,
 )
 from medseg.labels import SYNAPSE8
-
-medpy_binary = pytest.importorskip("medpy.metric.binary")
-torch = pytest.importorskip("torch")
-monai_metrics = pytest.importorskip("monai.metrics")
-import monai.metrics.hausdorff_distance as monai_hausdorff  # noqa: E402
 
 TOL = 1e-6
 

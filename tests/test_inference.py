@@ -13,10 +13,11 @@ from helpers import DATA_DIR, tiny_case
 from medseg.data.orientation import reorient
 from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_cohort
 from medseg.data.transforms import PreprocessingParams, resample_slice
-from medseg.engine.inference import (label_statistics, load_predictor, make_predictor, nearest_index_map,
+from medseg.engine.inference import (load_predictor, make_predictor, nearest_index_map,
                                      predict_volume, resize_to_model, resize_to_model_scipy, segment_oriented)
 from medseg.engine.rebuild import resize_slices_nearest
 from medseg.io import Volume
+from medseg.prediction.outputs import organ_statistics as label_statistics
 
 IMG_SIZE = 32
 
@@ -167,9 +168,7 @@ def test_probabilities_on_the_input_grid(predictor):
 
 
 def test_bare_reference_state_dict_loads_with_model_name(tmp_path):
-    weights = DATA_DIR / "transunet_small_parity_weights.pt"
-    if not weights.exists():
-        pytest.skip("parity weights not copied to tests/data")
+    weights = DATA_DIR / "transunet_small_parity_weights.pt"  # committed (see tests/data); never skipped
     state = torch.load(weights, weights_only=True)
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "dp.pth")  # DataParallel-style keys
     image, _ = tiny_case(1, shape=(24, 20, 3))

@@ -37,3 +37,18 @@ def test_label_set_round_trips_through_dict():
     assert get_label_set("SYNAPSE8") is SYNAPSE8
     with pytest.raises(ConfigError, match="unknown label set"):
         get_label_set("synapse9")
+
+
+def test_every_two_organs_have_clearly_different_colours():
+    """A figure tells organs apart by colour: every pair of BTCV organs differs by a CIE76 colour difference of at
+    least 35 (fifteen times a just-noticeable difference of about 2.3); liver and right kidney, which sit side
+    by side on every axial slice, included."""
+    from itertools import combinations
+
+    from skimage.color import rgb2lab
+
+    lab = {key: rgb2lab(np.array(colour, dtype=float).reshape(1, 1, 3) / 255.0)[0, 0]
+           for key, colour in zip(BTCV13.organs, BTCV13.colours)}
+    distances = {(a, b): float(np.linalg.norm(lab[a] - lab[b])) for a, b in combinations(BTCV13.organs, 2)}
+    assert min(distances.values()) >= 35.0, min(distances, key=distances.get)
+    assert distances[("kidney_right", "liver")] >= 35.0

@@ -12,7 +12,7 @@ from medseg import phantom
 from medseg.phantom.contrast import PHASE_HU, PHASES
 from medseg.data.orientation import reorient
 from medseg.errors import ConfigError
-from medseg.io import read_volume
+from medseg.io import read_volume, spacing_from_affine
 from medseg.labels import BTCV_ORGANS
 
 SEED = 1
@@ -33,7 +33,7 @@ def oriented(cases):
     for k, (image, label) in cases.items():
         hu, affine = reorient(image.array, image.affine)
         lab, _ = reorient(label.array, label.affine)
-        out[k] = (hu, lab, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+        out[k] = (hu, lab, np.asarray(spacing_from_affine(affine)))
     return out
 
 

@@ -112,6 +112,10 @@ def test_cached_stages_are_skipped_and_changes_rerun(tmp_path):
     (["predict.checkpoint=best"], "stages.predict.checkpoint: best needs validation (set train.val_every > 0)"),
     (["predict.checkpoint=bset"], "stages.predict.checkpoint: expected one of best, last, got 'bset'"),
     (["predict.resize=cubic"], "stages.predict.resize: expected one of torch, scipy, got 'cubic'"),
+    (["predict.device=gpu"], "stages.predict.device: expected auto|cpu|cuda[:N], got 'gpu'"),
+    (["predict.organs=''"], "stages.predict.organs: empty"),
+    (["predict.output_types=[png]"], "stages.predict.output_types: unknown type 'png'"),
+    (["predict.statistcs=true"], "stages.predict.statistcs: unknown key (did you mean statistics?)"),
     (["train.lr=0"], "stages.train: lr: must be positive"),
     (["train.data=/elsewhere"], "stages.train.data: unknown key"),
     (["report.title=[oops"], "--set report.title: cannot read value '[oops'"),
@@ -141,9 +145,20 @@ def test_validated_pipeline_with_best_checkpoint_and_report(tiny_cohort, tmp_pat
                             "  prepare: {split: seeded, test_fraction: 0.5}\n"
                             "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 2, batch_size: 8, workers: 0,"
                             " threads: 1, val_every: 1, tensorboard: false}\n"
-                            "  predict: {checkpoint: best}\n  evaluate: {}\n  report: {}\n")
+                            "  predict: {checkpoint: best, statistics: true, preview: true, organs: [liver, spleen]}\n"
+                            "  evaluate: {}\n  report: {}\n")
     results = {r.name: r for r in run_pipeline(load_pipeline(path), progress=False)}
     assert results["predict"].outputs["checkpoint"] == str(tmp_path / "run" / "train" / "run" / "best.pt")
+    # the predict stage takes medseg predict's options (same names) and writes through the same library
+    labels = tmp_path / "run" / "predict" / "labels"
+    cases = sorted(p.name[: -len("_record.json")] for p in labels.glob("*_record.json"))
+    assert cases and results["predict"].outputs["cases"] == len(cases)
+    for case in cases:
+        assert (labels / f"{case}_preview.png").read_bytes().startswith(b"\x89PNG")
+        assert set(json.loads((labels / f"{case}_statistics.json").read_text())["organs"]) == {"liver", "spleen"}
+    assert json.loads((labels / "labels.json").read_text())["organs_kept"] == ["liver", "spleen"]
+    summary = json.loads((labels / "predict_summary.json").read_text())
+    assert summary["checkpoint_sha256"] == results["predict"].outputs["checkpoint_sha256"]
     assert Path(results["report"].outputs["training_curve"]).stat().st_size > 1000
 
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from medseg.errors import MedsegError
-from medseg.postprocess import (OrganRule, PostprocessRules, apply_organ_rule, apply_rules, choose_rules,
-                                components, load_rules, load_rules_for, rules_path, save_rules)
+from medseg.evaluation.postprocess import choose_rules
+from medseg.postprocess import (OrganRule, PostprocessRules, apply_organ_rule, apply_rules, components, load_rules,
+                                load_rules_for, rules_path, save_rules)
 
 SPACING = (1.0, 1.0, 1.0)  # 1 voxel = 0.001 ml
 LIVER, SPLEEN = 5, 7  # synapse8 classes

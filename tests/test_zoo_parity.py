@@ -67,6 +67,17 @@ def test_segformer_matches_official(layout, overrides):
     assert_matches_official("SegFormer-B0", "segformer", layout, main="logits_upsampled", **overrides)
 
 
+def test_segformer_uses_the_official_layer_norm_eps():
+    """The official MiT builds its block norms and stage norms with eps 1e-6 (transformers: 1e-5); its patch-embedding
+    and sequence-reduction norms with the default 1e-5."""
+    model = create("SegFormer-B0", num_classes=2, img_size=64, in_channels=1, **REDUCED_MIT)
+    eps = {name: module.eps for name, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)}
+    official = {name: (1e-5 if ("patch_embeddings" in name or "sequence_reduction" in name) else 1e-6)
+                for name in eps}
+    assert eps == official
+    assert sum(value == 1e-6 for value in eps.values()) == 4 * 2 + 4  # one block per stage: 2 norms each; 4 stages
+
+
 def test_ds_transunet_matches_official_at_64():
     """The published model at 64 px, where every Swin grid but the first is at most one window (fine 16, 8, 4, 2;
     coarse 8, 4, 2, 1): the official rule for small grids (pad after the first norm to a full window, keep the
@@ -81,17 +92,27 @@ def test_ds_transunet_matches_official_at_64():
                                          ("TopFormer-Tiny", "topformer_tiny_9cls_64")])
 def test_official_checkpoint_loads_by_model_name(tmp_path, name, layout):
     """A state_dict saved by the official code (here CoinCheung's BiSeNet and mmseg's TopFormer, nested under
-    ``state_dict`` as mmseg saves it) loads with only the architecture named; classes and RGB input are read from
-    the weights, and the model computes the official logits."""
+    ``state_dict`` as mmseg saves it) loads with only the architecture named; classes are read from the weights.
+    With ``in_channels=3`` the model computes the official logits; by default (1-channel CT) the first kernel is
+    summed over RGB, which computes the official logits of the grey image repeated to three channels."""
     from medseg.models.checkpoint import load_checkpoint
 
     path = tmp_path / "official.pth"
     torch.save({"state_dict": official_weights(ZOO / f"{layout}_state_dict.tsv")}, path)
-    model, info = load_checkpoint(path, model_name=name, img_size=64)
+    main = "logits_upsampled" if "logits_upsampled" in parity_io(layout) else "logits"
+    model, info = load_checkpoint(path, model_name=name, img_size=64, in_channels=3)
     assert info.model_config["num_classes"] == 9 and info.model_config["in_channels"] == 3
+    assert info.input_adaptation is None
     io = parity_io(layout)
     with torch.no_grad():
-        assert_close(model(io["input"]), io["logits_upsampled" if "logits_upsampled" in io else "logits"], name)
+        assert_close(model(io["input"]), io[main], name)
+        grey = io["input"][:, :1]
+        rgb_on_grey = model(grey.repeat(1, 3, 1, 1))
+    model, info = load_checkpoint(path, model_name=name, img_size=64)
+    assert info.model_config["in_channels"] == 1
+    assert "summed over RGB" in info.input_adaptation
+    with torch.no_grad():
+        assert_close(model(grey), rgb_on_grey, f"{name} on the grey image")
 
 
 # ---------------------------------------------------------------- published SETR sizes: the official layout loads

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder for the reports")
     parser.add_argument("--labels", default="synapse8", choices=sorted(LABEL_SETS),
                         help="label set of the predictions (default: synapse8)")
+    parser.add_argument("--label-map", metavar="FILE",
+                        help="numbering of raw reference files: an nnU-Net dataset.json or a JSON of organ name -> "
+                             "value (default: REF_DIR/dataset.json when present, else BTCV's 1..13)")
     parser.add_argument("--protocol", default="both", choices=PROTOCOLS,
                         help="standard (mm, explicit empty-mask policy), transunet (the paper's), or both "
                              "(default: both)")
@@ -67,9 +70,15 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         reference_format=args.reference_format,
         progress=not args.no_progress,
+        label_map=args.label_map,
     )
     paths = write_reports(summary, args.output, extended=args.extended_metrics, thumbnails=max(args.thumbnails, 0))
     _log_summary(summary)
+    from medseg.labels import describe_label_map, get_label_set
+
+    map_line = describe_label_map(get_label_set(summary["label_set"]))
+    if map_line:
+        print(map_line)
     logger.info("reports written to %s (%s)", args.output, ", ".join(p.name for p in paths.values()))
     counts = summary["counts"]
     for warning in summary["warnings"]:

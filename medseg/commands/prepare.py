@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("out_dir", type=Path, help="output folder")
     parser.add_argument("--labels", default="synapse8", choices=["synapse8", "btcv13"],
                         help="label set (default: synapse8, the TransUNet paper's 8 organs)")
+    parser.add_argument("--label-map", type=Path, metavar="FILE",
+                        help="numbering of the label files: an nnU-Net dataset.json or a JSON of organ name -> "
+                             "value (default: RAW_DIR/dataset.json when present, else BTCV's 1..13)")
     parser.add_argument("--format", default="medseg", choices=["medseg", "transunet"],
                         help="medseg slice cache, or TransUNet's train_npz/ + test_vol_h5/ layout")
     parser.add_argument("--split", default="auto", choices=["auto", "paper", "seeded", "all-train", "all-test"],
@@ -56,6 +59,9 @@ def run(args) -> int:
     if is_transunet_layout(args.raw_dir):
         if args.format != "medseg":
             raise ConfigError("--format: a TransUNet-layout input converts to the medseg format only")
+        if args.label_map is not None:
+            raise ConfigError(f"--label-map: {args.raw_dir} is in the TransUNet layout, whose labels are already "
+                              f"{args.labels} classes")
         manifest = import_transunet(args.raw_dir, args.out_dir, labels=args.labels)
         print(f"imported {len(manifest['cases'])} cases from the TransUNet layout into {args.out_dir}")
         return 0
@@ -72,7 +78,8 @@ def run(args) -> int:
                                                 "target_spacing_mm": args.target_spacing}, source="medseg prepare")
         summary = prepare_cohort(args.raw_dir, cache_dir, labels=args.labels, params=params, split=args.split,
                                  test_fraction=args.test_fraction, seed=args.seed, workers=args.workers,
-                                 progress=not args.no_progress, allow_unlabelled=args.allow_unlabelled)
+                                 progress=not args.no_progress, allow_unlabelled=args.allow_unlabelled,
+                                 label_map=args.label_map)
         if args.format == "transunet":
             counts = export_transunet(cache_dir, args.out_dir, drop_empty=args.drop_empty)
             print(f"wrote {counts['train_slices']} training slices and {counts['test_volumes']} test volumes "
@@ -81,6 +88,10 @@ def run(args) -> int:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.perf_counter() - started
+    from medseg.labels import describe_label_map
+
+    if summary.label_set is not None and summary.label_set.label_map is not None:
+        print(describe_label_map(summary.label_set))
     reprepared = f" ({len(summary.reprepared)} prepared again: sources or settings changed)" \
         if summary.reprepared else ""
     skipped = len(summary.failed) + len(summary.skipped_files)

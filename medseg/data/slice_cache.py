@@ -32,7 +32,7 @@ from medseg.data.transforms import IMAGE, LABEL, PreprocessingParams, volume_pre
 from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import (current_umask, check_output_path, ensure_folder, file_sha256, make_temp_dir, read_json,
                        remove_stale_temps, spacing_from_affine, write_json)
-from medseg.labels import LabelSet, get_label_set
+from medseg.labels import LabelSet, describe_label_map, find_label_map, with_label_map
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,11 @@ class PrepareSummary:
         reprepared: ``{case_id: why}`` for cases prepared again because their record no longer matched.
         failed: ``{case_id: message}`` for cases that could not be prepared.
         skipped_files: ``{file: reason}`` for images left out of the cohort (no label, unexpected name).
+        label_set: the label set the labels were read with (with the label map it followed, if any).
     """
 
     out_dir: Path
+    label_set: "LabelSet | None" = None
     written: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
     reprepared: dict[str, str] = field(default_factory=dict)
@@ -191,7 +193,8 @@ def _cache_header(label_set: LabelSet, params: PreprocessingParams, split_mode: 
 def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
                    params: PreprocessingParams = PreprocessingParams(), split: str = "auto",
                    test_fraction: float = 0.4, seed: int = 1234, workers: int = 1,
-                   progress: bool = True, allow_unlabelled: bool = False) -> PrepareSummary:
+                   progress: bool = True, allow_unlabelled: bool = False,
+                   label_map: "str | Path | None" = None) -> PrepareSummary:
     """Preprocess every case of a cohort into a slice cache.
 
     Args:
@@ -206,6 +209,10 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
         workers: cases processed in parallel processes.
         progress: show a progress bar.
         allow_unlabelled: keep images without a label in a labelled cohort (default: skipped and listed).
+        label_map: the numbering of the label files (an nnU-Net ``dataset.json`` or a JSON of organ name -> value;
+            :func:`medseg.labels.read_label_map`); default ``RAW_DIR/dataset.json`` when present, else BTCV's. The
+            label set reads raw values through it, and the manifest's ``label_set`` records it (``label_map``:
+            source, sha256, value -> name / organ / class, and the values mapped to background).
 
     Returns:
         A :class:`PrepareSummary`; bad cases and skipped files are listed in it (and in the manifest's
@@ -216,8 +223,10 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
             removed again). ConfigError: ``out_dir`` holds a cache made with other settings.
         OutputError: ``out_dir`` cannot be created.
     """
-    label_set = get_label_set(labels)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    label_set = with_label_map(labels, find_label_map(raw_dir, label_map))
+    if label_set.label_map is not None:
+        log.info("%s", describe_label_map(label_set))
     check_output_path(out_dir, "output folder", folder=True)
     cohort = discover_cohort(raw_dir, allow_unlabelled=allow_unlabelled)
     cases = cohort.cases
@@ -235,7 +244,7 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
     remove_stale_temps(out_dir)
     remove_stale_temps(out_dir / "cases")
 
-    summary = PrepareSummary(out_dir=out_dir, skipped_files=dict(cohort.skipped))
+    summary = PrepareSummary(out_dir=out_dir, skipped_files=dict(cohort.skipped), label_set=label_set)
     entries: dict[str, dict] = {}
     todo = _plan_cases(cases, splits, out_dir, label_set, params, entries, summary)
     _prepare_all(todo, workers, progress, entries, summary)

@@ -151,27 +151,6 @@ class TrainConfig:
                 raise ConfigError(f"config: {key} is required (set it in the YAML file or on the command line)")
 
 
-@dataclass
-class PredictConfig:
-    """How volumes are predicted: the settings ``medseg predict`` and the pipeline's predict stage share.
-
-    Their flags (``--device``, ``--batch-size``, ``--tta``, ``--amp``, ``--resize``) and the pipeline keys come from
-    these fields (:mod:`medseg.schema`); see :func:`medseg.engine.inference.predict_volume`.
-    """
-
-    SCHEMA_VERSION = 1
-
-    device: str = setting("auto", flag="--device", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    batch_size: int = setting(16, minimum=1, flag="--batch-size", help="slices per forward pass")
-    tta: bool = setting(False, flag="--tta", help="average over left-right and up-down flips")
-    amp: Literal["auto", "bf16", "off"] = setting("auto", flag="--amp", help="bf16 autocast (auto: on CUDA only)")
-    resize: Literal["torch", "scipy"] = setting(
-        "torch", flag="--resize", help="resize to the model size like training (torch) or like the reference test "
-                                       "loop (scipy cubic zoom per slice, slower)")
-    postprocess: bool = setting(True, help="apply the checkpoint's post-processing rules (medseg.postprocess) when "
-                                           "it has them (`medseg predict --no-postprocess` turns them off)")
-
-
 def read_yaml_config(path: "str | Path") -> dict:
     """Read a YAML config file into a dict; a missing or malformed file is a :class:`ConfigError` naming it."""
     return read_yaml_mapping(path, "config file")

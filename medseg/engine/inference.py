@@ -484,6 +484,7 @@ def orient_view(array: np.ndarray, affine: np.ndarray, axcodes="PLS") -> np.ndar
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Statistics: one implementation, in medseg.outputs (kept importable from here).
+# Statistics: one implementation, in medseg.prediction.outputs (importable from here for notebooks/02 until it
+# imports medseg.prediction.outputs.organ_statistics itself).
 
-from medseg.outputs import organ_statistics as label_statistics  # noqa: E402,F401
+from medseg.prediction.outputs import organ_statistics as label_statistics  # noqa: E402,F401

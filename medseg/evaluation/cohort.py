@@ -14,6 +14,9 @@ hold raw BTCV values (0..13) and are mapped onto the label set (:func:`medseg.la
 ``"classes"`` they already hold the label set's classes; ``"auto"`` means raw for a ``label/`` or ``labelsTr/``
 cohort folder (the BTCV and nnU-Net layouts), otherwise the values of all reference files decide: raw when every file holds a value above the label set's highest class, classes when none does, and a
 folder where some files do and some do not is an error (pass the format explicitly). The format used is recorded.
+Raw references in another numbering (AMOS, WORD, TotalSegmentator, ...) are read through a label map: ``label_map``,
+else the ``dataset.json`` of REF_DIR (or of the dataset root above a ``labelsTr/`` or ``label/`` folder); the format
+is then raw (:func:`reference_label_set`).
 
 Per case: the spacing is the reference NIfTI's (from its affine, mm, array axis order). The prediction must lie on
 the reference's voxel grid: the same shape and affine within :data:`medseg.io.GRID_TOLERANCE_MM` (the largest
@@ -37,6 +40,8 @@ The summary (a plain dict, written as ``summary.json`` by :func:`medseg.evaluati
       "format": "medseg-evaluation", "format_version": 1, "medseg_version": "0.1.0",
       "protocol": "standard" | "transunet" | "both",
       "label_set": {...LabelSet.to_dict()...}, "organs": [organ keys in class order],
+      # label_set["label_map"]: the label map the raw references follow (source, sha256, value -> name, organ,
+      # class; the values mapped to background and why), absent for BTCV numbering
       "display_names": {organ: "Aorta", ...},
       "tolerance_mm": 2.0, "spacing_source": "reference NIfTI affine",
       "worst_case_distance": "image diagonal in mm ...",
@@ -93,7 +98,7 @@ from medseg.data.cohort import (IMAGE_DIR_NAMES, LABEL_DIR_NAMES, LABEL_SUFFIXES
                                 discover_cohort, index_by_case, nifti_files)
 from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, read_volume, strip_nifti_suffix
-from medseg.labels import LabelSet, get_label_set, remap_labels
+from medseg.labels import LabelSet, describe_label_map, find_label_map, get_label_set, remap_labels, with_label_map
 from medseg.quality import flag_comparison, quality_flags
 from medseg.evaluation.metrics import (
     BOTH_EMPTY,
@@ -300,9 +305,31 @@ def _case_message(exc: Exception, path, pair: CasePair) -> str:
     return f"{path}: unexpected {type(exc).__name__}: {exc}"
 
 
+def reference_label_set(labels: "str | LabelSet | dict", ref_dir, label_map: "str | Path | None" = None,
+                        reference_format: str = "auto") -> tuple[LabelSet, str, "str | None"]:
+    """The label set the references are read with, the reference format, and a warning (or None).
+
+    A label map (``label_map``, else ``REF_DIR/dataset.json`` when present) describes raw references: the label
+    set then reads their values in its numbering and the format is ``raw``. References in classes follow no label
+    map: an explicit one is then a ConfigError, a found ``dataset.json`` is not used (the warning says so).
+    """
+    label_set = get_label_set(labels)
+    found = find_label_map(ref_dir, label_map)
+    if found is None:
+        return label_set, reference_format, None
+    if reference_format == "classes":
+        if label_map is not None:
+            raise ConfigError(f"--label-map: {label_map}: references in {label_set.name} classes "
+                              "(--reference-format classes) follow no label map")
+        return label_set, reference_format, (f"{found}: label map not used: the references hold {label_set.name} "
+                                             "classes (--reference-format classes)")
+    return with_label_map(label_set, found), "raw", None
+
+
 def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8", protocol: str = "both",
                      tolerance_mm: float = DEFAULT_TOLERANCE_MM, workers: "int | None" = None,
-                     reference_format: str = "auto", progress: bool = True) -> dict:
+                     reference_format: str = "auto", progress: bool = True,
+                     label_map: "str | Path | None" = None) -> dict:
     """Evaluate every prediction of PRED_DIR against the references of REF_DIR.
 
     Args:
@@ -314,6 +341,8 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
         workers: processes evaluating cases in parallel (1 = in this process); default :func:`default_workers`.
         reference_format: ``auto``, ``raw`` or ``classes``.
         progress: show progress over cases on stderr (a bar on a terminal, log lines elsewhere; medseg.progress).
+        label_map: the references' label numbering (an nnU-Net ``dataset.json`` or a JSON of organ name -> value);
+            default ``REF_DIR/dataset.json`` when present, else BTCV numbering (see :func:`reference_label_set`).
 
     Returns:
         The summary dict described in the module docstring.
@@ -324,7 +353,9 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     """
     from medseg.progress import progress_bar
 
-    label_set = get_label_set(labels)
+    label_set, reference_format, map_warning = reference_label_set(labels, ref_dir, label_map, reference_format)
+    if label_set.label_map is not None:
+        logger.info("%s", describe_label_map(label_set))
     protocols_of(protocol)
     tolerance_mm = check_tolerance(tolerance_mm)
     workers = default_workers() if workers is None else workers
@@ -333,7 +364,8 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     pairs, unmatched = pair_cases(ref_dir, pred_dir, reference_format, label_set)
     if reference_format == "auto":
         logger.info("%s: references read as %s (decided for the whole cohort; pass --reference-format to choose)",
-                    ref_dir, "raw BTCV values mapped to " + label_set.name if pairs[0].reference_format == "raw"
+                    ref_dir, ("raw values of the label map" if label_set.label_map else "raw BTCV values")
+                    + " mapped to " + label_set.name if pairs[0].reference_format == "raw"
                     else label_set.name + " classes")
     for name in unmatched:
         logger.warning("%s: prediction has no reference case; ignored", Path(pred_dir) / name)
@@ -369,8 +401,11 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
     for record in records:
         if record["error"]:
             logger.warning("%s: %s", record["case_id"], record["error"])
-    return summarize(records, label_set, protocol, tolerance_mm, unmatched_predictions=unmatched,
-                     reference_dir=ref_dir, prediction_dir=pred_dir, reference_format=reference_format)
+    summary = summarize(records, label_set, protocol, tolerance_mm, unmatched_predictions=unmatched,
+                        reference_dir=ref_dir, prediction_dir=pred_dir, reference_format=reference_format)
+    if map_warning:
+        summary["warnings"].append(map_warning)
+    return summary
 
 
 @contextlib.contextmanager

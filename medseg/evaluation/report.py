@@ -8,12 +8,14 @@ documented in :mod:`medseg.evaluation.cohort`), so a notebook can rebuild any of
   ``case, organ, metric, value, protocol, status`` (value empty where an organ is not scored).
 * ``dice_boxplot.png`` / ``hd95_boxplot.png``: one box per organ over cases (standard protocol when it was run,
   otherwise the TransUNet protocol).
-* ``report.md`` / ``report.html``: what was evaluated (model, checkpoint, training settings, data and a link to
+* ``report.md`` / ``report.html``, rendered by the Jinja2 templates in ``medseg/evaluation/templates`` from one
+  description of the sections (:func:`report_sections`), so both hold the same content: what was evaluated (model, checkpoint, training settings, data and a link to
   the pipeline record, when known); the per-organ table in the label set's class order (for ``synapse8`` the
   TransUNet paper's column order: Aorta, Gallbladder, Kidney L, Kidney R, Liver, Pancreas, Spleen, Stomach) with the
   mean DSC and HD95; per-organ mean, std and median (std is the population std, ddof=0, everywhere); optionally
   IoU, precision, recall and TP / FP / FN volumes; the box plots (embedded in the HTML); the worst cases with
-  overlay thumbnails; missing predictions, errors, and a line on the protocol used.
+  overlay thumbnails and a colour legend; missing predictions, errors, and a line on the protocol used. Links to
+  records (``predict_summary.json``, ``pipeline.json``) are relative to the report's folder.
 
 Penalised results (a missed organ, an organ predicted where the reference has none, a missing prediction) carry
 worst-case values: HD95 = the image diagonal (hundreds of mm), DSC 0. The box plots draw them apart from the boxes
@@ -27,12 +29,22 @@ two volumes: ``TP = DSC (P + R) / 2``, ``FP = P - TP``, ``FN = R - TP`` (ml), ``
 from __future__ import annotations
 
 import base64
-import html
-import io
+import os
+import re
 from pathlib import Path
 
-from medseg.io import atomic_path, write_json, write_text
+import jinja2
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from medseg.data.cohort import discover_cases
+from medseg.errors import MedsegError
+from medseg.io import Volume, atomic_path, read_json, read_volume, write_json, write_text
+from medseg.labels import describe_label_map, get_label_set, remap_labels
 from medseg.quality import comparison_line, write_flags_csv
+from medseg.visualize import axial_view, oriented_case, png_bytes, render_views
 
 #: Row label, unit scale and decimals of each metric in the report tables.
 _METRIC_ROWS = {
@@ -122,7 +134,7 @@ def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, titl
             thumbs[name] = png
     if provenance is None:
         provenance = provenance_from_predictions(summary)
-    context = {"provenance": provenance or {}, "extended": extended, "thumbnails": thumbs}
+    context = {"provenance": provenance or {}, "extended": extended, "thumbnails": thumbs, "report_dir": out_dir}
     title = title or DEFAULT_TITLE
     paths["markdown"] = write_text(out_dir / "report.md",
                                    render_markdown(summary, worst_rows, title, figures, context=context))
@@ -138,8 +150,6 @@ STD_CONVENTION = "std is the population standard deviation (ddof=0) over the sco
 
 def provenance_from_predictions(summary: dict) -> dict:
     """What ``medseg predict`` recorded next to the predictions (checkpoint, input), when it did."""
-    from medseg.io import read_json
-
     folder = summary.get("prediction_dir")
     if not folder or not (Path(folder) / "predict_summary.json").is_file():
         return {}
@@ -182,8 +192,6 @@ _EXTENDED = (("iou", "IoU (%)", 100.0), ("precision", "Precision (%)", 100.0), (
 
 def extended_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     """Per organ: mean (std) of IoU, precision, recall and TP / FP / FN volumes over the scored cases."""
-    import numpy as np
-
     names = summary.get("display_names", {})
     header = ["Organ"] + [label for _, label, _ in _EXTENDED]
     rows = []
@@ -248,8 +256,6 @@ def per_case_table(summary: dict):
 
     Columns: ``case, organ, metric, value, protocol, status``; ``value`` is NaN where the organ is not scored.
     """
-    import pandas as pd
-
     rows = []
     for protocol in ("standard", "transunet"):
         if protocol not in summary:
@@ -308,17 +314,18 @@ def organ_table(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def box_plot_png(summary: dict, protocol: str, metric: str) -> bytes:
-    """PNG bytes of a box plot with one box per organ over the measured (scored) cases.
+    """PNG bytes of :func:`box_plot_figure`."""
+    return png_bytes(box_plot_figure(summary, protocol, metric))
+
+
+def box_plot_figure(summary: dict, protocol: str, metric: str) -> Figure:
+    """A box plot with one box per organ over the measured (scored) cases.
 
     Penalised results (:data:`PENALISED`) are drawn apart with their count: for a distance (HD95), as red crosses
-    on a separate panel above a broken axis at the penalty values; for DSC, as red crosses at 0. Both-empty organs
-    are not scored and not drawn.
+    on a separate panel above a broken axis at the penalty values; for DSC, as red crosses at 0. The legend of the
+    crosses sits below the plot, outside every axis, so it never hides a mark. Both-empty organs are not scored and
+    not drawn.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from medseg.labels import get_label_set
-
     organs = summary["organs"]
     names = summary.get("display_names", {})
     colours = dict(zip(organs, get_label_set(summary["label_set"]).colours))
@@ -340,10 +347,11 @@ def box_plot_png(summary: dict, protocol: str, metric: str) -> bytes:
     distance = metric.startswith("hd95")
     apart = distance and bool(penalties)
     width = max(6.0, 0.8 * len(organs) + 1.5)
-    figure = Figure(figsize=(width, 4.4 if apart else 3.8), dpi=100)
+    figure = Figure(figsize=(width, (4.4 if apart else 3.8) + (0.4 if penalties else 0.0)), dpi=100,
+                    layout="constrained")
     FigureCanvasAgg(figure)
     if apart:
-        top, axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 4], "hspace": 0.08})
+        top, axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 4]})
     else:
         top, axes = None, figure.add_subplot(1, 1, 1)
     if data:
@@ -356,10 +364,10 @@ def box_plot_png(summary: dict, protocol: str, metric: str) -> bytes:
     if penalties:
         xs = [p for p, _ in penalties]
         ys = [v for _, v in penalties]
-        target = top if apart else axes
-        target.scatter(xs, ys, marker="x", color="#c0392b", zorder=3,
-                       label=f"penalty ({len(penalties)} organ results: missed, spurious or missing prediction)")
-        target.legend(loc="upper right" if apart else "lower left", fontsize=8, frameon=False)
+        marks = (top if apart else axes).scatter(
+            xs, ys, marker="x", color="#c0392b", zorder=3, clip_on=False,
+            label=f"penalty ({len(penalties)} organ results: missed, spurious or missing prediction)")
+        figure.legend(handles=[marks], loc="outside lower center", fontsize=8, frameon=False)
         note = f"; {len(penalties)} penalised shown apart"
     if apart:
         low, high = min(v for _, v in penalties), max(v for _, v in penalties)
@@ -382,28 +390,16 @@ def box_plot_png(summary: dict, protocol: str, metric: str) -> bytes:
     title = "standard protocol" if protocol == "standard" else "TransUNet protocol"
     (top or axes).set_title(f"{label} per organ ({title}{note})", fontsize=10)
     axes.grid(axis="y", alpha=0.3)
-    figure.subplots_adjust(left=0.09, right=0.98, top=0.9, bottom=0.25 if apart else 0.28)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure
 
 
 def worst_case_thumbnail(summary: dict, row: dict, image_path: "str | Path | None" = None) -> "bytes | None":
-    """PNG bytes: reference and prediction side by side on the axial slice where they disagree most on the organ.
+    """PNG bytes: reference and prediction side by side on the axial slice where they disagree most on the organ,
+    with a colour legend of the organs shown (:func:`medseg.visualize.render_views`).
 
     The CT (``image_path``, or the case's image in the reference cohort folder) is shown underneath in a soft-tissue
     window when found; None when the label files cannot be read (the report is still written without it).
     """
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-
-    from medseg.data.orientation import reorient
-    from medseg.errors import MedsegError
-    from medseg.io import read_volume
-    from medseg.labels import get_label_set, remap_labels
-
     info = summary.get("case_info", {}).get(row["case"], {})
     label_set = get_label_set(summary["label_set"])
     try:
@@ -417,47 +413,26 @@ def worst_case_thumbnail(summary: dict, row: dict, image_path: "str | Path | Non
         return None
     if pred.shape != ref.shape:
         return None
-    ref, affine = reorient(ref.astype(np.uint8), reference.affine)
-    pred, _ = reorient(pred.astype(np.uint8), reference.affine)
-    ct = reorient(np.asarray(image.array), image.affine)[0] if image is not None and image.shape == reference.shape \
-        else None
+    ct, ref, spacing = oriented_case(image, Volume(ref.astype(np.uint8), reference.affine))
+    _, pred, _ = oriented_case(None, Volume(pred.astype(np.uint8), reference.affine))
     index = label_set.organs.index(row["organ"]) + 1
-    disagreement = ((ref == index) != (pred == index)).sum(axis=(0, 1))
-    k = int(np.argmax(disagreement))
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    colours = np.zeros((label_set.num_classes, 4))
-    colours[1:, :3] = np.asarray(label_set.colours) / 255.0
-    colours[1:, 3] = 0.35
-    colours[index, 3] = 0.85  # the organ in question stands out
-    cmap = ListedColormap(colours)
-    figure = Figure(figsize=(5.2, 2.9), dpi=90)
-    FigureCanvasAgg(figure)
+    k = worst_slice(ref, pred, index)
     names = summary.get("display_names", {})
-    for position, (title, labels) in enumerate((("reference", ref), ("prediction", pred)), start=1):
-        axis = figure.add_subplot(1, 2, position)
-        if ct is not None:
-            axis.imshow(ct[:, :, k], cmap="gray", vmin=-160, vmax=240, aspect=spacing[0] / spacing[1])
-        else:
-            axis.imshow(np.full(labels.shape[:2], 0.3), cmap="gray", vmin=0, vmax=1, aspect=spacing[0] / spacing[1])
-        axis.imshow(labels[:, :, k], cmap=cmap, vmin=0, vmax=label_set.num_classes - 1,
-                    aspect=spacing[0] / spacing[1], interpolation="nearest")
-        axis.contour(labels[:, :, k] == index, levels=[0.5], colors="white", linewidths=0.8)
-        axis.set_title(title, fontsize=8)
-        axis.set_axis_off()
-    figure.suptitle(f"{row['case']} {names.get(row['organ'], row['organ'])}: DSC {_fmt(row['dice'], 100.0)} %, "
-                    f"slice {k} of {ref.shape[2]} ({row['status']})", fontsize=8)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.04)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    views = [[axial_view(ct, ref, spacing, k, "reference", organ=index),
+              axial_view(ct, pred, spacing, k, "prediction", organ=index)]]
+    title = (f"{row['case']} {names.get(row['organ'], row['organ'])}: DSC {_fmt(row['dice'], 100.0)} %, "
+             f"slice {k} of {ref.shape[2]} ({row['status']})")
+    return png_bytes(render_views(views, label_set, title=title, emphasis=index, panel_inches=2.6, font_size=7))
+
+
+def worst_slice(reference: np.ndarray, prediction: np.ndarray, organ: int) -> int:
+    """Index along the last axis where reference and prediction disagree on the most voxels of class ``organ``."""
+    disagreement = ((reference == organ) != (prediction == organ)).sum(axis=(0, 1))
+    return int(np.argmax(disagreement))
 
 
 def _case_image(summary: dict, case_id: str):
     """The CT of ``case_id`` when the reference folder is a cohort with images (else None)."""
-    from medseg.data.cohort import discover_cases
-    from medseg.errors import MedsegError
-    from medseg.io import read_volume
-
     reference_dir = summary.get("reference_dir")
     if not reference_dir:
         return None
@@ -480,119 +455,140 @@ def protocol_lines(summary: dict) -> list[str]:
 DEFAULT_TITLE = "medseg evaluation report"
 
 
-def render_markdown(summary: dict, worst_rows: list[dict], title: str = DEFAULT_TITLE,
-                    figures: "dict[str, bytes] | None" = None, context: "dict | None" = None) -> str:
-    """report.md text (the figures are linked as the PNG files beside it).
+def report_sections(summary: dict, worst_rows: list[dict], figures: "dict[str, bytes] | None" = None,
+                    context: "dict | None" = None) -> list[dict]:
+    """The one description of a report's content that both report.md and report.html are rendered from.
 
-    ``context``: ``{"provenance": dict, "extended": bool, "thumbnails": {file stem: png}}`` (see
-    :func:`write_reports`).
+    Returns a list of sections ``{"heading": str or None, "blocks": [...]}``; a block is one of
+    ``{"kind": "paragraph", "label", "text", "style"}``, ``{"kind": "fields", "rows": [{"label", "text", "href"}]}``,
+    ``{"kind": "table", "header", "rows"}``, ``{"kind": "list", "entries": [{"label", "text"}]}`` or
+    ``{"kind": "figures", "figures": [{"name", "caption", "file", "base64"}]}``. Texts are plain (the templates
+    escape them).
+
+    Args:
+        summary, worst_rows: as for :func:`write_reports`.
+        figures: ``{file stem: png bytes}`` of the figures section.
+        context: ``{"provenance": dict, "extended": bool, "thumbnails": {file stem: png}, "report_dir": folder}``;
+            linked provenance paths are given relative to ``report_dir`` (default: the current folder).
     """
     context = context or {}
-    lines = [f"# {title}", ""]
-    rows = provenance_rows(context.get("provenance") or {})
-    if rows:
-        lines += ["## What was evaluated", ""]
-        lines += [f"- **{label}:** {_md_link(value)}" for label, value in rows] + [""]
-    lines += [_intro(summary), ""]
-    for line in protocol_lines(summary):
-        lines += [f"**Protocol.** {line}", ""]
-    lines += [f"**Counts.** {_counts_line(summary)}", ""]
+    protocol = primary_protocol(summary)
+    report_dir = Path(context.get("report_dir") or ".")
+    sections = []
+    fields = [{"label": label, "text": text, "href": link_target(text, report_dir)}
+              for label, text in provenance_rows(context.get("provenance") or {})]
+    for field in fields:  # a linked record is shown as its link, so that the text works from the report's folder
+        field["text"] = field["href"] or field["text"]
+    if fields:
+        sections.append({"heading": "What was evaluated", "blocks": [{"kind": "fields", "rows": fields}]})
+    intro = [_paragraph(_intro(summary))]
+    intro += [_paragraph(line, "Protocol.", "note") for line in protocol_lines(summary)]
+    intro.append(_paragraph(_counts_line(summary), "Counts."))
+    intro += [_paragraph(warning, "Warning.", "warning") for warning in summary.get("warnings", [])]
+    sections.append({"heading": None, "blocks": intro})
     header, rows = organ_table(summary)
-    lines += ["## Per-organ results (mean over cases)", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", f"Penalised results: {_penalised_line(summary)}", ""]
-    lines += _markdown_table(f"## Per-organ statistics ({primary_protocol(summary)} protocol; {STD_CONVENTION})",
-                             *statistics_table(summary))
+    sections.append({"heading": "Per-organ results (mean over cases)", "blocks": [
+        _table(header, rows), _paragraph(_penalised_line(summary), "Penalised results.", "note")]})
+    sections.append({"heading": f"Per-organ statistics ({protocol} protocol)", "blocks": [
+        _table(*statistics_table(summary)),
+        _paragraph(f'{STD_CONVENTION}; "penalised" counts the worst-case values inside the statistics.', style="note")]})
     if context.get("extended") and "standard" in summary:
-        lines += _markdown_table("## Overlap and volume errors, mean (std) over scored cases (standard protocol; "
-                                 "derived from DSC and the two volumes)", *extended_table(summary))
-    lines += ["## Figures", ""]
-    captions = {"dice_boxplot": "DSC per organ", "hd95_boxplot": "HD95 per organ", "training_curve": "Training curve"}
-    for name in figures or ("dice_boxplot", "hd95_boxplot"):
-        lines += [f"![{captions.get(name, name.replace('_', ' '))}]({name}.png)", ""]
-    lines += _worst_markdown(summary, worst_rows)
-    for name in context.get("thumbnails") or {}:
-        lines += [f"![{name}]({name}.png)", ""]
-    lines += _problems_markdown(summary)
-    return "\n".join(lines).rstrip() + "\n"
+        sections.append({"heading": "Overlap and volume errors (standard protocol)", "blocks": [
+            _paragraph("Mean (std) over scored cases, derived from DSC and the two volumes.", style="note"),
+            _table(*extended_table(summary))]})
+    sections.append({"heading": "Figures", "blocks": [_figures(figures or {}, FIGURE_CAPTIONS)]})
+    worst = [_table(*_worst_table(summary, worst_rows))]
+    if summary.get("flag_comparison"):  # do flagged results score worse? (medseg.quality)
+        worst.append(_paragraph(f"{comparison_line(summary['flag_comparison'])} (quality_flags.csv)", style="note"))
+    thumbnails = context.get("thumbnails") or {}
+    if thumbnails:
+        worst.append(_paragraph("Reference and prediction on the slice where they disagree most on the organ (the "
+                                "organ outlined in white and drawn more opaque than its neighbours).", style="note"))
+        worst.append(_figures(thumbnails, {}))
+    sections.append({"heading": f"Worst cases (lowest DSC, {protocol} protocol)", "blocks": worst})
+    problems = (("Missing predictions (scored as failures)", [{"label": None, "text": c}
+                                                                for c in summary["missing_predictions"]]),
+                ("Errors (unscorable predictions are scored as failures)",
+                 [{"label": e["case_id"], "text": e["message"]} for e in summary["errors"]]),
+                ("Predictions without a reference (ignored)", [{"label": None, "text": n}
+                                                                for n in summary.get("unmatched_predictions", [])]))
+    sections += [{"heading": heading, "blocks": [{"kind": "list", "entries": entries}]}
+                 for heading, entries in problems if entries]
+    return sections
+
+
+#: Captions of the report's standard figures (others: the file stem with spaces).
+FIGURE_CAPTIONS = {"dice_boxplot": "DSC per organ", "hd95_boxplot": "HD95 per organ",
+                   "training_curve": "Training curve"}
+
+_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                                autoescape=jinja2.select_autoescape(["html.j2"]), trim_blocks=True,
+                                lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+_TEMPLATES.filters["md_cell"] = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(summary: dict, worst_rows: list[dict], title: str = DEFAULT_TITLE,
+                    figures: "dict[str, bytes] | None" = None, context: "dict | None" = None) -> str:
+    """report.md text from :func:`report_sections` (the figures are linked as the PNG files beside it)."""
+    text = _TEMPLATES.get_template("report.md.j2").render(
+        title=title, sections=report_sections(summary, worst_rows, figures, context))
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
 def render_html(summary: dict, worst_rows: list[dict], figures: dict[str, bytes], title: str = DEFAULT_TITLE,
                 context: "dict | None" = None) -> str:
-    """report.html text: a self-contained page with the PNG figures embedded as base64 (``context``: as for
-    :func:`render_markdown`)."""
-    esc = html.escape
-    context = context or {}
-    parts = [
-        "<!DOCTYPE html>",
-        f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>',
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-        "th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
-        "th{background:#eee}.note{color:#444}.prov th{text-align:left}.prov td{text-align:left}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-    ]
-    rows = provenance_rows(context.get("provenance") or {})
-    if rows:
-        parts.append("<h2>What was evaluated</h2>")
-        parts.append('<table class="prov">' + "".join(
-            f"<tr><th>{esc(label)}</th><td>{_html_link(value)}</td></tr>" for label, value in rows) + "</table>")
-    parts.append(f"<p>{esc(_intro(summary))}</p>")
-    parts += [f'<p class="note"><b>Protocol.</b> {esc(line)}</p>' for line in protocol_lines(summary)]
-    parts.append(f"<p><b>Counts.</b> {esc(_counts_line(summary))}</p>")
-    parts += [f'<p class="warning"><b>Warning.</b> {esc(w)}</p>' for w in summary.get("warnings", [])]
-    header, rows = organ_table(summary)
-    parts.append("<h2>Per-organ results (mean over cases)</h2>")
-    parts.append(_html_table(header, rows))
-    parts.append(f'<p class="note"><b>Penalised results.</b> {esc(_penalised_line(summary))}</p>')
-    parts.append(f"<h2>Per-organ statistics ({esc(primary_protocol(summary))} protocol)</h2>")
-    parts.append(f'<p class="note">{esc(STD_CONVENTION)}; "penalised" counts the worst-case values inside the '
-                 "statistics.</p>")
-    parts.append(_html_table(*statistics_table(summary)))
-    if context.get("extended") and "standard" in summary:
-        parts.append("<h2>Overlap and volume errors (standard protocol)</h2>")
-        parts.append('<p class="note">Mean (std) over scored cases, derived from DSC and the two volumes.</p>')
-        parts.append(_html_table(*extended_table(summary)))
-    parts.append("<h2>Figures</h2>")
-    for name, png in figures.items():
-        encoded = base64.b64encode(png).decode("ascii")
-        parts.append(f'<p><img alt="{esc(name)}" src="data:image/png;base64,{encoded}"></p>')
-    protocol = primary_protocol(summary)
-    parts.append(f"<h2>Worst cases (lowest DSC, {esc(protocol)} protocol)</h2>")
-    parts.append(_html_table(*_worst_table(summary, worst_rows)))
-    if summary.get("flag_comparison"):
-        parts.append(f'<p class="note">{esc(comparison_line(summary["flag_comparison"]))}</p>')
-    if context.get("thumbnails"):
-        parts.append('<p class="note">Reference and prediction on the slice where they disagree most on the organ '
-                     "(the organ outlined in white).</p><p>")
-        for name, png in context["thumbnails"].items():
-            encoded = base64.b64encode(png).decode("ascii")
-            parts.append(f'<img alt="{esc(name)}" src="data:image/png;base64,{encoded}">')
-        parts.append("</p>")
-    if summary["missing_predictions"]:
-        parts.append("<h2>Missing predictions (scored as failures)</h2>")
-        parts.append("<ul>" + "".join(f"<li>{esc(c)}</li>" for c in summary["missing_predictions"]) + "</ul>")
-    if summary["errors"]:
-        parts.append("<h2>Errors (unscorable predictions are scored as failures)</h2>")
-        parts.append("<ul>" + "".join(f"<li><b>{esc(e['case_id'])}</b>: {esc(e['message'])}</li>"
-                                      for e in summary["errors"]) + "</ul>")
-    if summary.get("unmatched_predictions"):
-        parts.append("<h2>Predictions without a reference (ignored)</h2>")
-        parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in summary["unmatched_predictions"]) + "</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    """report.html text from :func:`report_sections`: a self-contained page with the PNG figures embedded."""
+    text = _TEMPLATES.get_template("report.html.j2").render(
+        title=title, sections=report_sections(summary, worst_rows, figures, context))
+    return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
+
+
+def link_target(value: str, report_dir: "str | Path") -> "str | None":
+    """Where a report links a record path (a .json/.html/.yaml/.md file named in the provenance); None for other
+    values.
+
+    ``value`` is a path as the writing process sees it (absolute, or relative to its current folder). The link is
+    relative to ``report_dir``, so it works wherever the report is opened from and moves with the run folder; an
+    absolute path where no relative one exists (another drive).
+    """
+    if not _is_link(value):
+        return None
+    target = os.path.abspath(value)
+    try:
+        return Path(os.path.relpath(target, os.path.abspath(report_dir))).as_posix()
+    except ValueError:
+        return Path(target).as_posix()
+
+
+def _is_link(value: str) -> bool:
+    return value.endswith((".json", ".html", ".yaml", ".yml", ".md")) and "\n" not in value and " " not in value
+
+
+def _paragraph(text: str, label: "str | None" = None, style: str = "") -> dict:
+    return {"kind": "paragraph", "label": label, "text": text, "style": style}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> dict:
+    return {"kind": "table", "header": header, "rows": rows}
+
+
+def _figures(pngs: dict[str, bytes], captions: dict[str, str]) -> dict:
+    return {"kind": "figures", "figures": [
+        {"name": name, "caption": captions.get(name, name.replace("_", " ")), "file": f"{name}.png",
+         "base64": base64.b64encode(png).decode("ascii")} for name, png in pngs.items()]}
 
 
 def _intro(summary: dict) -> str:
     label_set = summary["label_set"]["name"]
     formats = [info.get("reference_format") for info in summary.get("case_info", {}).values()]
     raw, classes = formats.count("raw"), formats.count("classes")
+    label_map = describe_label_map(get_label_set(summary["label_set"]))
     return (f"medseg {summary['medseg_version']}; label set {label_set}; protocol {summary['protocol']}; "
             f"NSD tolerance {summary['tolerance_mm']:g} mm; spacing from the {summary['spacing_source']}; "
             f"references {summary.get('reference_dir')} (reference format {summary.get('reference_format')}: "
-            f"{raw} read as raw BTCV values mapped to {label_set}, {classes} as {label_set} classes); "
-            f"predictions {summary.get('prediction_dir')}.")
+            f"{raw} read as raw {'label-map' if label_map else 'BTCV'} values mapped to {label_set}, {classes} as "
+            f"{label_set} classes); predictions {summary.get('prediction_dir')}."
+            + (f" Raw values read through the {label_map}." if label_map else ""))
 
 
 def _counts_line(summary: dict) -> str:
@@ -617,33 +613,6 @@ def _worst_table(summary: dict, worst_rows: list[dict]) -> tuple[list[str], list
     return header, rows
 
 
-def _worst_markdown(summary: dict, worst_rows: list[dict]) -> list[str]:
-    header, rows = _worst_table(summary, worst_rows)
-    lines = [f"## Worst cases (lowest DSC, {primary_protocol(summary)} protocol)", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    if summary.get("flag_comparison"):
-        lines += ["", f"{comparison_line(summary['flag_comparison'])} (flags: medseg.quality, quality_flags.csv)"]
-    return lines + [""]
-
-
-def _problems_markdown(summary: dict) -> list[str]:
-    lines = []
-    if summary.get("warnings"):
-        lines += ["## Warnings", ""] + [f"- **{w}**" for w in summary["warnings"]] + [""]
-    if summary["missing_predictions"]:
-        lines += ["## Missing predictions (scored as failures)", ""]
-        lines += [f"- {case_id}" for case_id in summary["missing_predictions"]] + [""]
-    if summary["errors"]:
-        lines += ["## Errors (unscorable predictions are scored as failures)", ""]
-        lines += [f"- **{e['case_id']}**: {e['message']}" for e in summary["errors"]] + [""]
-    if summary.get("unmatched_predictions"):
-        lines += ["## Predictions without a reference (ignored)", ""]
-        lines += [f"- {name}" for name in summary["unmatched_predictions"]] + [""]
-    return lines
-
-
 def _penalised_line(summary: dict) -> str:
     protocol = primary_protocol(summary)
     hd_key = summary[protocol]["metrics"][1]
@@ -656,31 +625,6 @@ def _penalised_line(summary: dict) -> str:
     penalty = "HD95 = image diagonal, DSC 0" if protocol == "standard" else "the paper's (DSC, HD95) pairs"
     return (f"{total} organ results carry worst-case values ({penalty}): {listed}. They enter the means and are "
             "drawn apart in the box plots.")
-
-
-def _markdown_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
-
-
-def _is_link(value: str) -> bool:
-    return value.endswith((".json", ".html", ".yaml", ".yml", ".md")) and "\n" not in value and " " not in value
-
-
-def _md_link(value: str) -> str:
-    return f"[{value}]({value})" if _is_link(value) else value
-
-
-def _html_link(value: str) -> str:
-    esc = html.escape
-    return f'<a href="{esc(value)}">{esc(value)}</a>' if _is_link(value) else esc(value)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _fmt(value, scale: float = 1.0, digits: int = 2) -> str:

@@ -64,6 +64,9 @@ class CheckpointInfo:
         training_state: optimizer / scheduler / RNG state for resuming training, or ``None``.
         version: checkpoint format version (``None`` for a bare state_dict).
         medseg_version: medseg version that wrote the file (``None`` for a bare state_dict).
+        input_adaptation: how an RGB checkpoint was made to take 1-channel CT, e.g. ``"first kernel
+            stem.weight (16, 3, 3, 3) summed over RGB: the RGB model on the grey image repeated 3 times"``;
+            ``None`` when the weights were loaded as they are.
     """
 
     path: Path
@@ -76,6 +79,7 @@ class CheckpointInfo:
     training_state: "dict | None" = None
     version: "int | None" = None
     medseg_version: "str | None" = None
+    input_adaptation: "str | None" = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -271,7 +275,10 @@ def load_checkpoint(
         num_classes: for a bare state_dict, default read from the weights; checked against a medseg checkpoint.
         img_size: model input size; for a bare state_dict default the variant's published size; checked against
             a medseg checkpoint.
-        in_channels: image channels; for a bare state_dict default 1; checked against a medseg checkpoint.
+        in_channels: image channels; checked against a medseg checkpoint. For a bare state_dict default 1: an RGB
+            official-codebase file (renamed by the family's key map) then gets its first kernel summed over RGB,
+            which is exactly the RGB model applied to the grey image repeated three times, and
+            ``info.input_adaptation`` says so; pass 3 to keep the RGB input.
         map_location: device the weights (and the model) go to.
 
     Returns:
@@ -309,8 +316,7 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: {exc}") from None
         state_dict = strip_wrapper_prefix(state_dict)
         official = _official_layout(name, spec.family, state_dict)  # an official codebase's checkpoint, renamed
-        if official is not None and in_channels is None:
-            in_channels = _infer_in_channels(name, official)
+        file_channels = _infer_in_channels(name, official) if official is not None else None
         config = {
             "num_classes": num_classes if num_classes is not None else
             _infer_num_classes(path, name, official if official is not None else state_dict),
@@ -331,6 +337,9 @@ def load_checkpoint(
 
         state_dict = convert_official(get_spec(name).family, state_dict, model)
         logger.info("%s: official %s checkpoint, keys mapped to medseg's", path, get_spec(name).family)
+    if info.kind != "medseg" and file_channels not in (None, config["in_channels"]):
+        state_dict, info.input_adaptation = fold_input_channels(state_dict, model)
+        logger.info("%s: %s", path, info.input_adaptation)
     load_model_weights(model, state_dict, source=str(path), hint_img_size=img_size is None)
     if isinstance(map_location, (str, torch.device)):
         model = model.to(map_location)
@@ -364,6 +373,31 @@ def load_model_weights(model: nn.Module, state_dict: dict, *, source: str = "sta
             hint = " (trained at another img_size or with other options? pass them when loading)"
         raise CheckpointError(f"{source}: weights do not match {type(model).__name__}: {problem}{hint}")
     model.load_state_dict(state_dict, strict=True)
+
+
+def fold_input_channels(state_dict: dict, model: nn.Module) -> "tuple[dict, str | None]":
+    """``state_dict`` with its RGB first-layer kernel adapted to ``model``'s input channels, and what was done.
+
+    The kernel is the 4-D tensor whose input-channel axis (axis 1) is 3 in the file but ``model`` has another
+    count there (every other axis equal); it is adapted by :func:`medseg.models.pretrained.adapt_input_channels`
+    (for 1 channel: summed over RGB, so ``conv(x) == conv_rgb(x.repeat(1, 3, 1, 1))`` for a grey image ``x``).
+    Returns the state_dict unchanged and ``None`` when no tensor is such a kernel.
+    """
+    from medseg.models.pretrained import adapt_input_channels
+
+    targets = unwrap_model(model).state_dict()
+    adapted = dict(state_dict)
+    notes = []
+    for key, value in state_dict.items():
+        target = targets.get(key)
+        if (target is None or value.ndim != 4 or target.ndim != 4 or value.shape[1] != 3
+                or target.shape[1] == 3 or value.shape[0] != target.shape[0] or value.shape[2:] != target.shape[2:]):
+            continue
+        adapted[key] = adapt_input_channels(value, int(target.shape[1]))
+        how = ("summed over RGB: the RGB model on the grey image repeated 3 times" if target.shape[1] == 1
+               else f"RGB repeated to {target.shape[1]} channels, scaled by 3/{target.shape[1]}")
+        notes.append(f"first kernel {key} {tuple(value.shape)} {how}")
+    return adapted, ("; ".join(notes) or None)
 
 
 def describe_mismatch(expected: dict, actual: dict) -> str:

@@ -77,6 +77,7 @@ class SegFormer(nn.Module):
         super().__init__()
         self.config = config
         self.model = SegformerForSemanticSegmentation(config)
+        set_official_norm_eps(self.model, config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, H, W)`` -> logits ``(B, num_classes, H, W)``.
@@ -85,6 +86,21 @@ class SegFormer(nn.Module):
         """
         logits = self.model(pixel_values=x, return_dict=True).logits  # (B, num_classes, H/4, W/4)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def set_official_norm_eps(model: nn.Module, eps: float) -> None:
+    """Give the MiT blocks' two LayerNorms and each stage's closing LayerNorm the official epsilon, in place.
+
+    The official MiT (NVlabs/SegFormer ``mix_transformer.py``) builds those norms with
+    ``partial(nn.LayerNorm, eps=1e-6)``; transformers builds them with ``nn.LayerNorm``'s default 1e-5 and ignores
+    ``SegformerConfig.layer_norm_eps`` (1e-6). The patch-embedding and sequence-reduction norms keep 1e-5, as in the
+    official code, which builds them with the default too.
+    """
+    for stage in model.segformer.stages:
+        stage.layer_norm.eps = eps
+        for block in stage.blocks:
+            block.layernorm_before.eps = eps
+            block.layernorm_after.eps = eps
 
 
 def segformer_config(name: str, num_classes: int, in_channels: int, **overrides) -> SegformerConfig:

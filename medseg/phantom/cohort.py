@@ -12,7 +12,7 @@ import numpy as np
 
 from medseg.data.orientation import reorient
 from medseg.errors import ConfigError
-from medseg.io import Volume, read_json, write_json, write_volume
+from medseg.io import Volume, read_json, spacing_from_affine, write_json, write_volume
 from medseg.phantom.anatomy import make_anatomy
 from medseg.phantom.geometry import case_geometry, check_size
 from medseg.phantom.painting import render_anatomy
@@ -50,7 +50,7 @@ def _generate(case_index: int, seed: int, size: str) -> tuple[Volume, Volume, di
     info = {
         "case_id": f"case{case_index:04d}",
         "shape": list(image.shape),
-        "spacing": [round(float(v), 4) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))],
+        "spacing": [round(v, 4) for v in spacing_from_affine(affine)],
         "axcodes": "".join(geometry.axcodes),
         "omitted_organs": list(anatomy.omitted),
         "contrast_phase": anatomy.params["phase"],

@@ -22,44 +22,28 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.dicom import ORGAN_CODES
 from medseg.errors import ConfigError
-from medseg.io import Volume, atomic_path, write_json, write_text, write_volume
+from medseg.io import Volume, write_json, write_text, write_volume
+from medseg.visualize import SOFT_TISSUE_WINDOW, write_case_preview
 
-#: Output types of ``medseg predict --output-type``.
-OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct")
-#: File-name endings of each output type after the case stem.
-OUTPUT_SUFFIXES = {"nifti": ".nii.gz", "dicom-seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
-#: Soft-tissue window of the previews (HU): level 40, width 400.
-SOFT_TISSUE_WINDOW = (-160.0, 240.0)
 #: Population standard deviation (ddof=0) everywhere in medseg's statistics.
 STD_DDOF = 0
 
 
-def parse_output_types(values) -> list[str]:
-    """``["nifti,dicom-seg", "rtstruct"]`` -> ``["nifti", "dicom-seg", "rtstruct"]`` (order kept, checked)."""
-    types: list[str] = []
-    for value in values or ["nifti"]:
-        for item in str(value).split(","):
-            item = item.strip().lower()
-            if not item:
-                continue
-            if item not in OUTPUT_TYPES:
-                raise ConfigError(f"--output-type: unknown type {item!r} (choose from {', '.join(OUTPUT_TYPES)})")
-            if item not in types:
-                types.append(item)
-    return types or ["nifti"]
+def check_organs(organs: "list[str] | None", label_set) -> "list[str] | None":
+    """``organs`` (a request's ``organs``: names, or None for all) checked against ``label_set``.
 
-
-def parse_organs(text: "str | None", label_set) -> "list[str] | None":
-    """``"liver,spleen"`` -> ``["liver", "spleen"]`` checked against ``label_set`` (None: all organs)."""
-    if not text:
+    Raises:
+        ConfigError: ``--organs: 'lung' is not an organ of label set synapse8 (choose from ...)``.
+    """
+    if organs is None:
         return None
-    organs = [o.strip() for o in text.split(",") if o.strip()]
     unknown = [o for o in organs if o not in label_set.organs]
     if unknown:
         raise ConfigError(f"--organs: {unknown[0]!r} is not an organ of label set {label_set.name} "
                           f"(choose from {', '.join(label_set.organs)})")
-    return organs
+    return list(organs)
 
 
 def kept_classes(label_set, organs: "list[str] | None") -> list[int]:
@@ -82,8 +66,6 @@ def keep_organs(labels: np.ndarray, label_set, organs: "list[str] | None") -> np
 
 def label_map(label_set, organs: "list[str] | None" = None) -> dict:
     """The content of ``labels.json``: ``{"label_set", "labels": {value: {key, name, colour, snomed_ct}}}``."""
-    from medseg.dicom import ORGAN_CODES
-
     entries = {"0": {"key": "background", "name": "Background", "colour": [0, 0, 0], "snomed_ct": None}}
     for index in kept_classes(label_set, organs):
         organ = label_set.organs[index - 1]
@@ -215,68 +197,7 @@ def write_statistics_csv(path: "str | Path", per_case: dict[str, dict], organs: 
 # Preview
 
 
-def preview_views(image: Volume, labels: Volume) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
-    """Axial, coronal and sagittal slices through the centre of the labelled organs.
-
-    The volume is first brought into medseg's slice orientation (P, L, S; see :mod:`medseg.data.orientation`),
-    so each view is shown as a radiologist expects: the patient's right on the image's left, anterior (axial) or
-    superior (coronal, sagittal) at the top.
-
-    Returns:
-        ``[(name, ct_2d, labels_2d, aspect), ...]`` where ``aspect`` is the row spacing over the column spacing
-        (``imshow(aspect=...)`` gives square millimetres).
-    """
-    from medseg.data.orientation import reorient
-
-    ct, affine = reorient(np.asarray(image.array), image.affine)
-    lab, _ = reorient(np.asarray(labels.array), labels.affine)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # (P, L, S) order
-    foreground = np.argwhere(lab > 0)
-    centre = (foreground.mean(axis=0) if len(foreground) else np.asarray(lab.shape) / 2).astype(int)
-    i, j, k = (int(np.clip(c, 0, s - 1)) for c, s in zip(centre, lab.shape))
-    return [
-        ("axial", ct[:, :, k], lab[:, :, k], spacing[0] / spacing[1]),
-        ("coronal", ct[i, :, ::-1].T, lab[i, :, ::-1].T, spacing[2] / spacing[1]),
-        ("sagittal", ct[:, j, ::-1].T, lab[:, j, ::-1].T, spacing[2] / spacing[0]),
-    ]
-
-
 def write_preview(path: "str | Path", image: Volume, labels: Volume, label_set, *, title: str = "",
                   window: tuple[float, float] = SOFT_TISSUE_WINDOW, hu: bool = True) -> Path:
-    """A PNG with the three views of :func:`preview_views`: CT in a soft-tissue window, organs overlaid, a legend.
-
-    Args:
-        window: display range in HU (default level 40, width 400); ignored when ``hu`` is False (image in [0, 1]).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    views = preview_views(image, labels)
-    colours = np.zeros((label_set.num_classes, 4))
-    colours[1:, :3] = np.asarray(label_set.colours, dtype=float) / 255.0
-    colours[1:, 3] = 0.45
-    cmap = ListedColormap(colours)
-    low, high = window if hu else (0.0, 1.0)
-    widths = [view[1].shape[1] for view in views]
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4.8), gridspec_kw={"width_ratios": widths})
-    for axis, (name, ct, lab, aspect) in zip(axes, views):
-        axis.imshow(ct, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
-        axis.imshow(lab, cmap=cmap, vmin=0, vmax=label_set.num_classes - 1, aspect=aspect, interpolation="nearest")
-        axis.set_title(name)
-        axis.set_axis_off()
-    present = sorted(int(v) for v in np.unique(np.asarray(labels.array)) if v > 0)
-    handles = [Patch(facecolor=colours[v, :3], label=label_set.display_names[v - 1]) for v in present]
-    if handles:
-        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False, fontsize=9)
-    window_text = f"window {low:g}..{high:g} HU" if hu else "intensity 0..1"
-    figure.suptitle(f"{title}  ({window_text}; patient right on the left)".strip(), fontsize=10)
-    figure.tight_layout(rect=(0, 0.08 if handles else 0, 1, 0.95))
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
-    plt.close(figure)
-    return path
+    """A PNG with axial, coronal and sagittal views (:func:`medseg.visualize.write_case_preview`)."""
+    return write_case_preview(path, image, labels, label_set, title=title, window=window, hu=hu)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from helpers import tiny_case
-from medseg import outputs
+from medseg.prediction import outputs
+from medseg.schema import parse_output_types
 from medseg.cli import main
 from medseg.errors import ConfigError
 from medseg.io import Volume, write_volume
@@ -29,22 +30,24 @@ def test_label_map_and_viewer_tables(tmp_path):
     assert snap[2].split()[:7] == ["0", "0", "0", "0", "0", "0", "0"]
     assert snap[3].split()[:7] == ["1", "220", "20", "60", "1", "1", "1"] and snap[3].endswith('"Aorta"')
     with pytest.raises(ConfigError, match="'lung' is not an organ of label set synapse8"):
-        outputs.parse_organs("liver,lung", SYNAPSE8)
-    with pytest.raises(ConfigError, match="unknown type"):
-        outputs.parse_output_types(["nifti,stl"])
-    assert outputs.parse_output_types(["rtstruct", "nifti,rtstruct"]) == ["rtstruct", "nifti"]
+        outputs.check_organs(["liver", "lung"], SYNAPSE8)
+    with pytest.raises(ConfigError, match="--output-type: unknown type 'stl'"):
+        parse_output_types(["nifti,stl"], "--output-type")
+    assert parse_output_types(["rtstruct", "nifti,rtstruct"], "-") == ["rtstruct", "nifti"]
+    assert parse_output_types(["dicom-seg", "rtstruct"], "-") == ["dicom-seg", "rtstruct"]
 
 
 def test_preview_views_follow_spacing_and_orientation():
+    from medseg.visualize import preview_views
+
     array = np.zeros((10, 12, 4), dtype=np.int16)
     labels = np.zeros_like(array, dtype=np.uint8)
     labels[2:5, 3:6, 1:3] = 5
     affine = np.diag([-0.5, -0.8, 3.0, 1.0])  # LPS storage: i runs right -> left, j anterior -> posterior
-    views = outputs.preview_views(Volume(array, affine), Volume(labels, affine))
-    (name, ct, lab, aspect), coronal, sagittal = views
-    assert name == "axial" and lab.shape == (12, 10)  # rows anterior -> posterior (j), columns right -> left (i)
-    assert aspect == pytest.approx(0.8 / 0.5) and coronal[3] == pytest.approx(3.0 / 0.5)
-    assert sagittal[3] == pytest.approx(3.0 / 0.8) and coronal[2].shape == (4, 10)
+    axial, coronal, sagittal = preview_views(Volume(array, affine), Volume(labels, affine))
+    assert axial.title == "axial" and axial.labels.shape == (12, 10)  # rows anterior -> posterior (j), columns R -> L
+    assert axial.aspect == pytest.approx(0.8 / 0.5) and coronal.aspect == pytest.approx(3.0 / 0.5)
+    assert sagittal.aspect == pytest.approx(3.0 / 0.8) and coronal.image.shape == (4, 10)
 
 
 def test_statistics_with_std():
