@@ -134,6 +134,8 @@ class PostprocessStage:
         "synth stage makes the cohort, else train)")
     cases: int = setting(6, minimum=1, help="number of validation cases")
     seed: int = setting(1000, help="seed of the validation phantoms (other than the synth stage's)")
+    thresholds_ml: list = setting(default_factory=lambda: [0.5, 2.0, 10.0],
+                                  help="component volumes (ml) under which removing components is tried")
     batch_size: int = setting(32, minimum=1, help="slices per forward pass")
 
 
@@ -282,6 +284,10 @@ def _check_postprocess(stages: dict, source: str) -> None:
     if post["validation"] == "phantoms" and "synth" not in stages:
         raise ConfigError(f"{source}: stages.postprocess.validation: phantoms needs the synth stage (with a data "
                           "folder use train or auto)")
+    thresholds = post["thresholds_ml"]
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in thresholds):
+        raise ConfigError(f"{source}: stages.postprocess.thresholds_ml: expected positive volumes in ml, got "
+                          f"{thresholds}")
     if post["checkpoint"] == "best" and not stages["train"]["val_every"]:
         raise ConfigError(f"{source}: stages.postprocess.checkpoint: best needs train.val_every > 0")
 
@@ -448,7 +454,7 @@ def _stage_postprocess(pipeline, params, stage_dir: Path, outputs, progress) -> 
         reference = read_volume(label)
         cases.append((prediction.array, remap_labels(reference.array, predictor.label_set, str(label)),
                       reference.spacing))
-    rules = choose_rules(cases, predictor.label_set, checkpoint_sha256=sha)
+    rules = choose_rules(cases, predictor.label_set, thresholds_ml=params["thresholds_ml"], checkpoint_sha256=sha)
     rules.validation["source"] = source
     path = save_rules(rules_path(checkpoint), rules)
     for organ, rule in rules.describe().items():
