@@ -297,7 +297,8 @@ def _check_postprocess(stages: dict, source: str) -> None:
 
 
 #: Settings left out of a stage's key while they hold these values (added later: runs made before stay cached).
-KEY_OMITTED_DEFAULTS = {"prepare": {"input_mode": "resize", "target_spacing_mm": None}}
+KEY_OMITTED_DEFAULTS = {"prepare": {"input_mode": "resize", "target_spacing_mm": None, "label_map": None},
+                        "evaluate": {"label_map": None}}
 
 
 def stage_keys(pipeline: Pipeline) -> dict[str, str]:
