@@ -193,7 +193,7 @@ def run_comparison(args) -> int:
                   f"{real['with']['mean_dice']:.3f} with post-processing; held-out phantoms "
                   f"{phantoms['without']['mean_dice']:.3f} -> {phantoms['with']['mean_dice']:.3f}", flush=True)
     command = ("python benchmarks/sim2real.py --compare --seeds " + " ".join(str(s) for s in args.seeds)
-               + "".join(f" --set {o}" for o in args.overrides))
+               + " --modes " + " ".join(args.modes) + "".join(f" --set {o}" for o in args.overrides))
     record = {"rows": rows, "command": command,
               "machine": (f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, medseg "
                           f"{medseg.__version__}, Python {platform.python_version()}")}
@@ -253,6 +253,8 @@ def render_comparison(record: dict) -> str:
         f"Command: `{record['command']}`. Machine: {record['machine']}. Training time is the train stage's wall "
         "time on a machine shared with other jobs (load: 1-minute load average before / after; 0 s where the "
         "training was reused from an earlier run of the same settings).", ""]
+    if record.get("notes"):
+        lines += [record["notes"], ""]
     return "\n".join(lines)
 
 
