@@ -54,7 +54,7 @@ def test_legend_names_the_organs_shown_or_all():
 
 def test_phantom_preview_and_prediction_preview_draw_through_render_views(tmp_path, monkeypatch):
     """Both previews are drawn by the one renderer, with their legend (all BTCV organs / the organs shown)."""
-    from medseg import outputs
+    from medseg.prediction import outputs
     from medseg.phantom import generate_case, preview
 
     calls = []
