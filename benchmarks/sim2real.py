@@ -182,8 +182,8 @@ def run_comparison(args) -> int:
             evaluated = stages["evaluate"].outputs
             phantoms = {"with": organ_figures(read_json(evaluated["summary"])),
                         "without": organ_figures(read_json(evaluated["summary_without_postprocessing"]))}
-            real = {name: organ_figures(summary)
-                    for name, summary in score_real_ct_both(stages["train"].outputs["last"], run_dir / "realct").items()}
+            scored = score_real_ct_both(stages["train"].outputs["last"], run_dir / "realct")
+            real = {name: organ_figures(summary) for name, summary in scored.items()}
             rows.append({"seed": seed, "input_mode": mode, "real_ct": real, "phantoms": phantoms,
                          "rules": stages["postprocess"].outputs["chosen"],
                          "train_seconds": stages["train"].outputs["train_seconds"],

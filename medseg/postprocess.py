@@ -13,8 +13,8 @@ piece. Volumes are voxel counts times the voxel volume in ml, from the spacing i
 axis order, as ``medseg.io.Volume.spacing``). Label maps hold class indices of a :class:`~medseg.labels.LabelSet`
 (0 background, ``i + 1`` the organ ``organs[i]``); removed voxels become background.
 
-:func:`medseg.evaluation.postprocess.choose_rules` picks, per organ, among its candidate rules the one that improves the validation cases'
-mean Dice or mean HD95 (standard protocol, mm) without making the other worse; an organ where none does keeps no
+:func:`medseg.evaluation.postprocess.choose_rules` picks, per organ, among its candidate rules the one that
+improves the validation cases' mean Dice or mean HD95 (standard protocol, mm) without making the other worse; an organ where none does keeps no
 rule. The rules are stored as a JSON file beside the checkpoint (:func:`rules_path`), holding the checkpoint's
 SHA-256, so that they are applied only to the model they were chosen for (:func:`load_rules_for`).
 """

@@ -111,7 +111,8 @@ def organ_geometry(mask: np.ndarray, spacing) -> "OrganGeometry | None":
                          centre_lr_mm=centre, bottom_slice=int(slices[0]), top_slice=int(slices[-1]))
 
 
-def midline_mm(labels: np.ndarray, spacing, label_set: LabelSet, image: "np.ndarray | None" = None) -> tuple[float, str]:
+def midline_mm(labels: np.ndarray, spacing, label_set: LabelSet,
+               image: "np.ndarray | None" = None) -> tuple[float, str]:
     """The midline's position along oriented axis 1 (mm from the first column) and what it was taken from."""
     if image is not None:
         body, count = ndimage.label(image > BODY_HU)
@@ -304,4 +305,5 @@ def comparison_line(comparison: dict) -> str:
 
     organs, cases = comparison["organ_results"], comparison["cases"]
     return (f"quality flags: flagged organ results mean Dice {part(organs['flagged'])}, unflagged "
-            f"{part(organs['unflagged'])}; flagged cases {part(cases['flagged'])}, unflagged {part(cases['unflagged'])}")
+            f"{part(organs['unflagged'])}; flagged cases {part(cases['flagged'])}, unflagged "
+            f"{part(cases['unflagged'])}")
