@@ -18,7 +18,7 @@ def test_every_stage_leaves_its_outputs(tiny_runs):
     # post-processing: rules beside the checkpoint, the raw output kept, both scored; quality flags written
     assert (run / "train" / "run" / "last.postprocess.json").is_file()
     assert (run / "evaluate" / "summary_without_postprocessing.json").is_file()
-    assert (run / "predict" / "quality_flags.csv").read_text().startswith("case_id,organ,flag,detail")
+    assert (run / "predict" / "labels" / "quality_flags.csv").read_text().startswith("case_id,organ,flag,detail")
     manifest = json.loads((run / "prepare" / "slices" / "manifest.json").read_text())
     held_out = [e for e in manifest["cases"] if e["split"] == "test"]
     assert len(held_out) == 3
