@@ -47,7 +47,7 @@ def child(model_name: str, depth: int, batch_size: int, threads: int) -> dict:
     import numpy as np
     import torch
 
-    from medseg.data.transforms import PreprocessingParams
+    from medseg.preprocessing import PreprocessingParams
     from medseg.engine.inference import make_predictor, predict_volume
     from medseg.io import Volume
     from medseg.labels import SYNAPSE8

@@ -98,7 +98,7 @@ def benchmark_volume(slices: int, seed: int = 0):
 def windowed_stack(volume, params) -> np.ndarray:
     """The reference loop's input: oriented, HU-windowed, slice-first ``(D, H, W)`` float32 in [0, 1]."""
     from medseg.data.orientation import orient_view
-    from medseg.data.transforms import hu_window
+    from medseg.preprocessing import hu_window
 
     oriented, _ = orient_view(volume.array, volume.affine, tuple(params.axcodes))
     scaled = hu_window(oriented, params.hu_min, params.hu_max)
@@ -248,7 +248,7 @@ def _share(rows, names) -> float:
 def run(args) -> dict:
     """Build the volume and the model, time every path over ``args.rounds`` alternating rounds, return the
     figures :func:`render` writes."""
-    from medseg.data.transforms import PreprocessingParams
+    from medseg.preprocessing import PreprocessingParams
     from medseg.engine.inference import make_predictor
     from medseg.labels import SYNAPSE8
     from medseg.models import create

@@ -49,7 +49,7 @@ ESTIMATED_TFLOPS = 100.0
 def benchmark_slices(count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` axial slices (image float32 in [0, 1], label uint8), 512 x 512, from a full-size phantom case."""
     from medseg.phantom import generate_case
-    from medseg.data.transforms import PreprocessingParams
+    from medseg.preprocessing import PreprocessingParams
     from medseg.engine.inference import orient_view
 
     image, label = generate_case(1, seed, "full")

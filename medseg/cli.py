@@ -11,6 +11,8 @@ SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-wri
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import logging
 import os
@@ -65,6 +67,7 @@ def main(argv: "list[str] | None" = None) -> int:
     # (a data-loader process, another job); passive waiting costs little on an idle machine. Set before torch loads;
     # an explicit OMP_WAIT_POLICY in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _skip_final_collection_at_exit()
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = [a for a in argv if a in COMMANDS][:1]
     parser = build_parser(load_commands=chosen or [])
@@ -96,6 +99,20 @@ def main(argv: "list[str] | None" = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _skip_final_collection_at_exit() -> None:
+    """At interpreter exit, freeze the objects that exist then (:func:`gc.freeze`) so that the interpreter's last
+    garbage collections skip them.
+
+    Those collections walk every object torch and numpy created and kept the process alive for about a second after
+    its last output line on a loaded 2-core machine (``benchmarks/predict_startup.py``); the process is ending and
+    the OS reclaims its memory. Nothing is lost: files are written and closed by the commands themselves (atomic
+    renames), logging flushes in its own exit hook and the standard streams are flushed after the exit hooks.
+    Registered once however often :func:`main` runs in one process.
+    """
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 def _one_line(exc: MedsegError) -> str:

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from medseg.errors import InputError, OutputError
+from medseg.errors import ConfigError, InputError, OutputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PROVENANCE_TAG = b"medseg-provenance:"
@@ -230,11 +230,6 @@ def grid_difference_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape) -> flo
     return float(np.sqrt((moved[:3] ** 2).sum(axis=0)).max())
 
 
-def same_grid(affine_a: np.ndarray, affine_b: np.ndarray, shape, tolerance_mm: float = GRID_TOLERANCE_MM) -> bool:
-    """True when the two affines agree on every voxel position of ``shape`` within ``tolerance_mm``."""
-    return grid_difference_mm(affine_a, affine_b, shape) <= tolerance_mm
-
-
 @contextlib.contextmanager
 def atomic_path(path: "str | Path", suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
@@ -399,8 +394,6 @@ def read_yaml_mapping(path: "str | Path", what: str = "config file") -> dict:
         ConfigError: the file is missing, is not valid YAML (the line is named), or is not a mapping.
     """
     import yaml
-
-    from medseg.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():

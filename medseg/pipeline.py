@@ -35,10 +35,18 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from medseg import __version__, schema
-from medseg.engine.config import TrainConfig
+from medseg.data.slice_cache import load_manifest, prepare_cohort
+from medseg.engine.config import TrainConfig, load_config
+from medseg.engine.train import LAST, METRICS_FILE, read_metrics, train
 from medseg.errors import ConfigError, TrainingStopped
+from medseg.evaluation.cohort import evaluate_folders
+from medseg.evaluation.plots import training_curve_png
+from medseg.evaluation.report import write_reports
 from medseg.io import file_sha256, read_json, read_yaml_mapping, write_json
-from medseg.schema import setting
+from medseg.models import get_spec
+from medseg.phantom import GENERATOR_VERSION, write_cohort
+from medseg.prediction import predict_cases
+from medseg.schema import EvaluateStage, PrepareStage, SynthStage, setting
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,8 @@ class StageResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Schemas: the pipeline file and each stage's parameters, as typed dataclasses (see medseg.schema).
+# Schemas: the pipeline file and each stage's parameters, as typed dataclasses (see medseg.schema, which holds the
+# stages whose settings the command line shares: SynthStage, PrepareStage, EvaluateStage).
 
 
 @dataclass
@@ -89,42 +98,14 @@ class PipelineFile:
     stages: dict = setting(default_factory=dict, help="stage name -> parameters")
 
 
-@dataclass
-class SynthStage:
-    """Write a synthetic phantom cohort (:func:`medseg.phantom.write_cohort`)."""
-
-    cases: int = setting(20, minimum=1, help="number of cases")
-    seed: int = setting(0, help="seed of the cohort")
-    size: Literal["small", "full"] = setting("small", help="phantom size")
-    workers: int = setting(1, minimum=1, help="processes")
-
-
-@dataclass
-class PrepareStage:
-    """Prepare the slice cache (:func:`medseg.data.slice_cache.prepare_cohort`)."""
-
-    labels: str = setting("synapse8", help="label set")
-    label_map: str | None = setting(None, help="numbering of the label files: an nnU-Net dataset.json or a JSON of "
-                                      "organ name -> value (default: the cohort's dataset.json, else BTCV's)")
-    split: str = setting("auto", help="train/test split mode")
-    test_fraction: float = setting(0.4, minimum=0, help="fraction of cases held out (seeded split)")
-    seed: int = setting(1234, help="seed of the split")
-    input_mode: Literal["resize", "spacing"] = setting(
-        "resize", help="model input: resize slices to the model size (the paper) or resample them to a fixed "
-                       "in-plane spacing (medseg.data.spacing)")
-    target_spacing_mm: "float | None" = setting(None, minimum=0.01, help="spacing mode's in-plane spacing in mm "
-                                                                         "(default: the training split's median)")
-    workers: int = setting(1, minimum=1, help="processes")
-
-
 #: Train stage keys the pipeline sets itself: the slice cache, the run folder, resuming and the progress bar.
 TRAIN_STAGE_EXCLUDED = ("data", "out", "resume", "progress")
 
 
 @dataclass
 class PostprocessStage:
-    """Choose post-processing rules on validation cases (:func:`medseg.postprocess.choose_rules`); the predict stage
-    applies them."""
+    """Choose post-processing rules on validation cases (:func:`medseg.evaluation.postprocess.choose_rules`); the predict
+    stage applies them."""
 
     checkpoint: Literal["best", "last"] = setting("last", help="the checkpoint the rules are chosen for (the "
                                                   "predict stage's)")
@@ -147,17 +128,6 @@ class PredictStage(schema.PredictOptions):
     and which checkpoint of the train stage. The inputs, output folder and checkpoint file are the pipeline's."""
 
     checkpoint: Literal["best", "last"] = setting("last", help="last.pt, or best.pt (needs train.val_every > 0)")
-
-
-@dataclass
-class EvaluateStage:
-    """Score the predictions against the held-out labels (:func:`medseg.evaluation.cohort.evaluate_folders`)."""
-
-    protocol: Literal["standard", "transunet", "both"] = setting("both", help="evaluation protocol")
-    label_map: str | None = setting(None, help="numbering of the reference label files (default: the one the "
-                                      "prepare stage used)")
-    tolerance_mm: float = setting(2.0, minimum=0, help="NSD tolerance in mm")
-    workers: int = setting(1, minimum=1, help="processes")
 
 
 @dataclass
@@ -242,8 +212,6 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
     elif "prepare" in stages and "synth" not in stages:
         raise ConfigError(f"{source}: data: required (a cohort folder) when there is no synth stage")
     if "train" in stages:
-        from medseg.models import get_spec
-
         try:
             get_spec(stages["train"]["model"])
         except ConfigError as exc:
@@ -307,8 +275,6 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     upstream = {"medseg": __version__, "data": _data_fingerprint(pipeline.data)}
     for name, params in pipeline.stages.items():
         if name == "synth":  # a new phantom generator makes a different cohort from the same parameters
-            from medseg.phantom import GENERATOR_VERSION
-
             upstream = {**upstream, "phantom_generator": GENERATOR_VERSION}
         omitted = KEY_OMITTED_DEFAULTS.get(name, {})
         params = {key: value for key, value in params.items() if key not in omitted or omitted[key] != value}
@@ -386,8 +352,6 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, force: "tuple[str, .
 
 
 def _stage_synth(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.phantom import write_cohort
-
     cohort = stage_dir / "cohort"
     write_cohort(cohort, cases=params["cases"], seed=params["seed"], size=params["size"],
                  workers=params["workers"], progress=progress)
@@ -395,18 +359,12 @@ def _stage_synth(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
 
 
 def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.data.slice_cache import prepare_cohort
-
     cohort = pipeline.data if pipeline.data is not None else Path(outputs["synth"]["cohort"])
     prepared = stage_dir / "slices"
-    from medseg.data.transforms import PreprocessingParams
-
-    preprocessing = PreprocessingParams.from_dict({"input_mode": params["input_mode"],
-                                                   "target_spacing_mm": params["target_spacing_mm"]},
-                                                  source=f"{pipeline.source}: stages.prepare")
-    summary = prepare_cohort(cohort, prepared, labels=params["labels"], params=preprocessing, split=params["split"],
+    summary = prepare_cohort(cohort, prepared, labels=params["labels"], split=params["split"],
                              test_fraction=params["test_fraction"], seed=params["seed"],
-                             workers=params["workers"], progress=progress, label_map=params.get("label_map"))
+                             workers=params["workers"], progress=progress, label_map=params.get("label_map"),
+                             input_mode=params["input_mode"], target_spacing_mm=params["target_spacing_mm"])
     if not (summary.written or summary.already_done):
         raise ConfigError(f"prepare: no usable case in {cohort}")
     for path, reason in summary.skipped_files.items():
@@ -416,9 +374,6 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
 
 
 def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.engine.config import load_config
-    from medseg.engine.train import LAST, train
-
     run_dir = stage_dir / "run"
     overrides = dict(params, data=outputs["prepare"]["prepared"], out=str(run_dir), progress=progress,
                      resume=(run_dir / LAST).exists())
@@ -492,8 +447,6 @@ def _validation_pairs(pipeline, params, stage_dir: Path, outputs, progress) -> t
 
 def _test_cases(outputs) -> list[dict]:
     """Manifest entries of the held-out (test split) cases of the prepared cohort."""
-    from medseg.data.slice_cache import load_manifest
-
     entries = [e for e in load_manifest(outputs["prepare"]["prepared"])["cases"] if e["split"] == "test"]
     if not entries:
         raise ConfigError("prepare: the split has no test cases to predict and evaluate (raise test_fraction)")
@@ -503,8 +456,6 @@ def _test_cases(outputs) -> list[dict]:
 def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
     """The held-out cases, linked into ``predict/inputs/`` under their case ids, predicted into ``predict/labels/``
     by :func:`medseg.prediction.predict_cases` (the reuse rule and records of ``medseg predict``)."""
-    from medseg.prediction import predict_cases
-
     checkpoint = outputs["train"][params["checkpoint"]]
     if checkpoint is None:  # validation was on but found no labelled held-out case to choose best.pt by
         raise ConfigError(f"{pipeline.source}: stages.predict.checkpoint: the train stage wrote no best.pt (no "
@@ -547,9 +498,6 @@ def _link_test_images(entries: list[dict], folder: Path) -> Path:
 
 
 def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.data.slice_cache import load_manifest
-    from medseg.evaluation.cohort import evaluate_folders
-
     # The references are the held-out cases' label files, linked (not copied) into one folder.
     references = stage_dir / "references"
     references.mkdir(parents=True, exist_ok=True)
@@ -595,8 +543,6 @@ def headline(summary: dict) -> list[str]:
 
 
 def _stage_report(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
-    from medseg.evaluation.report import write_reports
-
     summary = read_json(outputs["evaluate"]["summary"])
     curve = _training_curve(outputs)
     paths = write_reports(summary, stage_dir, title=params["title"] or f"medseg pipeline {pipeline.name}",
@@ -651,9 +597,6 @@ def _report_provenance(pipeline, outputs) -> dict:
 
 def _training_curve(outputs) -> "bytes | None":
     """PNG of the training loss (and validation Dice, when recorded) from the run's metrics.csv, or None."""
-    from medseg.engine.train import METRICS_FILE, read_metrics
-    from medseg.evaluation.plots import training_curve_png
-
     metrics_path = Path(outputs["train"]["run_dir"]) / METRICS_FILE
     return training_curve_png(read_metrics(metrics_path)) if metrics_path.exists() else None
 

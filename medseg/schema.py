@@ -15,6 +15,10 @@ A settings class is a plain dataclass whose fields carry their type annotation, 
 
 Supported annotations: ``bool``, ``int``, ``float`` (an int is accepted and converted), ``str`` (a path is accepted
 and converted), ``dict``, ``list``, ``typing.Literal[...]`` of strings, and any of these ``| None``.
+
+The settings of the ``synth``, ``prepare`` and ``evaluate`` stages (:class:`SynthStage`, :class:`PrepareStage`,
+:class:`EvaluateStage`) live here, at the bottom of the import graph, because both the command line (their flags,
+built by :func:`add_arguments` without importing torch) and the pipeline (:mod:`medseg.pipeline`) read them.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from medseg.errors import ConfigError
+from medseg.labels import LABEL_SETS
 
 #: Key under which a stored configuration records the version of its schema.
 VERSION_KEY = "schema_version"
@@ -392,3 +397,67 @@ class PredictRequest(PredictOptions):
         check_instance(self)
         if self.part_id >= self.num_parts:
             raise ConfigError(f"--part-id: must be in 0..{self.num_parts - 1}, got {self.part_id}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage settings shared by the command line and the pipeline: one definition of each field's default, choices and
+# help. ``medseg synth`` / ``prepare`` / ``evaluate`` add their flags with ``add_arguments(parser, cls,
+# defaults=True)`` and read them back with ``build(cls, check_flags(args, cls), "command line")``; a pipeline's
+# ``stages.<name>`` mapping is checked against the same class. Options that only one of the two has (output
+# folders, ``--no-preview``, ``--format``, ``--thumbnails`` ...) stay with it.
+
+#: Label set names (:data:`medseg.labels.LABEL_SETS`).
+LABEL_SET_NAMES = tuple(LABEL_SETS)
+
+
+@dataclasses.dataclass
+class SynthStage:
+    """Write a synthetic phantom cohort (:func:`medseg.phantom.write_cohort`)."""
+
+    cases: int = setting(20, minimum=1, flag="--cases", metavar="N", help="number of cases")
+    seed: int = setting(0, minimum=0, flag="--seed", help="seed of the cohort, an integer >= 0")
+    size: typing.Literal["small", "full"] = setting(
+        "small", flag="--size", help="small: 128x128x44-56 with 2.5-3 mm pixels (CPU tests); full: 512x512x85-198 "
+                                     "like Synapse (benchmarks)")
+    workers: int = setting(1, minimum=1, flag="--workers", metavar="N",
+                           help="processes generating cases in parallel")
+
+
+@dataclasses.dataclass
+class PrepareStage:
+    """Prepare the slice cache (:func:`medseg.data.slice_cache.prepare_cohort`)."""
+
+    labels: typing.Literal[LABEL_SET_NAMES] = setting(
+        "synapse8", flag="--labels", help="label set (synapse8: the TransUNet paper's 8 organs)")
+    label_map: "str | None" = setting(
+        None, flag="--label-map", metavar="FILE", help="numbering of the label files: an nnU-Net dataset.json or a "
+        "JSON of organ name -> value (default: the cohort's dataset.json when present, else BTCV's 1..13)")
+    split: typing.Literal["auto", "paper", "seeded", "all-train", "all-test"] = setting(
+        "auto", flag="--split", help="train/test split: the paper's Synapse ids (auto when all 30 are present) or "
+                                     "seeded")
+    test_fraction: float = setting(0.4, minimum=0, flag="--test-fraction", metavar="FRACTION",
+                                   help="test share of a seeded split")
+    seed: int = setting(1234, flag="--seed", help="seed of a seeded split")
+    input_mode: typing.Literal["resize", "spacing"] = setting(
+        "resize", flag="--input-mode", help="model input: resize each slice to the model size (the paper) or "
+        "resample it to a fixed in-plane spacing first (spacing-aware, medseg.data.spacing; recorded in the cache "
+        "and checkpoints)")
+    target_spacing_mm: "float | None" = setting(None, minimum=0.01, flag="--target-spacing", metavar="MM",
+                                                help="in-plane spacing of --input-mode spacing (default: the "
+                                                     "training split's median)")
+    workers: int = setting(1, minimum=1, flag="--workers", metavar="N", help="cases processed in parallel")
+
+
+@dataclasses.dataclass
+class EvaluateStage:
+    """Score predictions against references (:func:`medseg.evaluation.cohort.evaluate_folders`)."""
+
+    protocol: typing.Literal["standard", "transunet", "both"] = setting(
+        "both", flag="--protocol", help="standard (mm, explicit empty-mask policy), transunet (the paper's), or both")
+    label_map: "str | None" = setting(
+        None, flag="--label-map", metavar="FILE", help="numbering of raw reference label files: an nnU-Net "
+        "dataset.json or a JSON of organ name -> value (default: the references' dataset.json when present, else "
+        "BTCV's 1..13; in a pipeline, the one the prepare stage used)")
+    tolerance_mm: float = setting(2.0, minimum=0, flag="--tolerance", metavar="MM", help="NSD tolerance in mm")
+    workers: "int | None" = setting(None, minimum=1, flag="--workers", metavar="N",
+                                    help="cases evaluated in parallel processes (default: CPU count, at most 8)")

@@ -47,7 +47,7 @@ def _temps(path: Path) -> list[Path]:
 def world(tmp_path_factory, single_thread) -> dict:
     """Good and bad inputs for every command, built once."""
     from medseg.data.slice_cache import prepare_cohort
-    from medseg.data.transforms import PreprocessingParams
+    from medseg.preprocessing import PreprocessingParams
     from medseg.models import create
     from medseg.models.checkpoint import save_checkpoint
     import torch

@@ -16,7 +16,6 @@ from medseg.models.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
     load_model_weights,
-    read_checkpoint_info,
     save_checkpoint,
 )
 
@@ -135,17 +134,6 @@ def test_wrapped_models_are_saved_without_prefix(tmp_path):
     load_checkpoint(path)
 
 
-def test_read_checkpoint_info_does_not_build_the_model(tmp_path, monkeypatch):
-    path = save_tiny(tmp_path / "m.pt", tiny_model(), extra={"epoch": 7})
-
-    def no_build(*args, **kwargs):
-        raise AssertionError("read_checkpoint_info must not build the model")
-
-    monkeypatch.setattr(registry, "create", no_build)
-    info = read_checkpoint_info(path)
-    assert info.model_name == "TransUNet-Tiny" and info.extra == {"epoch": 7}
-
-
 def test_save_refuses_what_would_not_load(tmp_path):
     model = tiny_model()
     with pytest.raises(CheckpointError, match=r"extra\['callback'\] is a function"):
@@ -187,7 +175,6 @@ def test_reference_state_dict_loads_when_the_architecture_is_named(tmp_path, pre
         logits = model(torch.from_numpy(fixture["input"])).numpy()
     assert np.linalg.norm(logits - fixture["logits"]) / np.linalg.norm(fixture["logits"]) < 1e-5
 
-    assert read_checkpoint_info(path).kind == "state_dict"
     with pytest.raises(CheckpointError, match="name the architecture"):
         load_checkpoint(path)
 
@@ -269,8 +256,7 @@ def test_a_checkpoint_carrying_pickled_code_is_refused(tmp_path):
     payload = {"format": CHECKPOINT_FORMAT, "version": 1, "state_dict": tiny_model().state_dict(),
                "extra": _RunsCodeWhenUnpickled()}
     torch.save(payload, path)
-    for action in (lambda: load_checkpoint(path), lambda: read_checkpoint_info(path),
-                   lambda: load_checkpoint(path, model_name="TransUNet-Tiny")):
+    for action in (lambda: load_checkpoint(path), lambda: load_checkpoint(path, model_name="TransUNet-Tiny")):
         with pytest.raises(CheckpointError) as caught:
             action()
         assert str(caught.value) == (f"{path}: refused: the file carries pickled code/objects; medseg loads "
@@ -298,7 +284,7 @@ def test_missing_corrupt_and_foreign_files(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("hello")
     with pytest.raises(CheckpointError, match="notes.pt: not a readable PyTorch checkpoint"):
-        read_checkpoint_info(text)
+        load_checkpoint(text)
 
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
@@ -313,4 +299,4 @@ def test_missing_corrupt_and_foreign_files(tmp_path):
     future = tmp_path / "future.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "version": 99, "state_dict": {}}, future)
     with pytest.raises(CheckpointError, match="newer than this medseg"):
-        read_checkpoint_info(future)
+        load_checkpoint(future)

@@ -12,12 +12,12 @@ from scipy import ndimage
 from helpers import DATA_DIR, tiny_case
 from medseg.data.orientation import reorient
 from medseg.data.slice_cache import load_case_arrays, load_manifest, prepare_cohort
-from medseg.data.transforms import PreprocessingParams, resample_slice
+from medseg.data.transforms import resample_slice
 from medseg.engine.inference import (load_predictor, make_predictor, nearest_index_map,
                                      predict_volume, resize_to_model, resize_to_model_scipy, segment_oriented)
-from medseg.engine.rebuild import resize_slices_nearest
 from medseg.io import Volume
 from medseg.prediction.outputs import organ_statistics as label_statistics
+from medseg.preprocessing import PreprocessingParams
 
 IMG_SIZE = 32
 
@@ -62,7 +62,6 @@ def test_label_resize_is_the_reference_zoom(model_size, native):
     index = nearest_index_map(model_size, native)
     reference = ndimage.zoom(labels, (1, native / model_size, native / model_size), order=0)
     assert np.array_equal(labels[:, index][:, :, index], reference)
-    assert np.array_equal(resize_slices_nearest(labels, native, native), reference)
 
 
 def _variants(volume: Volume) -> list[Volume]:

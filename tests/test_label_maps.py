@@ -232,7 +232,7 @@ def test_pipeline_prepare_stage_takes_a_label_map_and_reruns_when_it_changes(coh
 def test_pipeline_trains_and_evaluates_an_amos_numbered_cohort(cohorts, tmp_path):
     """The cohort's dataset.json is found by the prepare stage; the evaluate stage reads the held-out AMOS label
     files through the same map (values 14 and 15 would otherwise be unreadable references) and records it."""
-    from medseg.models.checkpoint import read_checkpoint_info
+    from medseg.models.checkpoint import load_checkpoint
     from medseg.pipeline import load_pipeline, run_pipeline
 
     path = tmp_path / "pipeline.yaml"
@@ -246,7 +246,8 @@ def test_pipeline_trains_and_evaluates_an_amos_numbered_cohort(cohorts, tmp_path
     sha = read_label_map(cohorts["amos"] / "dataset.json").sha256
     assert summary["counts"]["failed"] == 0 and summary["counts"]["evaluated"] == 1
     assert summary["label_set"]["label_map"]["sha256"] == sha
-    assert read_checkpoint_info(tmp_path / "run" / "train" / "run" / "last.pt").label_set.label_map["sha256"] == sha
+    _, info = load_checkpoint(tmp_path / "run" / "train" / "run" / "last.pt")
+    assert info.label_set.label_map["sha256"] == sha
 
 
 def test_evaluate_finds_the_dataset_json_above_a_label_folder(cohorts, tmp_path):

@@ -84,11 +84,11 @@ def test_stage_keys_chain_downstream(tmp_path):
 
 
 def test_a_new_phantom_generator_reruns_synth(tmp_path, monkeypatch):
-    from medseg import phantom
+    import medseg.pipeline as pipeline_module
 
     path = _write(tmp_path, "stages:\n  synth: {cases: 3}\n  prepare: {split: seeded}\n")
     base = stage_keys(load_pipeline(path))
-    monkeypatch.setattr(phantom, "GENERATOR_VERSION", phantom.GENERATOR_VERSION + "-next")
+    monkeypatch.setattr(pipeline_module, "GENERATOR_VERSION", pipeline_module.GENERATOR_VERSION + "-next")
     changed = stage_keys(load_pipeline(path))
     assert base["synth"] != changed["synth"] and base["prepare"] != changed["prepare"]
 
@@ -164,12 +164,13 @@ def test_validated_pipeline_with_best_checkpoint_and_report(tiny_cohort, tmp_pat
 
 def test_stopped_training_ends_the_pipeline_with_its_own_exit_code(tiny_cohort, tmp_path, monkeypatch, capsys):
     import medseg.engine.train as engine_train
+    import medseg.pipeline as pipeline_module
 
     def stopped(config):
         return engine_train.RunResult(run_dir=Path(config.out), last_checkpoint=Path(config.out) / "last.pt",
                                       iterations=3, max_iterations=10, stop_reason="SIGTERM", exit_code=143)
 
-    monkeypatch.setattr(engine_train, "train", stopped)
+    monkeypatch.setattr(pipeline_module, "train", stopped)
     path = _write(tmp_path, f"run_dir: {tmp_path / 'run'}\ndata: {tiny_cohort}\nstages:\n"
                             "  prepare: {split: seeded, test_fraction: 0.5}\n  train: {model: TransUNet-Tiny}\n")
     assert main(["run", str(path), "--no-progress"]) == 143

@@ -11,8 +11,8 @@ import torch
 
 from helpers import DATA_DIR, tiny_case
 from medseg.cli import main
-from medseg.data.transforms import PreprocessingParams
 from medseg.io import Volume, write_volume
+from medseg.preprocessing import PreprocessingParams
 
 IMG_SIZE = 32
 

@@ -8,10 +8,10 @@ from torch import nn
 
 from helpers import DATA_DIR
 from medseg.data.slice_cache import load_case_arrays, prepare_cohort
-from medseg.data.transforms import PreprocessingParams, hu_window
 from medseg.engine import inference
 from medseg.engine.inference import make_predictor, predict_volume
 from medseg.io import read_volume
+from medseg.preprocessing import PreprocessingParams, hu_window
 
 REAL_CT = DATA_DIR / "realct"  # TotalSegmentator's example CT (see its README for the attribution)
 

@@ -297,13 +297,6 @@ def test_file_of_another_family_and_truncated_file_are_one_line_errors(tmp_path)
         load_pretrained(create("UNet-Small", num_classes=9, img_size=64), "unet", resnet)
 
 
-def test_transunet_npz_loader_keeps_its_old_import_path():
-    from medseg.models.pretrained import load_vit_npz as old
-    from medseg.models.transunet import load_vit_npz as new
-
-    assert old is new
-
-
 # ---------------------------------------------------------------- through training: medseg train --pretrained
 def test_train_pretrained_writes_the_report_to_train_log(tiny_cohort, tmp_path):
     """``medseg train --pretrained FILE`` for a family other than TransUNet: the report lands in train.log and the

@@ -238,7 +238,7 @@ def test_replaced_input_is_prepared_again(tiny_cohort, tmp_path, capsys):
 
 def test_interrupted_run_with_other_settings_is_not_reused(tiny_cohort, tmp_path):
     """An interrupted run has no manifest yet: its finished cases used to be reused whatever the settings."""
-    from medseg.data.transforms import PreprocessingParams
+    from medseg.preprocessing import PreprocessingParams
 
     out = tmp_path / "out"
     prepare_cohort(tiny_cohort, out, labels="synapse8", split="seeded", progress=False)

@@ -12,7 +12,7 @@ import torch
 
 from medseg.errors import CheckpointError, ConfigError
 from medseg.models import create
-from medseg.models.pretrained import load_vit_npz
+from medseg.models.transunet import load_vit_npz
 
 from helpers import DATA_DIR as DATA
 

@@ -9,17 +9,20 @@ matching cases, bad options, or no prediction could be scored; the reports are s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
+from medseg import schema
 from medseg.labels import LABEL_SETS
+from medseg.schema import EvaluateStage
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``medseg evaluate``."""
-    from medseg.evaluation.cohort import REFERENCE_FORMATS, default_workers
-    from medseg.evaluation.metrics import DEFAULT_TOLERANCE_MM, PROTOCOLS
+    """Options of ``medseg evaluate``: the folders, the evaluate stage's settings (:class:`EvaluateStage`) and the
+    command's own label, reference-format and report options."""
+    from medseg.evaluation.cohort import REFERENCE_FORMATS
 
     parser.add_argument("ref_dir", metavar="REF_DIR",
                         help="reference labels: a cohort folder (img/ + label/, imagesTr/ + labelsTr/, ...) or a "
@@ -29,16 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder for the reports")
     parser.add_argument("--labels", default="synapse8", choices=sorted(LABEL_SETS),
                         help="label set of the predictions (default: synapse8)")
-    parser.add_argument("--label-map", metavar="FILE",
-                        help="numbering of raw reference files: an nnU-Net dataset.json or a JSON of organ name -> "
-                             "value (default: REF_DIR/dataset.json when present, else BTCV's 1..13)")
-    parser.add_argument("--protocol", default="both", choices=PROTOCOLS,
-                        help="standard (mm, explicit empty-mask policy), transunet (the paper's), or both "
-                             "(default: both)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM, metavar="MM",
-                        help=f"NSD tolerance in mm (default: {DEFAULT_TOLERANCE_MM:g})")
-    parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
-                        help="cases evaluated in parallel processes (default: CPU count, at most 8)")
+    schema.add_arguments(parser, EvaluateStage, defaults=True)
     parser.add_argument("--reference-format", default="auto", choices=REFERENCE_FORMATS,
                         help="raw: references hold raw BTCV values 0..13 (remapped to the label set); classes: "
                              "they hold the label set's classes; auto (default): raw for a label/ or labelsTr/ "
@@ -59,19 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from medseg.evaluation.report import write_reports
     from medseg.io import check_output_path, remove_stale_temps
 
+    settings = schema.build(EvaluateStage, schema.check_flags(args, EvaluateStage), "command line")
     check_output_path(args.output, "report folder", folder=True)
     remove_stale_temps(args.output)
-    summary = evaluate_folders(
-        args.ref_dir,
-        args.pred_dir,
-        labels=args.labels,
-        protocol=args.protocol,
-        tolerance_mm=args.tolerance,
-        workers=args.workers,
-        reference_format=args.reference_format,
-        progress=not args.no_progress,
-        label_map=args.label_map,
-    )
+    summary = evaluate_folders(args.ref_dir, args.pred_dir, labels=args.labels, **dataclasses.asdict(settings),
+                               reference_format=args.reference_format, progress=not args.no_progress)
     paths = write_reports(summary, args.output, extended=args.extended_metrics, thumbnails=max(args.thumbnails, 0))
     _log_summary(summary)
     from medseg.labels import describe_label_map, get_label_set

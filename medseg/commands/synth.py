@@ -5,18 +5,17 @@ See :mod:`medseg.phantom` for what the phantom holds and how it is made.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+
+from medseg import schema
+from medseg.schema import SynthStage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``medseg synth``."""
+    """Options of ``medseg synth``: the output folder, the synth stage's settings (:class:`SynthStage`), preview."""
     parser.add_argument("out_dir", type=Path, help="output folder (img/, label/, phantom.json, preview.png)")
-    parser.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed, an integer >= 0 (default 0)")
-    parser.add_argument("--size", choices=("small", "full"), default="small",
-                        help="small: 128x128x44-56 with 2.5-3 mm pixels (CPU tests, default); "
-                             "full: 512x512x85-198 like Synapse (benchmarks)")
-    parser.add_argument("--workers", type=int, default=1, help="processes generating cases in parallel (default 1)")
+    schema.add_arguments(parser, SynthStage, defaults=True)
     parser.add_argument("--no-preview", action="store_true", help="do not render preview.png")
 
 
@@ -25,10 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from medseg.phantom import write_cohort
     from medseg.io import check_output_path, remove_stale_temps
 
+    settings = schema.build(SynthStage, schema.check_flags(args, SynthStage), "command line")
     check_output_path(args.out_dir, "output folder", folder=True)
     remove_stale_temps(args.out_dir, recursive=True)
-    summary = write_cohort(args.out_dir, cases=args.cases, seed=args.seed, size=args.size, workers=args.workers,
-                           progress=True, preview=not args.no_preview)
+    summary = write_cohort(args.out_dir, **dataclasses.asdict(settings), progress=True, preview=not args.no_preview)
     noun = "case" if summary["cases"] == 1 else "cases"
     print(f"wrote {summary['cases']} {summary['size']} phantom {noun} (seed {summary['seed']}) to "
           f"{summary['out_dir']} in {summary['seconds']:.1f} s")

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.dicom import is_dicom_input
 from medseg.errors import ConfigError, InputError
 from medseg.io import is_nifti, strip_nifti_suffix
 
@@ -105,8 +106,6 @@ def nifti_files(folder: Path) -> list[Path]:
 
 def image_files(folder: Path) -> list[Path]:
     """The images directly in ``folder``: NIfTI files and DICOM series (sub-folders or ``.zip`` files), by name."""
-    from medseg.dicom import is_dicom_input
-
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
                   and ((p.is_file() and is_nifti(p)) or is_dicom_input(p)))
 

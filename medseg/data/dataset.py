@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medseg.data.domain_randomisation import DomainRandomisationd
 from medseg.data.slice_cache import MANIFEST, load_case_arrays, load_manifest
 from medseg.data.spacing import crop_offsets, fit_to_input, resample, resampled_size
-from medseg.data.transforms import (AUGMENTATION_MODES, IMAGE, LABEL, PaperAugmentd, PreprocessingParams,
+from medseg.data.transforms import (AUGMENTATION_MODES, IMAGE, LABEL, PaperAugmentd,
                                     ResizeSliced)
 from medseg.errors import ConfigError, InputError
 from medseg.labels import LabelSet
+from medseg.preprocessing import PreprocessingParams
 
 
 class SliceDataset(Dataset):
@@ -82,8 +84,6 @@ class SliceDataset(Dataset):
             self.transform = ResizeSliced(self.img_size, image_interpolation)
         if augment and domain_randomisation:
             from monai.transforms import Compose
-
-            from medseg.data.domain_randomisation import DomainRandomisationd
 
             self.transform = Compose([self.transform, DomainRandomisationd()])
 

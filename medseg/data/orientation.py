@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from medseg.io import spacing_from_affine
-
-SLICE_AXCODES: tuple[str, str, str] = ("P", "L", "S")
+from medseg.preprocessing import SLICE_AXCODES
 
 
 def orientation_transform(affine: np.ndarray, axcodes=SLICE_AXCODES) -> np.ndarray:

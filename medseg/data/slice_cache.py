@@ -33,6 +33,7 @@ from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import (current_umask, check_output_path, ensure_folder, file_sha256, make_temp_dir, read_json,
                        remove_stale_temps, spacing_from_affine, write_json)
 from medseg.labels import LabelSet, describe_label_map, find_label_map, with_label_map
+from medseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,8 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
                    params: PreprocessingParams = PreprocessingParams(), split: str = "auto",
                    test_fraction: float = 0.4, seed: int = 1234, workers: int = 1,
                    progress: bool = True, allow_unlabelled: bool = False,
-                   label_map: "str | Path | None" = None) -> PrepareSummary:
+                   label_map: "str | Path | None" = None, input_mode: "str | None" = None,
+                   target_spacing_mm: "float | None" = None) -> PrepareSummary:
     """Preprocess every case of a cohort into a slice cache.
 
     Args:
@@ -204,6 +206,8 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
         labels: label set name or value (``synapse8`` or ``btcv13``).
         params: preprocessing parameters (HU window, orientation, input mode; in ``spacing`` mode without a
             target spacing, the training split's median in-plane spacing is used and recorded).
+        input_mode, target_spacing_mm: when given (the ``medseg prepare`` flags and the pipeline's prepare stage),
+            they replace those of ``params``.
         split: split mode for :func:`medseg.data.cohort.make_split`.
         test_fraction, seed: seeded split parameters.
         workers: cases processed in parallel processes.
@@ -233,6 +237,9 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
     if not cases:
         first = next(iter(cohort.skipped.items()), None)
         raise InputError(f"{raw_dir}: no usable case" + (f" ({first[0]}: {first[1]})" if first else ""))
+    if input_mode is not None:  # the command line's and the pipeline's settings (PrepareStage)
+        params = PreprocessingParams.from_dict({**params.to_dict(), "input_mode": input_mode,
+                                                "target_spacing_mm": target_spacing_mm}, "prepare")
     splits = make_split([c.case_id for c in cases], mode=split, test_fraction=test_fraction, seed=seed)
     # spacing-aware input: the target spacing is the training split's median (recorded in the manifest)
     params = with_target_spacing(params, [c.image for c in cases if splits[c.case_id] == "train"]
@@ -291,8 +298,6 @@ def _plan_cases(cases, splits: dict, out_dir: Path, label_set: LabelSet, params:
 def _prepare_all(todo: list, workers: int, progress: bool, entries: dict, summary: PrepareSummary) -> None:
     """Run the jobs of :func:`_plan_cases` (in ``workers`` processes when more than one), collecting each case's
     entry or error into ``entries`` / ``summary``."""
-    from medseg.progress import progress_bar
-
     bar = progress_bar(total=len(todo), desc="prepare", unit="case", disable=not progress or not todo)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:

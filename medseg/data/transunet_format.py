@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.slice_cache import CACHE_FORMAT, MANIFEST, load_case_arrays, load_manifest, write_case_folder
-from medseg.data.transforms import PreprocessingParams, organ_slice_indices
+from medseg.data.transforms import organ_slice_indices
+from medseg.data.transunet_h5 import as_labels, read_volume_h5
 from medseg.errors import InputError
 from medseg.labels import get_label_set
 from medseg.io import atomic_path, read_json, write_json, write_text
+from medseg.preprocessing import PreprocessingParams
 
 TRAIN_DIR, TEST_DIR = "train_npz", "test_vol_h5"
 GEOMETRY_FILE = "medseg_manifest.json"
@@ -56,35 +58,9 @@ def read_slice_npz(path) -> tuple[np.ndarray, np.ndarray]:
     """Read a TransUNet training slice: ``(image float32 (H, W), label uint8 (H, W))``."""
     try:
         with np.load(path) as data:
-            return data["image"].astype(np.float32), _as_labels(data["label"], path)
+            return data["image"].astype(np.float32), as_labels(data["label"], path)
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise InputError(f"{path}: not a readable TransUNet slice file ({type(exc).__name__}: {exc})") from None
-
-
-def read_volume_h5(path) -> tuple[np.ndarray, "np.ndarray | None"]:
-    """Read a TransUNet test volume: ``(image float32 (D, H, W), label uint8 (D, H, W) or None)``."""
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            image = np.asarray(f["image"], dtype=np.float32)
-            label = _as_labels(np.asarray(f["label"]), path) if "label" in f else None
-    except (OSError, KeyError) as exc:
-        raise InputError(f"{path}: not a readable TransUNet h5 volume ({exc})") from None
-    if image.ndim != 3:
-        raise InputError(f"{path}: expected a (D, H, W) volume, got shape {image.shape}")
-    if label is not None and label.shape != image.shape:
-        raise InputError(f"{path}: label shape {label.shape} does not match image shape {image.shape}")
-    return image, label
-
-
-def _as_labels(label: np.ndarray, path) -> np.ndarray:
-    if not np.all(label == np.round(label)) or label.min() < 0 or label.max() > 255:
-        raise InputError(f"{path}: label holds values that are not class indices")
-    return label.astype(np.uint8)
 
 
 def export_transunet(prepared_dir, out_dir, drop_empty: bool = False) -> dict:

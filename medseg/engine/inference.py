@@ -48,11 +48,14 @@ from torch import nn
 from medseg.data.orientation import orient_view as _orient
 from medseg.data.orientation import oriented_spacing
 from medseg.data.spacing import resample, resampled_size, sliding_window_probabilities, to_native
-from medseg.data.transforms import PreprocessingParams, hu_window
+from medseg.data.transunet_h5 import read_volume_h5
 from medseg.engine.rebuild import nearest_index_map, restore_to_source
 from medseg.errors import CheckpointError, ConfigError, InputError
 from medseg.io import Volume, is_nifti, read_volume
 from medseg.labels import LabelSet, get_label_set
+from medseg.models.checkpoint import load_checkpoint
+from medseg.preprocessing import PreprocessingParams, hu_window
+from medseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +155,6 @@ def load_predictor(checkpoint: "str | Path | Predictor", device: "str | torch.de
     """
     if isinstance(checkpoint, Predictor):
         return checkpoint
-    from medseg.models.checkpoint import load_checkpoint
 
     torch_device = resolve_device(device)
     model, info = load_checkpoint(checkpoint, model_name=model_name, img_size=img_size, map_location="cpu")
@@ -218,8 +220,6 @@ def read_input(path: "str | Path") -> tuple[Volume, bool]:
     """
     path = Path(path)
     if is_h5(path):
-        from medseg.data.transunet_format import read_volume_h5
-
         image, _ = read_volume_h5(path)
         if not np.all(np.isfinite(image)):
             raise InputError(f"{path}: volume contains NaN or infinite values")
@@ -335,8 +335,6 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     Returns:
         ``(labels uint8 (H, W, D), probabilities float16 (H, W, D, C) or None)``.
     """
-    from medseg.progress import progress_bar
-
     if oriented.ndim != 3:
         raise InputError(f"expected a 3D volume, got shape {oriented.shape}")
     if batch_size < 1:
@@ -481,10 +479,3 @@ def orient_view(array: np.ndarray, affine: np.ndarray, axcodes="PLS") -> np.ndar
     """``array`` permuted/flipped into ``axcodes`` order as a numpy view: the prepare chain's orientation step
     (:func:`medseg.data.orientation.orient_view`)."""
     return _orient(array, affine, tuple(axcodes))[0]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Statistics: one implementation, in medseg.prediction.outputs (importable from here for notebooks/02 until it
-# imports medseg.prediction.outputs.organ_statistics itself).
-
-from medseg.prediction.outputs import organ_statistics as label_statistics  # noqa: E402,F401

@@ -62,14 +62,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medseg.data.dataset import SliceDataset
 from medseg.data.slice_cache import MANIFEST, load_case_arrays, load_manifest
-from medseg.data.transforms import PreprocessingParams
+from medseg.preprocessing import PreprocessingParams
 from medseg.engine import distributed as D
 from medseg.engine.config import TrainConfig, check_resume_compatible
 from medseg.engine.inference import autocast, make_predictor, resolve_amp, resolve_device, segment_oriented
 from medseg.engine.losses import combined_loss
 from medseg.errors import CheckpointError, ConfigError, InputError
+from medseg.evaluation.metrics import evaluate_case
 from medseg.io import write_json, write_text
 from medseg.labels import LabelSet
+from medseg.models import create, get_spec
+from medseg.models.checkpoint import load_checkpoint, save_checkpoint
+from medseg.models.pretrained import load_pretrained
+from medseg.progress import logging_redirect, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +292,6 @@ def validate(model: torch.nn.Module, prepared_dir, entries: list[dict], label_se
         ``{"mean_dice": mean over organs of the per-organ mean over cases (None if nothing scored),
         "organs": {organ: mean dice or None}, "cases": {case_id: mean dice over its scored organs}}``.
     """
-    from medseg.evaluation.metrics import evaluate_case
-
     was_training = model.training
     predictor = make_predictor(model, "validation", label_set, preprocessing, device, amp=amp)
     per_organ: dict[str, list[float]] = {organ: [] for organ in label_set.organs}
@@ -423,8 +426,6 @@ def build_model(config: TrainConfig, label_set: LabelSet, device: torch.device):
     Returns:
         ``(model, optimizer, model_config)``, ``model_config`` as checkpoints store it.
     """
-    from medseg.models import create
-
     torch.manual_seed(config.seed)
     model = create(config.model, num_classes=label_set.num_classes, img_size=config.img_size, in_channels=1,
                    **config.model_options)
@@ -460,8 +461,6 @@ def resume_position(config: TrainConfig, last_path: Path, model: torch.nn.Module
         CheckpointError: ``last.pt`` is unreadable or holds no training state.
         ConfigError: the resumed run's schedule settings or batches per epoch differ from this one's.
     """
-    from medseg.models.checkpoint import load_checkpoint
-
     if not (config.resume and last_path.exists()):
         return Position()
     loaded, info = load_checkpoint(last_path, map_location="cpu")
@@ -613,8 +612,6 @@ def save_run_checkpoint(run: TrainingRun, path: Path, *, interrupted: bool, resu
 
     Under DDP every process must call it (the generator states are gathered); only rank 0 writes.
     """
-    from medseg.models.checkpoint import save_checkpoint
-
     rng = _rng_state(run.context, run.device) if resumable else None
     if not run.context.is_main:
         return
@@ -705,8 +702,6 @@ def train(config: TrainConfig) -> RunResult:
         stop.install()
         with torch_settings(config.deterministic, config.threads, device):
             if config.progress and context.is_main:
-                from medseg.progress import logging_redirect
-
                 with logging_redirect():  # log lines print above the progress bar instead of through it
                     return _train(config, context, device, stop, started, log_files)
             return _train(config, context, device, stop, started, log_files)
@@ -722,8 +717,6 @@ def train(config: TrainConfig) -> RunResult:
 def _train(config: TrainConfig, context: D.DistContext, device: torch.device, stop: StopRequest,
            started: float, log_files: list) -> RunResult:
     """The run, step by step: check, data, model, resume, epochs (train, validate, save), finish."""
-    from medseg.progress import progress_bar
-
     run_dir = Path(config.out)
     if (run_dir / LAST).exists() and not config.resume:
         raise ConfigError(f"{run_dir}: already holds a run ({LAST}); use --resume to continue it or choose a new "
@@ -733,8 +726,6 @@ def _train(config: TrainConfig, context: D.DistContext, device: torch.device, st
     if context.is_main:
         log_files.append(_attach_log_file(run_dir))  # the run folder exists from here on
     if config.pretrained:  # after the log file is attached, so that the load report goes to train.log
-        from medseg.models import get_spec
-
         _load_pretrained(model, get_spec(config.model).family, config.pretrained)
     position = resume_position(config, run_dir / LAST, model, optimizer, data.batches_per_epoch)
     if context.is_main:
@@ -843,8 +834,6 @@ def _python_state():
 def _load_pretrained(model: torch.nn.Module, family: str, path: str) -> None:
     """The family's official ImageNet weights into ``model``; the report (loaded, resized, missing, unexpected)
     goes to the log, hence to ``train.log``."""
-    from medseg.models.pretrained import load_pretrained
-
     load_pretrained(model, family, path)
 
 

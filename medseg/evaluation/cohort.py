@@ -94,6 +94,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg import __version__
 from medseg.data.cohort import (IMAGE_DIR_NAMES, LABEL_DIR_NAMES, LABEL_SUFFIXES,
                                 discover_cohort, index_by_case, nifti_files)
 from medseg.errors import ConfigError, InputError, MedsegError
@@ -115,6 +116,7 @@ from medseg.evaluation.metrics import (
     protocols_of,
     to_class_map,
 )
+from medseg.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -351,8 +353,6 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet" = "synapse8"
         InputError: a folder is missing or unusable, or no prediction matches a reference.
         ConfigError: bad protocol, tolerance, workers or reference format.
     """
-    from medseg.progress import progress_bar
-
     label_set, reference_format, map_warning = reference_label_set(labels, ref_dir, label_map, reference_format)
     if label_set.label_map is not None:
         logger.info("%s", describe_label_map(label_set))
@@ -422,8 +422,6 @@ def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
               tolerance_mm: float = DEFAULT_TOLERANCE_MM, *, unmatched_predictions=(), reference_dir=None,
               prediction_dir=None, reference_format: str = "auto") -> dict:
     """Build the summary dict (see the module docstring) from :func:`evaluate_pair` records."""
-    from medseg import __version__
-
     label_set = get_label_set(label_set)
     records = sorted(records, key=lambda r: r["case_id"])
     summary = {

@@ -32,17 +32,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg import __version__
 from medseg.errors import CheckpointError, ConfigError, MedsegError
 from medseg.io import atomic_path, check_input_file
 from medseg.labels import LabelSet, get_label_set
+from medseg.models.pretrained import adapt_input_channels, convert_official
+from medseg.models.registry import create, get_spec
+from medseg.models.wrappers import strip_wrapper_prefix, unwrap_model
+from medseg.preprocessing import PreprocessingParams
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "medseg-checkpoint"
 CHECKPOINT_VERSION = 1
 
-# Prefixes that wrappers add to every key: DataParallel / DistributedDataParallel and torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Keys under which other training scripts commonly nest the state_dict.
 _NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 _SHOWN_KEYS = 3
@@ -117,12 +120,10 @@ def save_checkpoint(
 
     Raises:
         ConfigError: unknown model name, a ``model_config`` that does not describe ``model``, or
-            ``preprocessing`` that :class:`~medseg.data.transforms.PreprocessingParams` does not accept.
+            ``preprocessing`` that :class:`~medseg.preprocessing.PreprocessingParams` does not accept.
         CheckpointError: a value that cannot be stored as plain data (it would not load with
             ``weights_only=True``).
     """
-    from medseg.models.registry import get_spec
-
     path = Path(path)
     get_spec(model_name)  # an unknown name is a ConfigError now, not at load time
     model = unwrap_model(model)
@@ -134,13 +135,9 @@ def save_checkpoint(
             raise ConfigError(f"checkpoint: label set {labels.name} has {labels.num_classes} classes but the model "
                               f"has num_classes {config['num_classes']}")
     if preprocessing:  # what predict will read back: an unknown key or a bad value is refused now, not then
-        from medseg.data.transforms import PreprocessingParams
-
         PreprocessingParams.from_dict(preprocessing, source=f"{path}: preprocessing")
     state_dict = {key: value.detach().to("cpu") for key, value in model.state_dict().items()}
     _check_config_describes_model(model_name, config, state_dict)
-
-    from medseg import __version__
 
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -244,17 +241,6 @@ def to_plain_data(value, where: str = "value"):
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
-def read_checkpoint_info(path: "str | Path") -> CheckpointInfo:
-    """The metadata of a checkpoint without building the model (tensors are memory-mapped, not read).
-
-    Raises:
-        CheckpointError: missing, unreadable or unsafe file, or not a checkpoint.
-    """
-    path = Path(path)
-    data = _torch_load(path, map_location="cpu", mmap=True)
-    return _info_from_payload(path, data)
-
-
 def load_checkpoint(
     path: "str | Path",
     *,
@@ -289,10 +275,8 @@ def load_checkpoint(
             contradict the checkpoint, or weights that do not match the architecture (the first missing,
             unexpected and mis-shaped keys are named).
     """
-    from medseg.models.registry import create, get_spec
-
     path = Path(path)
-    data = _torch_load(path, map_location=map_location, mmap=False)
+    data = _torch_load(path, map_location=map_location)
     info = _info_from_payload(path, data)
     state_dict = _state_dict_of(path, data)
 
@@ -333,8 +317,6 @@ def load_checkpoint(
     except MedsegError as exc:
         raise CheckpointError(f"{path}: cannot build {name} ({exc})") from None
     if info.kind != "medseg" and official is not None:
-        from medseg.models.pretrained import convert_official
-
         state_dict = convert_official(get_spec(name).family, state_dict, model)
         logger.info("%s: official %s checkpoint, keys mapped to medseg's", path, get_spec(name).family)
     if info.kind != "medseg" and file_channels not in (None, config["in_channels"]):
@@ -383,8 +365,6 @@ def fold_input_channels(state_dict: dict, model: nn.Module) -> "tuple[dict, str 
     (for 1 channel: summed over RGB, so ``conv(x) == conv_rgb(x.repeat(1, 3, 1, 1))`` for a grey image ``x``).
     Returns the state_dict unchanged and ``None`` when no tensor is such a kernel.
     """
-    from medseg.models.pretrained import adapt_input_channels
-
     targets = unwrap_model(model).state_dict()
     adapted = dict(state_dict)
     notes = []
@@ -417,39 +397,14 @@ def describe_mismatch(expected: dict, actual: dict) -> str:
     return "; ".join(parts)
 
 
-def strip_wrapper_prefix(state_dict: dict) -> dict:
-    """``state_dict`` without the ``module.`` / ``_orig_mod.`` prefix that every key carries (if any)."""
-    for prefix in _WRAPPER_PREFIXES:
-        if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
-            state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
-    return state_dict
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------------------------------
-def _torch_load(path: Path, *, map_location, mmap: bool):
+def _torch_load(path: Path, *, map_location):
     """``torch.load(weights_only=True)`` with one-line errors that name the file."""
     check_input_file(path, CheckpointError)
     try:
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        except RuntimeError as exc:
-            # Files in the legacy (pre-zip) format cannot be memory-mapped; read them normally.
-            if mmap and "mmap" in str(exc):
-                return torch.load(path, map_location=map_location, weights_only=True)
-            raise
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # weights_only=True met something other than tensors and plain data: a class, a function, a reducer.
         raise CheckpointError(f"{path}: refused: the file carries pickled code/objects; medseg loads tensors "
@@ -508,8 +463,6 @@ def _is_tensor_dict(value) -> bool:
 
 def _meta_shapes(model_name: str, config: dict) -> "dict | None":
     """state_dict key -> shape of ``create(model_name, **config)``, built on the meta device; None if impossible."""
-    from medseg.models.registry import create
-
     try:
         with torch.device("meta"):
             model = create(model_name, num_classes=config["num_classes"], img_size=config["img_size"],
@@ -529,9 +482,6 @@ def _official_layout(model_name: str, family: str, state_dict: dict) -> "dict | 
     into medseg's keys; None when the family has none or the keys are not the official ones. Renaming needs only
     the model's structure, so a meta-device build serves.
     """
-    from medseg.models.pretrained import convert_official
-    from medseg.models.registry import create, get_spec
-
     try:
         with torch.device("meta"):
             model = create(model_name, num_classes=2, img_size=get_spec(model_name).default_img_size, in_channels=1)
@@ -562,8 +512,6 @@ def _infer_num_classes(path: Path, model_name: str, state_dict: dict) -> int:
     The variant is built (on the meta device) with 2 and with 3 classes; a tensor whose size differs between the
     two grows as ``a * num_classes + b`` along that axis, which the file's size then solves for.
     """
-    from medseg.models.registry import get_spec
-
     size = get_spec(model_name).default_img_size
     base = {"img_size": size, "in_channels": 1, "overrides": {}}
     two = _meta_shapes(model_name, {**base, "num_classes": 2})

@@ -4,18 +4,42 @@ transformer layer on ``(B, L, C)`` tokens.
 Module names follow timm's ViT (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``), which is
 also the layout of the official SETR backbone and of ImageNet ViT checkpoints, so their weights map key for key.
 Used by SETR's encoder and DS-TransUNet's interactive fusion. (TransUNet keeps its own block: its parameter names are
-those of its reference implementation.) Stochastic depth is MONAI's ``DropPath``.
+those of its reference implementation.) Stochastic depth is :class:`DropPath`, the same draws as timm's and MONAI's
+(written here so that building a model does not import MONAI, which takes seconds).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import DropPath
 from torch import nn
 
 from medseg.errors import ConfigError
 
 __all__ = ["Attention", "DropPath", "Mlp", "TransformerLayer"]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a whole sample's residual branch with probability ``drop_prob`` and scale
+    the kept ones by ``1 / (1 - drop_prob)``; the identity in eval mode.
+
+    The same computation and random draws as ``timm.layers.DropPath`` and ``monai.networks.layers.DropPath``
+    (one ``bernoulli_`` of shape ``(B, 1, ..., 1)``), so training runs reproduce theirs.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob <= 1.0:
+            raise ConfigError(f"drop_path: must be between 0 and 1, got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep_prob)
+        if keep_prob > 0.0:
+            mask.div_(keep_prob)
+        return x * mask
 
 
 class Attention(nn.Module):

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from medseg.errors import CheckpointError, ConfigError
+from medseg.io import file_sha256
+from medseg.models.wrappers import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +138,6 @@ def load_pretrained(model: nn.Module, family: str, path: "str | Path | list") ->
         ConfigError: no loader for the family.
         CheckpointError: missing, truncated or unreadable file, or a file of another family (one line).
     """
-    from medseg.models.checkpoint import unwrap_model
-
     module = _LOADER_MODULES.get(family)
     if module is None:
         raise ConfigError(f"pretrained: no pretrained weights are known for the {family} family "
@@ -178,8 +178,6 @@ def convert_official(family: str, state_dict: Mapping[str, torch.Tensor], model:
 
 def _file_digests(path) -> list[tuple[str, str]]:
     """``(file name, sha256)`` of the weight file(s) behind ``path``, for the record of what initialised a run."""
-    from medseg.io import file_sha256
-
     if isinstance(path, (list, tuple)):
         paths = [Path(p) for p in path]
     else:
@@ -191,15 +189,6 @@ def _file_digests(path) -> list[tuple[str, str]]:
         elif item.is_file():
             files.append(item)
     return [(file.name, file_sha256(file)) for file in files]
-
-
-def __getattr__(name: str):
-    # TransUNet's npz loader moved beside the model; the old import path keeps working.
-    if name == "load_vit_npz":
-        from medseg.models.transunet import load_vit_npz
-
-        return load_vit_npz
-    raise AttributeError(name)
 
 
 # ----------------------------------------------------------------------------------------------------------------

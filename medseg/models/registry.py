@@ -11,12 +11,17 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from medseg.errors import ConfigError
+from medseg.models.options import check_counts
 
-# Modules of this package that hold no architecture.
-_NOT_ARCHITECTURES = {"registry", "checkpoint", "layers", "pretrained", "options"}
+# This package, whose modules register their architectures when imported, and those that hold none.
+_PACKAGE = __name__.rpartition(".")[0]
+_NOT_ARCHITECTURES = {"registry", "checkpoint", "layers", "pretrained", "options", "wrappers"}
+# Architectures built on MONAI's network blocks: imported after the others (importing MONAI takes seconds).
+_IMPORTS_MONAI = {"ds_transunet"}
 
 
 @dataclass(frozen=True)
@@ -88,23 +93,29 @@ def register_model(name: str, *, family: str, description: str = "", default_img
     return decorator
 
 
-def _load_architectures() -> None:
-    """Import every architecture module of :mod:`medseg.models` once, so that their variants register."""
+def architecture_modules() -> list[str]:
+    """The architecture modules of :mod:`medseg.models` in import order: by name, those that import MONAI last."""
+    names = [module.name for module in pkgutil.iter_modules([str(Path(__file__).parent)])
+             if not module.name.startswith("_") and module.name not in _NOT_ARCHITECTURES]
+    return sorted(names, key=lambda name: (name in _IMPORTS_MONAI, name))
+
+
+def _load_architectures(until: "str | None" = None) -> None:
+    """Import the architecture modules of :mod:`medseg.models`, so that their variants register: all of them, or
+    (with ``until``) only until one has registered that name, so that building a TransUNet does not import MONAI."""
     global _LOADED
     if _LOADED:
         return
-    import medseg.models as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name.startswith("_") or module.name in _NOT_ARCHITECTURES:
-            continue
-        importlib.import_module(f"{package.__name__}.{module.name}")
+    for module in architecture_modules():
+        if until is not None and until in _REGISTRY:
+            return
+        importlib.import_module(f"{_PACKAGE}.{module}")
     _LOADED = True
 
 
 def get_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` registered as ``name``; an unknown name is a :class:`ConfigError`."""
-    _load_architectures()
+    _load_architectures(until=name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -128,8 +139,6 @@ def create(name: str, num_classes: int, img_size: int = 224, in_channels: int = 
         in_channels: image channels (1 for CT).
         **overrides: architecture-specific config values (e.g. ``hidden_size``); unknown keys are an error.
     """
-    from medseg.models.options import check_counts
-
     spec = get_spec(name)
     check_counts(num_classes, in_channels)
     if img_size % spec.img_size_multiple:

@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import CheckpointError, ConfigError
-from medseg.models.checkpoint import unwrap_model
 from medseg.models.options import check_counts, check_options, dataclass_options
 from medseg.models.pretrained import PretrainedReport, register_pretrained_loader
 from medseg.models.registry import OfficialCount, register_model
+from medseg.models.wrappers import unwrap_model
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from medseg.phantom.painting import render_anatomy
 from medseg.phantom.preview import render_preview
 from medseg.phantom.scanner import draw_scanner, form_image
 from medseg.phantom.streams import STREAM_NOISE, case_rng
+from medseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ def write_cohort(out_dir: "str | Path", cases: int, seed: int, size: str = "smal
         Summary: ``out_dir``, ``cases``, ``seed``, ``size``, ``seconds``, ``preview`` (path or None),
         ``omitted`` (case id -> omitted organs), ``manifest`` (path of phantom.json).
     """
-    from medseg.progress import progress_bar
-
     out_dir = Path(out_dir)
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
         raise ConfigError(f"cases: must be an integer >= 1, got {cases!r}")
