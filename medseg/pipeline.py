@@ -39,22 +39,29 @@ from medseg import __version__, schema
 from medseg.data.slice_cache import load_manifest, prepare_cohort
 from medseg.dicom import read_image
 from medseg.engine.config import TrainConfig, load_config
+from medseg.engine.inference import load_predictor, predict_volume
 from medseg.engine.train import LAST, METRICS_FILE, read_metrics, train
 from medseg.errors import ConfigError, MedsegError, OutputError, TrainingStopped
 from medseg.evaluation.cohort import evaluate_folders
 from medseg.evaluation.origin import tolerance_text
+from medseg.evaluation.postprocess import choose_rules
 from medseg.evaluation.plots import training_curve_png
 from medseg.evaluation.report import write_reports
-from medseg.io import file_sha256, read_json, read_yaml_mapping, strip_nifti_suffix, write_json, write_volume
+from medseg.io import (file_sha256, read_json, read_volume, read_yaml_mapping, strip_nifti_suffix, write_json,
+                       write_volume)
+from medseg.labels import remap_labels
 from medseg.models import get_spec
 from medseg.ownership import LOCK_FILE, folder_lock, remove_owned
 from medseg.phantom import GENERATOR_VERSION, write_cohort
+from medseg.postprocess import rules_path, save_rules
 from medseg.prediction import predict_cases
+from medseg.prediction.record import checkpoint_sha256
+from medseg.progress import progress_bar
 from medseg.schema import EvaluateStage, PrepareStage, SynthStage, setting
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("synth", "prepare", "train", "predict", "evaluate", "report")
+STAGE_ORDER = ("synth", "prepare", "train", "postprocess", "predict", "evaluate", "report")
 STAGE_FILE = "stage.json"
 STARTED_FILE = "stage.started.json"
 
@@ -107,6 +114,24 @@ class PipelineFile:
 TRAIN_STAGE_EXCLUDED = ("data", "out", "resume", "progress")
 
 
+@dataclass
+class PostprocessStage:
+    """Choose post-processing rules on validation cases (:func:`medseg.evaluation.postprocess.choose_rules`); the predict
+    stage applies them."""
+
+    checkpoint: Literal["best", "last"] = setting("last", help="the checkpoint the rules are chosen for (the "
+                                                  "predict stage's)")
+    validation: Literal["auto", "phantoms", "train"] = setting(
+        "auto", help="validation cases: phantoms (fresh ones from the synth stage's generator, never trained on), "
+        "train (the training split: optimistic, for real data without other cases) or auto (phantoms when the "
+        "synth stage makes the cohort, else train)")
+    cases: int = setting(6, minimum=1, help="number of validation cases")
+    seed: int = setting(1000, help="seed of the validation phantoms (other than the synth stage's)")
+    thresholds_ml: list = setting(default_factory=lambda: [0.5, 2.0, 10.0],
+                                  help="component volumes (ml) under which removing components is tried")
+    batch_size: int = setting(32, minimum=1, help="slices per forward pass")
+
+
 @dataclass(kw_only=True)
 class PredictStage(schema.PredictOptions):
     """Predict the held-out cases with the trained model (:func:`medseg.prediction.predict_cases`): every option of
@@ -125,8 +150,8 @@ class ReportStage:
 
 
 def _stage_schemas() -> dict:
-    return {"synth": SynthStage, "prepare": PrepareStage, "train": TrainConfig, "predict": PredictStage,
-            "evaluate": EvaluateStage, "report": ReportStage}
+    return {"synth": SynthStage, "prepare": PrepareStage, "train": TrainConfig, "postprocess": PostprocessStage,
+            "predict": PredictStage, "evaluate": EvaluateStage, "report": ReportStage}
 
 
 def stage_params(name: str, params: dict, source: str) -> dict:
@@ -207,6 +232,7 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
     if "predict" in stages and stages["predict"]["checkpoint"] == "best" and not stages["train"]["val_every"]:
         raise ConfigError(f"{source}: stages.predict.checkpoint: best needs validation (set train.val_every > 0) "
                           "or use last")
+    _check_postprocess(stages, source)
     name = top.name or Path(source).stem
     return Pipeline(
         name=str(name),
@@ -220,14 +246,39 @@ def validate_pipeline(raw: dict, source: str = "<pipeline>") -> Pipeline:
 
 def _check_chain(stages: dict, source: str) -> None:
     """Every stage needs the one before it (report needs evaluate, ...), except that synth/data start a chain."""
-    needs = {"train": "prepare", "predict": "train", "evaluate": "predict", "report": "evaluate"}
+    needs = {"train": "prepare", "postprocess": "train", "predict": "train", "evaluate": "predict",
+             "report": "evaluate"}
     for stage, required in needs.items():
         if stage in stages and required not in stages:
             raise ConfigError(f"{source}: stages.{stage}: needs the {required} stage")
 
 
+def _check_postprocess(stages: dict, source: str) -> None:
+    """The rules must be chosen for the checkpoint the predict stage uses, on cases that exist."""
+    post = stages.get("postprocess")
+    if post is None:
+        return
+    if "predict" in stages and stages["predict"]["checkpoint"] != post["checkpoint"]:
+        raise ConfigError(f"{source}: stages.postprocess.checkpoint: {post['checkpoint']}, but the predict stage "
+                          f"uses {stages['predict']['checkpoint']}; rules are chosen for one checkpoint")
+    if post["validation"] == "phantoms" and "synth" not in stages:
+        raise ConfigError(f"{source}: stages.postprocess.validation: phantoms needs the synth stage (with a data "
+                          "folder use train or auto)")
+    thresholds = post["thresholds_ml"]
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in thresholds):
+        raise ConfigError(f"{source}: stages.postprocess.thresholds_ml: expected positive volumes in ml, got "
+                          f"{thresholds}")
+    if post["checkpoint"] == "best" and not stages["train"]["val_every"]:
+        raise ConfigError(f"{source}: stages.postprocess.checkpoint: best needs train.val_every > 0")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Running
+
+
+#: Settings left out of a stage's key while they hold these values (added later: runs made before stay cached).
+KEY_OMITTED_DEFAULTS = {"prepare": {"input_mode": "resize", "target_spacing_mm": None, "label_map": None},
+                        "evaluate": {"label_map": None}}
 
 
 def stage_keys(pipeline: Pipeline) -> dict[str, str]:
@@ -237,6 +288,8 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     for name, params in pipeline.stages.items():
         if name == "synth":  # a new phantom generator makes a different cohort from the same parameters
             upstream = {**upstream, "phantom_generator": GENERATOR_VERSION}
+        omitted = KEY_OMITTED_DEFAULTS.get(name, {})
+        params = {key: value for key, value in params.items() if key not in omitted or omitted[key] != value}
         content = {"stage": name, "params": params, "upstream": upstream}
         if params.get("label_map") and Path(params["label_map"]).is_file():  # an edited map re-runs the stage
             content["label_map_sha256"] = file_sha256(params["label_map"])
@@ -415,7 +468,8 @@ def _stage_prepare(pipeline, params, stage_dir: Path, outputs, progress) -> dict
     prepared = stage_dir / "slices"
     summary = prepare_cohort(cohort, prepared, labels=params["labels"], split=params["split"],
                              test_fraction=params["test_fraction"], seed=params["seed"],
-                             workers=params["workers"], progress=progress, label_map=params.get("label_map"))
+                             workers=params["workers"], progress=progress, label_map=params.get("label_map"),
+                             input_mode=params["input_mode"], target_spacing_mm=params["target_spacing_mm"])
     if not (summary.written or summary.already_done):
         raise ConfigError(f"prepare: no usable case in {cohort}")
     for where, reason in {**summary.failed, **summary.skipped_files}.items():
@@ -439,6 +493,54 @@ def _stage_train(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
             "best_val_dice": result.best_val_dice, "train_seconds": round(result.wall_time_s, 1)}
 
 
+def _stage_postprocess(pipeline, params, stage_dir: Path, outputs, progress) -> dict:
+
+    checkpoint = outputs["train"][params["checkpoint"]]
+    if checkpoint is None:
+        raise ConfigError(f"{pipeline.source}: stages.postprocess.checkpoint: the train stage wrote no best.pt; "
+                          "use last")
+    source, pairs = _validation_pairs(pipeline, params, stage_dir, outputs, progress)
+    predictor = load_predictor(checkpoint, "auto")
+    sha = checkpoint_sha256(checkpoint)
+    cases = []
+    for image, label in progress_bar(pairs, desc="postprocess", unit="case", disable=not progress):
+        prediction = predict_volume(image, predictor, batch_size=params["batch_size"])
+        reference = read_volume(label)
+        cases.append((prediction.array, remap_labels(reference.array, predictor.label_set, str(label)),
+                      reference.spacing))
+    rules = choose_rules(cases, predictor.label_set, thresholds_ml=params["thresholds_ml"], checkpoint_sha256=sha)
+    rules.validation["source"] = source
+    path = save_rules(rules_path(checkpoint), rules)
+    for organ, rule in rules.describe().items():
+        log.info("[postprocess] %s: %s", organ, rule)
+    return {"rules": str(path), "rules_sha256": file_sha256(path), "checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha, "chosen": rules.describe(), "validation_cases": len(cases), "source": source}
+
+
+def _validation_pairs(pipeline, params, stage_dir: Path, outputs, progress) -> tuple[str, list[tuple[str, str]]]:
+    """(what the validation cases are, [(image, label) paths]) for the postprocess stage."""
+
+    mode = params["validation"]
+    if mode == "auto":
+        mode = "phantoms" if "synth" in pipeline.stages else "train"
+    if mode == "phantoms":
+        synth = pipeline.stages["synth"]
+        if params["seed"] == synth["seed"]:
+            raise ConfigError(f"{pipeline.source}: stages.postprocess.seed: {params['seed']} is the synth stage's "
+                              "seed (the validation phantoms would be training cases)")
+        cohort = stage_dir / "validation"
+        write_cohort(cohort, cases=params["cases"], seed=params["seed"], size=synth["size"], progress=progress)
+        images = sorted((cohort / "img").glob("*.nii.gz"))
+        pairs = [(str(p), str(cohort / "label" / p.name.replace("img", "label", 1))) for p in images]
+        return f"{len(pairs)} fresh phantoms (seed {params['seed']}, size {synth['size']})", pairs
+    entries = [e for e in load_manifest(outputs["prepare"]["prepared"])["cases"]
+               if e["split"] == "train" and e.get("source_label")][:params["cases"]]
+    if not entries:
+        raise ConfigError("postprocess: the training split has no labelled case to choose rules on")
+    return (f"{len(entries)} training-split cases (seen in training: optimistic)",
+            [(e["source_image"], e["source_label"]) for e in entries])
+
+
 def _test_cases(outputs) -> list[dict]:
     """Manifest entries of the held-out (test split) cases of the prepared cohort."""
     entries = [e for e in load_manifest(outputs["prepare"]["prepared"])["cases"] if e["split"] == "test"]
@@ -456,17 +558,27 @@ def _stage_predict(pipeline, params, stage_dir: Path, outputs, progress) -> dict
                           "labelled test-split case to validate on); use last")
     inputs = _link_test_images(_test_cases(outputs), stage_dir / "inputs")
     options = {key: value for key, value in params.items() if key != "checkpoint"}
-    labels_dir = stage_dir / "labels"
+    # The postprocess stage's rules (beside the checkpoint; predict_cases refuses rules of another checkpoint),
+    # with the model's own output kept in labels_raw/ for the figures without post-processing.
+    options["postprocess"] = bool(params["postprocess"] and "postprocess" in outputs)
+    labels_dir, raw_dir = stage_dir / "labels", stage_dir / "labels_raw"
     summary = predict_cases(schema.PredictRequest(input=inputs, output=labels_dir, checkpoint=checkpoint,
-                                                  progress=progress, **options))
+                                                  progress=progress,
+                                                  raw_output=raw_dir if options["postprocess"] else None,
+                                                  **options))
     if not (summary.predicted or summary.reused):
         name, error = next(iter(summary.failed.items()))
         raise ConfigError(f"predict: no held-out case could be predicted ({name}: {error})")
     for name, error in summary.failed.items():
         log.warning("predict: %s failed (evaluate scores it as a missing prediction): %s", name, error)
-    return {"predictions": str(labels_dir), "checkpoint": str(checkpoint),
-            "checkpoint_sha256": summary.checkpoint_sha256, "cases": len(summary.cases),
-            "failed": summary.failed, "summary": summary.summary_path}
+    result = {"predictions": str(labels_dir), "checkpoint": str(checkpoint),
+              "checkpoint_sha256": summary.checkpoint_sha256, "cases": len(summary.cases),
+              "failed": summary.failed, "summary": summary.summary_path,
+              "postprocess": summary.postprocess["organs"] if summary.postprocess else None,
+              "quality_flags": str(labels_dir / "quality_flags.csv"), "flagged_cases": summary.flagged_cases}
+    if summary.postprocess:
+        result["predictions_raw"] = str(raw_dir)
+    return result
 
 
 def _link_test_images(entries: list[dict], folder: Path) -> Path:
@@ -500,21 +612,32 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
             link.unlink(missing_ok=True)
             link.symlink_to(source.resolve())
     label_set = load_manifest(outputs["prepare"]["prepared"])["label_set"]
-    summary = evaluate_folders(references, outputs["predict"]["predictions"], labels=label_set,
-                               protocol=params["protocol"],
-                               tolerance_mm=tolerance_text(params["tolerance_mm"], params["tolerance_by_organ"]),
-                               workers=params["workers"], reference_format="raw", progress=progress,
-                               label_map=params.get("label_map"))
+
+    def evaluate(predictions: str, name: str, unprepared: dict) -> dict:
+        summary = evaluate_folders(references, predictions, labels=label_set, protocol=params["protocol"],
+                                   tolerance_mm=tolerance_text(params["tolerance_mm"], params["tolerance_by_organ"]),
+                                   workers=params["workers"],
+                                   reference_format="raw", progress=progress, label_map=params.get("label_map"))
+        if unprepared:
+            summary["unprepared_cases"] = unprepared
+            summary["warnings"].append(
+                f"{len(unprepared)} cohort file(s) could not be prepared, so they are in no split and not scored: "
+                + "; ".join(f"{where}: {why}" for where, why in list(unprepared.items())[:3])
+                + ("; ..." if len(unprepared) > 3 else ""))
+        write_json(stage_dir / name, summary)
+        return summary
+
     unprepared = _unprepared_cases(outputs["prepare"])
-    if unprepared:
-        summary["unprepared_cases"] = unprepared
-        summary["warnings"].append(
-            f"{len(unprepared)} cohort file(s) could not be prepared, so they are in no split and not scored: "
-            + "; ".join(f"{where}: {why}" for where, why in list(unprepared.items())[:3])
-            + ("; ..." if len(unprepared) > 3 else ""))
-    write_json(stage_dir / "summary.json", summary)
-    return {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
-            "failed": summary["counts"]["failed"], "unprepared": len(unprepared)}
+    summary = evaluate(outputs["predict"]["predictions"], "summary.json", unprepared)
+    result = {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
+              "failed": summary["counts"]["failed"], "unprepared": len(unprepared)}
+    if outputs["predict"].get("predictions_raw"):  # post-processing on: the model's own output scored as well
+        raw = evaluate(outputs["predict"]["predictions_raw"], "summary_without_postprocessing.json", unprepared)
+        result["headline"] = [f"with post-processing: {line}" for line in result["headline"]]
+        result["headline"] += [f"without post-processing: {line}" for line in headline(raw)
+                               if not line.startswith("warning:")]
+        result["summary_without_postprocessing"] = str(stage_dir / "summary_without_postprocessing.json")
+    return result
 
 
 def _unprepared_cases(prepared: dict) -> dict:
@@ -576,8 +699,18 @@ def _report_provenance(pipeline, outputs) -> dict:
     data = str(pipeline.data) if pipeline.data else f"phantom cohort {(outputs.get('synth') or {}).get('cohort')}"
     if prepare:
         data += f" (label set {prepare.get('labels')}, split {prepare.get('split')})"
-    return {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
-            "data": data}
+    result = {"model": train.get("model"), "checkpoint": checkpoint, "checkpoint_sha256": sha, "training": settings,
+              "data": data}
+    post = outputs.get("postprocess")
+    if post is not None:
+        applied = predicted.get("postprocess") is not None
+        result["post_processing"] = (post["chosen"] or "no rule chosen") if applied else "off"
+        result["post_processing_chosen_on"] = post["source"]
+    if (outputs.get("evaluate") or {}).get("summary_without_postprocessing"):
+        result["scores_without_post_processing"] = " / ".join(
+            line.split(": ", 1)[1] for line in outputs["evaluate"]["headline"]
+            if line.startswith("without post-processing"))
+    return result
 
 
 def _training_curve(outputs) -> "bytes | None":
@@ -590,6 +723,7 @@ STAGES: dict[str, Callable] = {
     "synth": _stage_synth,
     "prepare": _stage_prepare,
     "train": _stage_train,
+    "postprocess": _stage_postprocess,
     "predict": _stage_predict,
     "evaluate": _stage_evaluate,
     "report": _stage_report,

@@ -31,6 +31,11 @@ class PreprocessingParams:
         img_size: model input height and width in pixels.
         image_interpolation: ``bicubic`` (the paper's cubic zoom) or ``bilinear`` for image resizing; labels are
             always resized with nearest neighbour.
+        input_mode: ``resize`` (the paper: every slice stretched to ``img_size``) or ``spacing`` (every slice
+            resampled to ``target_spacing_mm`` per pixel, then cropped/padded to ``img_size`` in training and
+            tiled at inference; :mod:`medseg.data.spacing`).
+        target_spacing_mm: in-plane pixel size of ``spacing`` mode in mm; None until ``medseg prepare`` sets it
+            to the training split's median (a checkpoint always records the value used).
     """
 
     SCHEMA_VERSION = 1
@@ -40,10 +45,16 @@ class PreprocessingParams:
     axcodes: str = "".join(SLICE_AXCODES)
     img_size: int = setting(224, minimum=1)
     image_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    input_mode: Literal["resize", "spacing"] = "resize"
+    target_spacing_mm: "float | None" = setting(None, minimum=0.01)
 
     def to_dict(self) -> dict:
-        """Plain data with the schema version, as manifests and checkpoints store it."""
-        return schema.to_stored(self)
+        """Plain data with the schema version, as manifests and checkpoints store it. The paper's ``resize`` mode
+        is stored without the two spacing keys, so caches and checkpoints made before they existed still match."""
+        stored = schema.to_stored(self)
+        if self.input_mode == "resize":
+            del stored["input_mode"], stored["target_spacing_mm"]
+        return stored
 
     @classmethod
     def from_dict(cls, data: "dict | None", source: str = "preprocessing") -> "PreprocessingParams":
@@ -53,6 +64,8 @@ class PreprocessingParams:
         params = schema.build(cls, dict(data or {}), source)
         if params.hu_max <= params.hu_min:
             raise ConfigError(f"{source}: hu_max: must be above hu_min ({params.hu_min}), got {params.hu_max}")
+        if params.input_mode == "resize" and params.target_spacing_mm is not None:
+            raise ConfigError(f"{source}: target_spacing_mm: only used with input_mode spacing")
         return params
 
 

@@ -399,6 +399,9 @@ class PredictOptions:
                                   help="also write labels.ctbl (3D Slicer) and labels_itksnap.txt (ITK-SNAP)")
     overwrite: bool = setting(False, flag="--overwrite",
                               help="predict again when an output exists (made by another model or settings)")
+    postprocess: bool = setting(True, flag="--no-postprocess",
+                                help="do not apply the checkpoint's post-processing rules (NAME.postprocess.json "
+                                     "beside it, medseg.postprocess)")
 
     def __post_init__(self):
         check_instance(self)
@@ -422,6 +425,8 @@ class PredictRequest(PredictOptions):
         None, flag="--labels", help="label set of a bare state_dict (default synapse8)")
     img_size: "int | None" = setting(None, minimum=1, flag="--img-size",
                                      help="input size of a bare state_dict (default: the model's, 224)")
+    raw_output: "str | None" = setting(None, flag="--raw-output", metavar="DIR",
+                                       help="also write each case's labels before post-processing to this folder")
     num_parts: int = setting(1, minimum=1, flag="--num-parts", help="split a folder into N parts")
     part_id: int = setting(0, minimum=0, flag="--part-id", help="which part to run, 0..N-1")
     progress: bool = setting(True, flag="--no-progress", help="no progress bars")
@@ -471,6 +476,13 @@ class PrepareStage:
     test_fraction: float = setting(0.4, minimum=0, flag="--test-fraction", metavar="FRACTION",
                                    help="test share of a seeded split")
     seed: int = setting(1234, flag="--seed", help="seed of a seeded split")
+    input_mode: typing.Literal["resize", "spacing"] = setting(
+        "resize", flag="--input-mode", help="model input: resize each slice to the model size (the paper) or "
+        "resample it to a fixed in-plane spacing first (spacing-aware, medseg.data.spacing; recorded in the cache "
+        "and checkpoints)")
+    target_spacing_mm: "float | None" = setting(None, minimum=0.01, flag="--target-spacing", metavar="MM",
+                                                help="in-plane spacing of --input-mode spacing (default: the "
+                                                     "training split's median)")
     workers: int = setting(1, minimum=1, flag="--workers", metavar="N", help="cases processed in parallel")
 
 

@@ -50,5 +50,5 @@ def write_tiny_cohort(root: Path, n_cases: int = 4, shape=(24, 20, 10)) -> Path:
 
 TINY_RUN_SETTINGS = [
     "synth.cases=6", "prepare.test_fraction=0.5", "train.img_size=64", "train.epochs=1", "train.batch_size=8",
-    "predict.batch_size=16", "evaluate.workers=1",
+    "predict.batch_size=16", "evaluate.workers=1", "postprocess.cases=2",
 ]

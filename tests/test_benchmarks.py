@@ -47,3 +47,21 @@ def test_gpu_check_without_a_gpu_says_so_runs_a_smoke_run_and_exits_0(tmp_path):
     assert "CPU smoke run passed" in done.stdout
     assert not results.exists()  # no figures are written from a CPU smoke run
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("gpu-check-")]  # its temporary folder is gone
+
+
+def test_sim2real_comparison_table_has_a_row_per_seed_mode_and_post_processing():
+    from sim2real import render_comparison
+
+    def figures(dice, hd):
+        return {"dice": {"liver": dice, "spleen": dice / 2}, "hd95_mm": {"liver": hd, "spleen": hd},
+                "mean_dice": dice * 0.75, "mean_hd95_mm": hd}
+
+    rows = [{"seed": seed, "input_mode": mode, "rules": {"spleen": "largest component"} if mode == "spacing" else {},
+             "real_ct": {"without": figures(0.4 + seed / 10, 30.0), "with": figures(0.5 + seed / 10, 20.0)},
+             "phantoms": {"without": figures(0.8, 30.0), "with": figures(0.82, 15.0)},
+             "train_seconds": 300.0, "load": "1.0 / 2.0"}
+            for seed in (1, 2) for mode in ("resize", "spacing")]
+    text = render_comparison({"rows": rows, "command": "python benchmarks/sim2real.py --compare", "machine": "m"})
+    assert "| 1 | resize | without | 0.500 | 0.250 | **0.375** | 30.0 | 0.600 | 30.0 | 300 | 1.0 / 2.0 |" in text
+    assert "| spacing | with | 0.487 (0.450-0.525) | 20.0 (20.0-20.0) | 0.615 (0.615-0.615) | 15.0 (15.0-15.0) | 2 |" in text
+    assert "seed 1 spacing: spleen largest component" in text and "seed 1 resize: none" in text

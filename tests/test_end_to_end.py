@@ -12,8 +12,12 @@ NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
 
 def test_every_stage_leaves_its_outputs(tiny_runs):
     run = tiny_runs["a"]
-    for stage in ("synth", "prepare", "train", "predict", "evaluate", "report"):
+    for stage in ("synth", "prepare", "train", "postprocess", "predict", "evaluate", "report"):
         assert json.loads((run / stage / "stage.json").read_text())["key"]
+    # post-processing: rules beside the checkpoint, the raw output kept, both scored; quality flags written
+    assert (run / "train" / "run" / "last.postprocess.json").is_file()
+    assert (run / "evaluate" / "summary_without_postprocessing.json").is_file()
+    assert (run / "predict" / "labels" / "quality_flags.csv").read_text().startswith("case_id,organ,flag,detail")
     manifest = json.loads((run / "prepare" / "slices" / "manifest.json").read_text())
     held_out = [e for e in manifest["cases"] if e["split"] == "test"]
     assert len(held_out) == 3
@@ -75,7 +79,7 @@ def test_rerun_skips_everything(tiny_runs, capsys):
     sets = [arg for s in TINY_RUN_SETTINGS + [f"run_dir={tiny_runs['a']}"] for arg in ("--set", s)]
     assert main(["run", str(demo), *sets, "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.count("cached") == 6 and "mean Dice" in out and "report:" in out
+    assert out.count("cached") == 7 and "mean Dice" in out and "report:" in out
 
 
 def test_run_comparison_statistics(tiny_runs):

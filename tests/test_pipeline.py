@@ -37,7 +37,7 @@ def test_paper_pipeline_without_data_names_the_key(capsys):
 
 def test_demo_pipeline_validates():
     pipeline = load_pipeline(PIPELINES / "demo.yaml")
-    assert list(pipeline.stages) == ["synth", "prepare", "train", "predict", "evaluate", "report"]
+    assert list(pipeline.stages) == ["synth", "prepare", "train", "postprocess", "predict", "evaluate", "report"]
     assert pipeline.data is None
 
 
@@ -211,3 +211,71 @@ def test_sigterm_during_training_ends_the_pipeline_with_143(tiny_cohort, tmp_pat
     last = rest.strip().splitlines()[-1]
     assert "train: stopped (SIGTERM)" in last and "run the pipeline again to resume" in last
     assert "Traceback" not in rest and (tmp_path / "run" / "train" / "run" / "last.pt").is_file()
+
+
+POSTPROCESS_PIPELINE = ("prepare: {split: seeded, test_fraction: 0.5}\n"
+                        "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 1, batch_size: 8, workers: 0,"
+                        " threads: 1, tensorboard: false}\n"
+                        "  postprocess: {cases: 2}\n  predict: {}\n  evaluate: {workers: 1}\n  report: {}\n")
+
+
+def test_postprocess_stage_chooses_rules_that_predict_applies(tiny_cohort, tmp_path):
+    """The rules are chosen on the training split (a data folder), stored beside the checkpoint with its hash,
+    applied by the predict stage (the raw output kept), and the evaluation scores both."""
+    import numpy as np
+
+    from medseg.io import read_provenance, read_volume
+    from medseg.postprocess import apply_rules, load_rules, rules_path
+
+    path = _write(tmp_path, f"run_dir: {tmp_path / 'run'}\ndata: {tiny_cohort}\nstages:\n  {POSTPROCESS_PIPELINE}")
+    results = {r.name: r for r in run_pipeline(load_pipeline(path), progress=False)}
+    post, predicted = results["postprocess"].outputs, results["predict"].outputs
+    checkpoint = Path(predicted["checkpoint"])
+    assert Path(post["rules"]) == rules_path(checkpoint) and post["source"].startswith("2 training-split cases")
+    rules = load_rules(post["rules"])
+    assert rules.checkpoint_sha256 == predicted["checkpoint_sha256"]
+    assert predicted["postprocess"] == rules.describe()
+    for final_path in sorted(Path(predicted["predictions"]).glob("*.nii.gz")):
+        raw = read_volume(Path(predicted["predictions_raw"]) / final_path.name)
+        final = read_volume(final_path)
+        assert np.array_equal(final.array, apply_rules(raw.array, raw.spacing, rules)[0])
+        assert read_provenance(final_path)["postprocess"] == post["rules_sha256"]
+    evaluated = results["evaluate"].outputs
+    assert Path(evaluated["summary_without_postprocessing"]).is_file()
+    assert any(line.startswith("without post-processing: mean Dice") for line in evaluated["headline"])
+    assert Path(predicted["quality_flags"]).read_text().startswith("case_id,organ,flag,detail")
+    report = Path(results["report"].outputs["markdown"]).read_text()
+    assert "Quality flags" in report and "Post processing" in report
+
+    # --set predict.postprocess=false: the model's own labels, no raw copy, the predict stage re-runs
+    again = {r.name: r for r in run_pipeline(load_pipeline(path, ["predict.postprocess=false"]), progress=False)}
+    assert again["postprocess"].status == "cached" and again["predict"].status == "ran"
+    assert again["predict"].outputs["postprocess"] is None and "predictions_raw" not in again["predict"].outputs
+    for final_path in sorted(Path(again["predict"].outputs["predictions"]).glob("*.nii.gz")):
+        assert read_provenance(final_path)["postprocess"] is None
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["postprocess.checkpoint=best", "predict.checkpoint=last"], "stages.postprocess.checkpoint: best, but the "
+                                                                 "predict stage uses last"),
+    (["postprocess.validation=phantoms", "data=."], "stages.postprocess.validation: phantoms needs the synth stage"),
+])
+def test_postprocess_stage_settings_are_checked(tmp_path, sets, message, capsys):
+    path = _write(tmp_path, PIPELINES.joinpath("demo.yaml").read_text())
+    sets = [arg for s in sets for arg in ("--set", s)]
+    assert main(["run", str(path), "--dry-run", *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_postprocess_stage_validates_on_fresh_phantoms(tmp_path):
+    """With the synth stage, the rules are chosen on phantoms of another seed (never trained on)."""
+    path = _write(tmp_path, f"run_dir: {tmp_path / 'run'}\nstages:\n  synth: {{cases: 2, seed: 5}}\n"
+                            "  prepare: {split: all-train}\n"
+                            "  train: {model: TransUNet-Tiny, img_size: 32, epochs: 1, batch_size: 8, workers: 0,"
+                            " threads: 1, tensorboard: false}\n  postprocess: {cases: 1, seed: 6}\n")
+    results = {r.name: r for r in run_pipeline(load_pipeline(path), progress=False)}
+    outputs = results["postprocess"].outputs
+    assert outputs["source"] == "1 fresh phantoms (seed 6, size small)" and outputs["validation_cases"] == 1
+    with pytest.raises(ConfigError, match="stages.postprocess.seed: 5 is the synth stage's seed"):
+        run_pipeline(load_pipeline(path, ["postprocess.seed=5"]), progress=False)

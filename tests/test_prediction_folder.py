@@ -89,7 +89,8 @@ def test_overwrite_with_another_model_and_no_extras_removes_the_previous_extras(
         assert read_json(out / f"img{n:04d}_record.json")["provenance"]["checkpoint"] == str(other)
     assert not (out / "statistics.csv").exists()
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("img")) == ["labels.json",
-                                                                                   "predict_summary.json"]
+                                                                                   "predict_summary.json",
+                                                                                   "quality_flags.csv"]
 
 
 def test_fewer_organs_leave_only_their_masks(images, checkpoint, tmp_path):

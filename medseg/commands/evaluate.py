@@ -98,10 +98,27 @@ def _log_summary(summary: dict) -> None:
             stats = block["organs"][organ]
             logger.info("  %-12s DSC %6s %%  HD95 %7s %s  (n=%d)", names.get(organ, organ),
                         _pct(stats[dice_key]["mean"]), _num(stats[hd_key]["mean"]), unit, stats[dice_key]["n"])
+    _log_flags(summary)
     counts = summary["counts"]
     logger.info("%d cases: %d evaluated, %d failed (%d missing predictions, %d unscorable predictions, both scored as "
                 "empty; %d unreadable references)", counts["cases"], counts["evaluated"], counts["failed"],
                 counts["missing_predictions"], counts["unscorable_predictions"], counts["reference_errors"])
+
+
+def _log_flags(summary: dict) -> None:
+    """The quality flags of each case next to its mean DSC, and whether flagged results score worse."""
+    from medseg.quality import comparison_line
+
+    block = summary.get("standard") or summary.get("transunet")
+    for case_id, flags in sorted(summary.get("flags", {}).items()):
+        if not flags:
+            continue
+        scores = [r["dice"] for r in block["cases"].get(case_id, {}).values() if r.get("dice") is not None]
+        mean = _pct(sum(scores) / len(scores)) if scores else "-"
+        logger.info("  flagged %s (mean DSC %s %%): %s", case_id, mean,
+                    "; ".join(f"{f['organ']} {f['flag']} ({f['detail']})" for f in flags))
+    if "flag_comparison" in summary:
+        logger.info("%s", comparison_line(summary["flag_comparison"]))
 
 
 def _pct(value) -> str:

@@ -9,6 +9,10 @@ cache that stored them windowed gives (:func:`medseg.data.slice_cache.load_case_
 Augmentation randomness is a pure function of ``(seed, epoch, index)``: call :meth:`SliceDataset.set_epoch` at the
 start of every epoch. The same run then draws the same augmentations whatever the number of workers, and a resumed
 run continues exactly where an uninterrupted one would be.
+
+A cache prepared with ``input_mode: spacing`` (:mod:`medseg.data.spacing`) gives each slice resampled to the
+cache's ``target_spacing_mm`` and cropped (at a random position drawn from the sample's seed) or padded to
+``S x S`` before the augmentation, which then keeps that size.
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ import torch
 from torch.utils.data import Dataset
 
 from medseg.data.domain_randomisation import DomainRandomisationd
-from medseg.data.slice_cache import load_case_arrays, load_manifest
+from medseg.data.slice_cache import MANIFEST, load_case_arrays, load_manifest
+from medseg.data.spacing import crop_offsets, fit_to_input, resample, resampled_size
 from medseg.data.transforms import (AUGMENTATION_MODES, IMAGE, LABEL, PaperAugmentd,
                                     ResizeSliced)
 from medseg.errors import ConfigError, InputError
 from medseg.labels import LabelSet
+from medseg.preprocessing import PreprocessingParams
 
 
 class SliceDataset(Dataset):
@@ -64,6 +70,10 @@ class SliceDataset(Dataset):
             raise InputError(f"{self.prepared_dir}: no labelled cases in split {split!r}")
         self.entries = entries
         self.case_ids = [e["case_id"] for e in entries]
+        self.preprocessing = PreprocessingParams.from_dict(self.manifest.get("preprocessing"),
+                                                           f"{self.prepared_dir / MANIFEST}: preprocessing")
+        self.image_interpolation = image_interpolation
+        self.spacings = [tuple(float(s) for s in e["spacing"][:2]) for e in entries]  # in-plane mm, rows/columns
         self.index: list[tuple[int, int]] = []
         for case_number, entry in enumerate(entries):
             slices = entry["organ_slices"] if drop_empty else range(entry["num_slices"])
@@ -105,10 +115,21 @@ class SliceDataset(Dataset):
             LABEL: torch.from_numpy(np.array(label[k], dtype=np.int64)),
             "seed": self.sample_seed(index),
         }
+        if self.preprocessing.input_mode == "spacing":
+            sample.update(self.spacing_input(sample[IMAGE], sample[LABEL], self.spacings[case_number], sample["seed"]))
         sample = self.transform(sample)
         sample["case_id"] = self.case_ids[case_number]
         sample["slice_index"] = k
         return sample
+
+    def spacing_input(self, image: torch.Tensor, label: torch.Tensor, spacing_hw, seed: int) -> dict:
+        """One slice (``(1, H, W)`` image, ``(H, W)`` label) resampled to the target spacing and cropped or padded
+        to the model size (:mod:`medseg.data.spacing`); the crop position comes from ``seed``."""
+        size_hw = resampled_size(image.shape[-2:], spacing_hw, self.preprocessing.target_spacing_mm)
+        image = resample(image[None], size_hw, interpolation=self.image_interpolation)[0]
+        label = resample(label[None, None], size_hw, labels=True)[0, 0]
+        offsets = crop_offsets(size_hw, self.img_size, np.random.default_rng([int(seed), 104729]))
+        return {IMAGE: fit_to_input(image, self.img_size, offsets), LABEL: fit_to_input(label, self.img_size, offsets)}
 
     def __getstate__(self):
         state = dict(self.__dict__)

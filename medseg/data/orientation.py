@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from medseg.io import spacing_from_affine
 from medseg.preprocessing import SLICE_AXCODES
 
 
@@ -69,3 +70,14 @@ def restore_orientation(oriented: np.ndarray, original_affine: np.ndarray, axcod
 
     backward = nio.ornt_transform(nio.axcodes2ornt(tuple(axcodes)), nio.io_orientation(np.asarray(original_affine)))
     return np.ascontiguousarray(nio.apply_orientation(oriented, backward))
+
+
+def oriented_spacing(affine, axcodes=SLICE_AXCODES) -> tuple[float, float, float]:
+    """Voxel size in mm along the axes of a volume brought into ``axcodes`` order (medseg's slice orientation by
+    default: rows, columns, slices), from the file's 4x4 ``affine``."""
+    spacing = spacing_from_affine(affine)
+    transform = orientation_transform(affine, axcodes)
+    oriented = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(transform):
+        oriented[int(target_axis)] = float(spacing[source_axis])
+    return tuple(oriented)

@@ -42,6 +42,7 @@ import numpy as np
 
 from medseg import __version__
 from medseg.data.cohort import Case, discover_cohort, make_split
+from medseg.data.spacing import with_target_spacing
 from medseg.data.transforms import IMAGE, LABEL, PreprocessingParams, hu_window, volume_preprocessing
 from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io import (current_umask, check_output_path, ensure_folder, file_sha256, make_temp_dir, read_json,
@@ -309,7 +310,8 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
                    params: PreprocessingParams = PreprocessingParams(), split: str = "auto",
                    test_fraction: float = 0.4, seed: int = 1234, workers: int = 1,
                    progress: bool = True, allow_unlabelled: bool = False,
-                   label_map: "str | Path | None" = None) -> PrepareSummary:
+                   label_map: "str | Path | None" = None, input_mode: "str | None" = None,
+                   target_spacing_mm: "float | None" = None) -> PrepareSummary:
     """Preprocess every case of a cohort into a slice cache.
 
     Args:
@@ -317,7 +319,10 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
         out_dir: cache folder; created if needed. A case already there is reused only when its recorded sources
             (content hash) and settings match; otherwise it is prepared again (listed in ``reprepared``).
         labels: label set name or value (``synapse8`` or ``btcv13``).
-        params: preprocessing parameters (HU window, orientation).
+        params: preprocessing parameters (HU window, orientation, input mode; in ``spacing`` mode without a
+            target spacing, the training split's median in-plane spacing is used and recorded).
+        input_mode, target_spacing_mm: when given (the ``medseg prepare`` flags and the pipeline's prepare stage),
+            they replace those of ``params``.
         split: split mode for :func:`medseg.data.cohort.make_split`.
         test_fraction, seed: seeded split parameters.
         workers: cases processed in parallel processes.
@@ -347,7 +352,13 @@ def prepare_cohort(raw_dir, out_dir, *, labels: "str | LabelSet" = "synapse8",
     if not cases:
         first = next(iter(cohort.skipped.items()), None)
         raise InputError(f"{raw_dir}: no usable case" + (f" ({first[0]}: {first[1]})" if first else ""))
+    if input_mode is not None:  # the command line's and the pipeline's settings (PrepareStage)
+        params = PreprocessingParams.from_dict({**params.to_dict(), "input_mode": input_mode,
+                                                "target_spacing_mm": target_spacing_mm}, "prepare")
     splits = make_split([c.case_id for c in cases], mode=split, test_fraction=test_fraction, seed=seed)
+    # spacing-aware input: the target spacing is the training split's median (recorded in the manifest)
+    params = with_target_spacing(params, [c.image for c in cases if splits[c.case_id] == "train"]
+                                 or [c.image for c in cases])
     header = _cache_header(label_set, params, split, seed)
     _check_existing_cache(out_dir, header)
     created = not out_dir.exists()

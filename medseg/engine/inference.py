@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.data.orientation import orient_view as _orient
+from medseg.data.orientation import oriented_spacing
+from medseg.data.spacing import resample, resampled_size, sliding_window_probabilities, to_native
 from medseg.data.transunet_h5 import read_volume_h5
 from medseg.engine.rebuild import nearest_index_map, restore_to_source
 from medseg.errors import CheckpointError, ConfigError, InputError
@@ -325,7 +327,8 @@ def forward_probabilities(predictor: Predictor, images: torch.Tensor, tta: bool 
 
 def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool = False, batch_size: int = 16,
                      tta: bool = False, resize: str = "torch", probabilities: bool = False,
-                     progress: bool = False, description: str = "predict") -> tuple[np.ndarray, "np.ndarray | None"]:
+                     progress: bool = False, description: str = "predict",
+                     spacing_hw=None) -> tuple[np.ndarray, "np.ndarray | None"]:
     """Segment an oriented volume slice-batch by slice-batch.
 
     Args:
@@ -339,6 +342,9 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
         resize: ``torch`` (training's bicubic resampling on the device) or ``scipy`` (the reference's zoom).
         probabilities: also return the softmax on the native in-plane grid.
         progress: show a progress bar over slices.
+        spacing_hw: in-plane pixel size in mm (rows, columns); needed by a checkpoint with spacing-aware input
+            (``input_mode: spacing``): slices are resampled to its target spacing, covered by overlapping
+            model-size tiles and the probabilities resampled back (:mod:`medseg.data.spacing`).
 
     Returns:
         ``(labels uint8 (H, W, D), probabilities float16 (H, W, D, C) or None)``.
@@ -352,6 +358,14 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
     params = predictor.preprocessing
     size = params.img_size
     height, width, depth = oriented.shape
+    spacing_mode = params.input_mode == "spacing"
+    if spacing_mode:
+        if spacing_hw is None:
+            raise ConfigError("this checkpoint resamples slices to its target spacing (input_mode spacing): the "
+                              "volume's in-plane spacing is needed")
+        if resize != "torch":
+            raise ConfigError(f"resize: {resize} is not available with spacing-aware input (torch only)")
+        spacing_size = resampled_size((height, width), spacing_hw, params.target_spacing_mm)
     device = predictor.device
     rows = torch.from_numpy(nearest_index_map(size, height)).to(device)
     cols = torch.from_numpy(nearest_index_map(size, width)).to(device)
@@ -371,18 +385,27 @@ def segment_oriented(predictor: Predictor, oriented: np.ndarray, *, scaled: bool
             slices = slices.float()
             if not scaled:
                 slices = hu_window(slices, params.hu_min, params.hu_max)
-            images = resize_to_model(slices, size, params.image_interpolation)
+            if spacing_mode:
+                images = resample(slices[:, None], spacing_size, interpolation=params.image_interpolation)
+            else:
+                images = resize_to_model(slices, size, params.image_interpolation)
         else:
             chunk = chunk.astype(np.float32)
             if not scaled:
                 chunk = hu_window(chunk, params.hu_min, params.hu_max)
             images = resize_to_model_scipy(chunk, size).to(device)
-        batch_probs = forward_probabilities(predictor, images, tta=tta)  # (b, C, S, S)
-        batch_labels = batch_probs.argmax(dim=1)  # (b, S, S)
-        batch_labels = batch_labels.index_select(1, rows).index_select(2, cols)  # (b, H, W) nearest, reference
+        if spacing_mode:  # tiles over the resampled slice, probabilities back onto the slice's own pixels
+            native = to_native(sliding_window_probabilities(
+                images, size, lambda tiles: forward_probabilities(predictor, tiles, tta=tta)), (height, width))
+            batch_labels = native.argmax(dim=1)  # (b, H, W)
+        else:
+            batch_probs = forward_probabilities(predictor, images, tta=tta)  # (b, C, S, S)
+            batch_labels = batch_probs.argmax(dim=1)  # (b, S, S)
+            batch_labels = batch_labels.index_select(1, rows).index_select(2, cols)  # (b, H, W) nearest, reference
         labels[:, :, start:stop] = batch_labels.to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
         if probs_out is not None:
-            native = F.interpolate(batch_probs, size=(height, width), mode="bilinear", align_corners=True)
+            if not spacing_mode:
+                native = F.interpolate(batch_probs, size=(height, width), mode="bilinear", align_corners=True)
             probs_out[:, :, start:stop, :] = native.to(torch.float16).cpu().numpy().transpose(2, 3, 0, 1)
         bar.update(stop - start)
     bar.close()
@@ -443,11 +466,13 @@ def predict_volume(image: "Volume | str | Path", checkpoint: "str | Path | Predi
     started = time.perf_counter()
     if not reorient:
         oriented = volume.array
+        spacing_hw = volume.spacing[:2]
     else:
         oriented = orient_view(volume.array, volume.affine, predictor.preprocessing.axcodes)
+        spacing_hw = oriented_spacing(volume.affine, predictor.preprocessing.axcodes)[:2]
     labels_oriented, probs = segment_oriented(predictor, oriented, scaled=scaled, batch_size=batch_size, tta=tta,
                                               resize=resize, probabilities=return_probabilities,
-                                              progress=progress)
+                                              progress=progress, spacing_hw=spacing_hw)
     if not reorient:
         label_array = labels_oriented
     else:  # the 3D rebuild: back onto the input's voxel grid (medseg.engine.rebuild)

@@ -319,7 +319,8 @@ def validate(model: torch.nn.Module, prepared_dir, entries: list[dict], label_se
         for entry in entries:
             image, label = load_case_arrays(prepared_dir, entry["case_id"], mmap=True)
             oriented = np.moveaxis(image, 0, -1)  # (H, W, D) view of the slice-first stack
-            predicted, _ = segment_oriented(predictor, oriented, scaled=True, batch_size=batch_size)
+            predicted, _ = segment_oriented(predictor, oriented, scaled=True, batch_size=batch_size,
+                                            spacing_hw=entry["spacing"][:2])
             reference = np.ascontiguousarray(np.moveaxis(label, 0, -1))
             scores = evaluate_case(predicted, reference, entry["spacing"], label_set, protocol="standard")["standard"]
             values = []

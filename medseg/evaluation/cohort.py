@@ -67,6 +67,9 @@ The summary (a plain dict, written as ``summary.json`` by :func:`medseg.evaluati
       "case_info": {case_id: {"reference", "prediction",
                               "status": "evaluated|missing_prediction|unscorable_prediction|error",
                               "shape", "spacing_mm", "reference_format", "reoriented"}},
+      "flags": {case_id: [{"organ", "flag", "detail"}]},        # medseg.quality flags of each evaluated prediction
+      "flag_comparison": {"organ_results": {"flagged": {"n", "mean_dice"}, "unflagged": {...}},
+                          "cases": {...}},                        # medseg.quality.flag_comparison
       "standard": {                                               # present for protocol standard / both
         "metrics": ["dice", "hd95_mm", "assd_mm", "nsd", "pred_volume_ml", "ref_volume_ml"],
         "cases": {case_id: {organ: {"status": ..., "dice": ..., "hd95_mm": ..., ...}}},
@@ -103,6 +106,7 @@ from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, read_volume, strip_
 from medseg.labels import LabelSet, describe_label_map, find_label_map, get_label_set, remap_labels, with_label_map
 from medseg.evaluation.origin import (coarse_tolerance_warning, mixed_models_warning, model_groups,
                                       parse_tolerances, read_origin, resolve_label_set, resolve_organs)
+from medseg.quality import flag_comparison, quality_flags
 from medseg.evaluation.metrics import (
     BOTH_EMPTY,
     DEFAULT_TOLERANCE_MM,
@@ -295,6 +299,7 @@ def evaluate_pair(pair: CasePair, label_set: "LabelSet | str", protocol: str = "
                         record["status"] = status
         else:
             results = evaluate_case(prediction, reference, ref_volume.spacing, label_set, protocol, tolerance_mm)
+            info["flags"] = [f.to_dict() for f in quality_flags(prediction, ref_volume.affine, label_set)]
     except Exception as exc:
         return {"case_id": pair.case_id, "status": "error", "results": None, "info": info,
                 "error": _case_message(exc, pair.prediction or pair.reference, pair)}
@@ -502,7 +507,10 @@ def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
                       "message": r["error"] or "no prediction file"} for r in records if r["status"] != "evaluated"],
         "errors": [{"case_id": r["case_id"], "message": r["error"]} for r in records if r["error"]],
         "warnings": [],
-        "case_info": {r["case_id"]: {**r["info"], "status": r["status"]} for r in records},
+        "case_info": {r["case_id"]: {**{k: v for k, v in r["info"].items() if k != "flags"}, "status": r["status"]}
+                      for r in records},
+        # medseg.quality flags of each evaluated prediction, and whether flagged results score worse
+        "flags": {r["case_id"]: r["info"]["flags"] for r in records if "flags" in r["info"]},
     }
     metrics_of = {"standard": STANDARD_METRICS, "transunet": TRANSUNET_METRICS}
     for name in protocols_of(protocol):
@@ -513,8 +521,9 @@ def summarize(records: list[dict], label_set: "LabelSet | str", protocol: str,
             "cases": cases,
             **aggregate(cases, organs, metrics_of[name]),
         }
-    status_counts = dict.fromkeys(STATUSES, 0)
     first = protocols_of(protocol)[0]
+    summary["flag_comparison"] = flag_comparison(summary[first]["cases"], summary["flags"])
+    status_counts = dict.fromkeys(STATUSES, 0)
     for case in summary[first]["cases"].values():
         for record in case.values():
             status_counts[record["status"]] += 1

@@ -43,6 +43,7 @@ from medseg.data.cohort import discover_cases
 from medseg.errors import MedsegError
 from medseg.io import Volume, atomic_path, read_json, read_volume, write_json, write_text
 from medseg.labels import describe_label_map, get_label_set, remap_labels
+from medseg.quality import comparison_line, write_flags_csv
 from medseg.visualize import axial_view, oriented_case, png_bytes, render_views
 
 #: Row label, unit scale and decimals of each metric in the report tables.
@@ -103,6 +104,8 @@ def write_reports(summary: dict, out_dir: "str | Path", *, worst: int = 10, titl
     paths["per_case"] = out_dir / "per_case.csv"
     with atomic_path(paths["per_case"], suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)
+    if "flags" in summary:
+        paths["quality_flags"] = write_flags_csv(out_dir / "quality_flags.csv", summary["flags"])
 
     figures = {}
     protocol = primary_protocol(summary)
@@ -279,8 +282,9 @@ def worst_cases(summary: dict, n: int = 10) -> list[dict]:
         for organ, record in organs.items():
             if record.get("dice") is None:
                 continue
+            flags = [f["flag"] for f in summary.get("flags", {}).get(case_id, []) if f["organ"] == organ]
             rows.append({"case": case_id, "organ": organ, "dice": record["dice"], "hd95": record.get(hd_key),
-                         "status": record["status"]})
+                         "status": record["status"], "flags": ", ".join(flags)})
     rows.sort(key=lambda r: (r["dice"], -(r["hd95"] or 0.0), r["case"], r["organ"]))
     return rows[:n]
 
@@ -495,6 +499,8 @@ def report_sections(summary: dict, worst_rows: list[dict], figures: "dict[str, b
             _table(*extended_table(summary))]})
     sections.append({"heading": "Figures", "blocks": [_figures(figures or {}, FIGURE_CAPTIONS)]})
     worst = [_table(*_worst_table(summary, worst_rows))]
+    if summary.get("flag_comparison"):  # do flagged results score worse? (medseg.quality)
+        worst.append(_paragraph(f"{comparison_line(summary['flag_comparison'])} (quality_flags.csv)", style="note"))
     thumbnails = context.get("thumbnails") or {}
     if thumbnails:
         worst.append(_paragraph("Reference and prediction on the slice where they disagree most on the organ (the "
@@ -602,9 +608,9 @@ def _worst_table(summary: dict, worst_rows: list[dict]) -> tuple[list[str], list
     protocol = primary_protocol(summary)
     hd_label = "HD95 (mm)" if protocol == "standard" else "HD95 (voxels)"
     names = summary.get("display_names", {})
-    header = ["Case", "Organ", "DSC (%)", hd_label, "Status"]
+    header = ["Case", "Organ", "DSC (%)", hd_label, "Status", "Quality flags"]
     rows = [[r["case"], names.get(r["organ"], r["organ"]), _fmt(r["dice"], 100.0, 2), _fmt(r["hd95"], 1.0, 2),
-             r["status"]] for r in worst_rows]
+             r["status"], r.get("flags") or "-"] for r in worst_rows]
     return header, rows
 
 

@@ -27,7 +27,7 @@ from medseg.io import file_sha256, read_provenance, write_json
 
 #: Keys of a prediction's record that must match for an existing output to be reused.
 PREDICTION_KEYS = ("checkpoint_sha256", "input_sha256", "tta", "resize", "amp", "model", "labels", "img_size",
-                   "organs")
+                   "organs", "postprocess")
 #: ``format`` of a case record file.
 RECORD_FORMAT = "medseg-prediction-record"
 #: File-name ending of a case record after the case stem (``img0001_record.json``).

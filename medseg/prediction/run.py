@@ -28,14 +28,16 @@ from medseg import __version__
 from medseg.dicom import read_series, write_dicom_seg, write_rtstruct
 from medseg.engine.inference import Predictor, load_predictor, predict_volume, read_input, resolve_amp, resolve_device
 from medseg.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, ConfigError, InputError, MedsegError, OutputError
-from medseg.io import (Volume, atomic_path, check_output_path, is_nifti, read_json, read_provenance,
+from medseg.io import (Volume, file_sha256, atomic_path, check_output_path, is_nifti, read_json, read_provenance,
                        remove_stale_temps, write_json)
 from medseg.labels import BTCV13, SYNAPSE8, get_label_set
+from medseg.postprocess import finish_case, load_rules_for, rules_path
 from medseg.prediction import outputs
 from medseg.prediction.cases import (DicomCase, extra_paths, input_text, main_output, open_inputs, output_paths,
                                      plan_outputs, sidecar, source_files)
 from medseg.prediction.record import (CasePlan, checkpoint_sha256, expected_record, folder_records, plan_case,
                                       read_case_record, record_path, stem, write_case_record)
+from medseg.quality import write_flags_csv
 from medseg.schema import OUTPUT_TYPES, PredictRequest
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class PredictSummary:
     seconds: float = 0.0
     summary_path: "str | None" = None
     request: "PredictRequest | None" = None
+    postprocess: "dict | None" = None
 
     def names(self, status: str) -> list[str]:
         """Input names of the cases with ``status`` (``predicted``, ``exists`` or ``failed``)."""
@@ -103,6 +106,11 @@ class PredictSummary:
         if not (counts["predicted"] or counts["exists"]):
             return EXIT_BAD_INPUT
         return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+
+    @property
+    def flagged_cases(self) -> list[str]:
+        """Input names of the cases predicted in this run with quality flags (:mod:`medseg.quality`)."""
+        return [name for name, case in self.cases.items() if case.get("flags")]
 
     @property
     def mixed_checkpoints(self) -> bool:
@@ -139,6 +147,10 @@ def _predict_cases(request: PredictRequest, stack: contextlib.ExitStack) -> Pred
     remove_stale_temps(folder)
     settings = run_settings(request, checkpoint_sha256(request.checkpoint))
     summary.checkpoint_sha256 = settings["checkpoint_sha256"]
+    rules, settings["postprocess"] = postprocess_rules(request, settings["checkpoint_sha256"])
+    if rules is not None:
+        summary.postprocess = {"rules": str(rules_path(request.checkpoint)), "rules_sha256": settings["postprocess"],
+                               "organs": rules.describe(), "chosen_on": rules.validation.get("source")}
     expected = read_inputs(settings, pairs, summary, single_output)
     pairs_read = [(src, target) for src, target in pairs if src.name in expected]
     plans = plan_all(request, pairs_read, expected)
@@ -146,7 +158,7 @@ def _predict_cases(request: PredictRequest, stack: contextlib.ExitStack) -> Pred
     for src, target in pairs_read:
         if plans[src.name].action == "reuse":
             summary.cases[src.name] = {"status": "exists", "output": str(target)}
-    predictor = predict_todo(request, todo, expected, plans, folder, single_output, summary) if todo else None
+    predictor = predict_todo(request, todo, expected, plans, folder, single_output, summary, rules) if todo else None
     summary.cases = {src.name: summary.cases[src.name] for src, _ in pairs}  # input order
     records = refresh_folder_files(folder, request, predictor)
     summary.folder_checkpoints = checkpoints_of(records)
@@ -173,8 +185,22 @@ def read_inputs(settings: dict, pairs: list, summary: PredictSummary, single_out
     return expected
 
 
+def postprocess_rules(request: PredictRequest, checkpoint_hash: str) -> tuple:
+    """``(rules, the rules file's SHA-256)`` of the checkpoint (:func:`medseg.postprocess.load_rules_for`), or
+    ``(None, None)`` when it has none or ``postprocess`` is off. Rules chosen for another checkpoint are an
+    InputError, never applied."""
+    if not request.postprocess:
+        return None, None
+    rules = load_rules_for(request.checkpoint, checkpoint_hash)
+    if rules is None:
+        return None, None
+    log.info("post-processing rules %s: %s", rules_path(request.checkpoint),
+             ", ".join(f"{organ} {rule}" for organ, rule in rules.describe().items()) or "none chosen")
+    return rules, file_sha256(rules_path(request.checkpoint))
+
+
 def predict_todo(request: PredictRequest, todo: list, expected: dict, plans: dict, folder: Path, single_output: bool,
-                 summary: PredictSummary) -> Predictor:
+                 summary: PredictSummary, rules=None) -> Predictor:
     """Load the model, check the organs and the folder's label set, predict each (source, target) pair of ``todo``
     into ``summary.cases``; returns the predictor."""
     predictor = load_predictor(request.checkpoint, request.device, model_name=request.model, labels=request.labels,
@@ -187,7 +213,7 @@ def predict_todo(request: PredictRequest, todo: list, expected: dict, plans: dic
     summary.label_set, summary.model_name = predictor.label_set.name, predictor.model_name
     for number, (src, target) in enumerate(todo, start=1):
         summary.cases[src.name] = predict_one(src, target, predictor, request, organs, expected[src.name],
-                                              plans[src.name], single_output)
+                                              plans[src.name], single_output, rules)
         log.info("[%d/%d] %s -> %s: %s", number, len(todo), src.name, target, summary.cases[src.name]["status"])
     return predictor
 
@@ -268,13 +294,13 @@ def check_folder_label_set(folder: Path, label_set: str, replacing: set) -> None
 
 
 def predict_one(source, target: Path, predictor: Predictor, request: PredictRequest, organs, expected: dict,
-                plan: CasePlan, single_output: bool) -> dict:
+                plan: CasePlan, single_output: bool, rules=None) -> dict:
     """Predict one case and write its files; a MedsegError becomes a failed case (re-raised for a single output)."""
     provenance = dict(expected, checkpoint=str(request.checkpoint), input=input_text(source),
                       medseg_version=__version__, model_name=predictor.model_name,
                       label_set=predictor.label_set.name, preprocessing=predictor.preprocessing.to_dict())
     try:
-        record = predict_case(source, target, predictor, request, organs, provenance)
+        record = predict_case(source, target, predictor, request, organs, provenance, rules)
     except MedsegError as exc:
         if single_output:
             raise
@@ -292,9 +318,12 @@ def read_case(source) -> tuple[Volume, bool]:
     return read_input(source)
 
 
-def predict_case(source, target: Path, predictor: Predictor, request: PredictRequest, organs, provenance: dict) -> dict:
+def predict_case(source, target: Path, predictor: Predictor, request: PredictRequest, organs, provenance: dict,
+                 rules=None) -> dict:
     """Predict one input and write its files (extras first, the outputs next, the main output last, the case
-    record after them); returns what was written."""
+    record after them); returns what was written. The post-processing ``rules`` (when given) and the quality flags
+    (:func:`medseg.postprocess.finish_case`) come before the organ selection; ``request.raw_output`` gets the
+    labels as the model made them."""
     started = time.perf_counter()
     volume, h5_input = read_case(source)
     prediction = predict_volume(volume, predictor, batch_size=request.batch_size, tta=request.tta,
@@ -303,6 +332,13 @@ def predict_case(source, target: Path, predictor: Predictor, request: PredictReq
     probabilities = None
     if request.save_probabilities:
         prediction, probabilities = prediction
+    raw = prediction.array
+    prediction.array, case = finish_case(raw, prediction.affine, predictor.label_set, rules,
+                                         image=None if h5_input else volume.array, flags=not h5_input)
+    if request.raw_output and rules is not None:
+        raw_labels = Volume(outputs.keep_organs(raw, predictor.label_set, organs), prediction.affine)
+        outputs.write_labels_nifti(Path(request.raw_output) / target.name, raw_labels, predictor.label_set,
+                                   provenance=dict(provenance, postprocess=None))
     prediction.array = outputs.keep_organs(prediction.array, predictor.label_set, organs)
     if any(kind != "nifti" for kind in request.output_types) and not prediction.array.any():
         raise InputError(f"{source.name}: no organ predicted, and a DICOM-SEG / RTSTRUCT needs at least one; "
@@ -331,7 +367,7 @@ def predict_case(source, target: Path, predictor: Predictor, request: PredictReq
     if isinstance(source, DicomCase):
         info["dicom"] = source.series.summary()
     return {"status": "predicted", "seconds": round(time.perf_counter() - started, 3), "shape": list(prediction.shape),
-            **info, "outputs": {kind: str(path) for kind, path in written.items() if kind in OUTPUT_TYPES},
+            **info, **case, "outputs": {kind: str(path) for kind, path in written.items() if kind in OUTPUT_TYPES},
             **({"preview": str(written["preview"])} if "preview" in written else {}),
             **({"masks": str(written["masks"])} if "masks" in written else {})}
 
@@ -485,4 +521,11 @@ def write_summary(summary: PredictSummary, request: PredictRequest, pairs: list,
         "organs": request.organs, "label_set": summary.label_set, "model_name": summary.model_name,
         "dicom_series": [s.series.summary() | {"name": s.name} for s, _ in pairs] if dicom_input else [],
         "seconds": summary.seconds, "warnings": warnings, "cases": summary.cases,
+        "postprocess": summary.postprocess,
+        "postprocess_off": None if summary.postprocess else (
+            "--no-postprocess" if not request.postprocess else "the checkpoint has no rules file"),
+        "flagged_cases": summary.flagged_cases,
+        "quality_flags": str(write_flags_csv(output / "quality_flags.csv",
+                                             {name: case["flags"] for name, case in summary.cases.items()
+                                              if "flags" in case})),
     })
