@@ -88,3 +88,24 @@ def test_rules_of_another_checkpoint_are_refused(images, checkpoint, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "chosen for another checkpoint" in err[0] and "--no-postprocess" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+
+def test_quality_flags_csv_keeps_the_rows_of_reused_cases(images, checkpoint, tmp_path):
+    """A re-run that reuses a case and predicts a new one lists both in quality_flags.csv (rebuilt from records)."""
+    from medseg.quality import flags_csv_text
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(images / "img0001.nii.gz", folder)
+    assert _predict("-i", folder, "-o", tmp_path / "out", "-m", checkpoint) == 0
+    first = (tmp_path / "out" / "quality_flags.csv").read_text()
+    shutil.copy(images / "img0002.nii.gz", folder)
+    assert _predict("-i", folder, "-o", tmp_path / "out", "-m", checkpoint) == 0
+    summary = json.loads((tmp_path / "out" / "predict_summary.json").read_text())
+    assert summary["counts"]["exists"] == 1 and summary["counts"]["predicted"] == 1
+    records = {n: json.loads((tmp_path / "out" / f"{n}_record.json").read_text()) for n in ("img0001", "img0002")}
+    flags = {n: record["quality"]["flags"] for n, record in records.items()}
+    assert flags["img0001"] == summary["cases"]["img0001.nii.gz"].get("flags", flags["img0001"])
+    assert first == flags_csv_text({"img0001": flags["img0001"]})
+    assert (tmp_path / "out" / "quality_flags.csv").read_text() == flags_csv_text(flags)

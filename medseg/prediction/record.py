@@ -98,7 +98,8 @@ def file_fingerprint(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def write_case_record(target: Path, provenance: dict, outputs: dict[str, Path], written: list[Path]) -> Path:
+def write_case_record(target: Path, provenance: dict, outputs: dict[str, Path], written: list[Path],
+                      quality: "dict | None" = None) -> Path:
     """Write ``NAME_record.json`` for the case predicted to ``target``.
 
     Args:
@@ -106,6 +107,8 @@ def write_case_record(target: Path, provenance: dict, outputs: dict[str, Path], 
         provenance: what made it (the NIfTI header's record).
         outputs: kind -> file (the folder for ``masks``).
         written: every file the case wrote (each split mask among them).
+        quality: the case's post-processing result and quality flags (:func:`medseg.postprocess.finish_case`),
+            kept so that the folder's ``quality_flags.csv`` can be rebuilt from every case's record.
     """
     folder = target.parent
     files = {}
@@ -114,6 +117,8 @@ def write_case_record(target: Path, provenance: dict, outputs: dict[str, Path], 
     record = {"format": RECORD_FORMAT, "version": 1, "provenance": provenance,
               "outputs": {kind: Path(path).relative_to(folder).as_posix() for kind, path in outputs.items()},
               "files": files, "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if quality is not None:
+        record["quality"] = quality
     return write_json(record_path(target), record)
 
 

@@ -363,7 +363,7 @@ def predict_case(source, target: Path, predictor: Predictor, request: PredictReq
                                    provenance, written))
     files += [written[kind] for kind in request.output_types]
     remove_stale_files(target, previous, files)
-    write_case_record(target, provenance, written, files)
+    write_case_record(target, provenance, written, files, quality=case)
     if isinstance(source, DicomCase):
         info["dicom"] = source.series.summary()
     return {"status": "predicted", "seconds": round(time.perf_counter() - started, 3), "shape": list(prediction.shape),
@@ -525,7 +525,18 @@ def write_summary(summary: PredictSummary, request: PredictRequest, pairs: list,
         "postprocess_off": None if summary.postprocess else (
             "--no-postprocess" if not request.postprocess else "the checkpoint has no rules file"),
         "flagged_cases": summary.flagged_cases,
-        "quality_flags": str(write_flags_csv(output / "quality_flags.csv",
-                                             {name: case["flags"] for name, case in summary.cases.items()
-                                              if "flags" in case})),
+        "quality_flags": write_folder_flags(output),
     })
+
+
+def write_folder_flags(output: Path) -> "str | None":
+    """``quality_flags.csv`` of every case in the folder, rebuilt from the case records (so reused cases keep their
+    rows); None, and no file, when no case of the folder has quality flags computed (TransUNet h5 input, or
+    nothing predicted)."""
+    flags_by_case = {name: record["quality"]["flags"] for name, record in folder_records(output).items()
+                     if isinstance(record.get("quality"), dict) and "flags" in record["quality"]}
+    path = output / "quality_flags.csv"
+    if not flags_by_case:
+        path.unlink(missing_ok=True)
+        return None
+    return str(write_flags_csv(path, flags_by_case))
