@@ -358,7 +358,7 @@ def _run_stages(pipeline: Pipeline, keys: dict, dry_run: bool, force, progress: 
         if resumable:
             foreign = list(started_record.get("foreign", []))
         else:
-            foreign = clear_stage_dir(stage_dir, name)
+            foreign = clear_stage_dir(stage_dir, name, also_owned=written_by_other_stages(pipeline, name))
         stage_dir.mkdir(parents=True, exist_ok=True)
         write_json(started_path, {"key": keys[name], "params": params, "foreign": foreign})
         record_path.unlink(missing_ok=True)
@@ -370,7 +370,8 @@ def _run_stages(pipeline: Pipeline, keys: dict, dry_run: bool, force, progress: 
         written = sorted(set(stage_files(stage_dir)) - set(foreign))
         write_json(record_path, {"key": keys[name], "params": params, "outputs": stage_outputs,
                                  "seconds": round(seconds, 2), "medseg_version": __version__, "files": written,
-                                 "sizes": file_sizes(stage_dir, written)})
+                                 "sizes": file_sizes(stage_dir, written),
+                                 "sha256": file_hashes(stage_dir, written)})
         started_path.unlink(missing_ok=True)
         results.append(StageResult(name, "ran", seconds, stage_outputs))
     return results
@@ -381,10 +382,16 @@ def file_sizes(stage_dir: Path, files: list[str]) -> dict[str, int]:
     return {name: (stage_dir / name).stat().st_size for name in files if (stage_dir / name).exists()}
 
 
-def changed_outputs(stage_dir: Path, record: dict) -> "str | None":
-    """What is no longer as a finished stage left it (a recorded file missing, or of another size), or None.
+def file_hashes(stage_dir: Path, files: list[str]) -> dict[str, str]:
+    """``{relative path: SHA-256}`` of a stage's files (a link: its target's contents)."""
+    return {name: file_sha256(stage_dir / name) for name in files if (stage_dir / name).is_file()}
 
-    A stage record without sizes (an older medseg) is taken as it is.
+
+def changed_outputs(stage_dir: Path, record: dict) -> "str | None":
+    """What is no longer as a finished stage left it (a recorded file missing, of another size or other contents),
+    or None. Sizes are compared first (cheap), then the SHA-256 recorded when the stage finished.
+
+    A stage record without sizes or hashes (an older medseg) is taken as it is.
     """
     for name, size in (record.get("sizes") or {}).items():
         path = stage_dir / name
@@ -392,6 +399,12 @@ def changed_outputs(stage_dir: Path, record: dict) -> "str | None":
             return f"{path} is missing"
         if path.stat().st_size != size:
             return f"{path} changed size ({path.stat().st_size} bytes, {size} when written)"
+    for name, digest in (record.get("sha256") or {}).items():
+        path = stage_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if file_sha256(path) != digest:
+            return f"{path} changed since it was written (SHA-256 differs)"
     return None
 
 
@@ -403,7 +416,23 @@ def stage_files(stage_dir: Path) -> list[str]:
             if not p.is_dir() and p.name not in (STAGE_FILE, STARTED_FILE, LOCK_FILE)]
 
 
-def clear_stage_dir(stage_dir: Path, name: str) -> list[str]:
+def written_by_other_stages(pipeline: Pipeline, name: str) -> list[str]:
+    """Relative paths inside stage ``name``'s folder of the files that other stages recorded as their outputs (the
+    postprocess stage writes its rules beside the train stage's checkpoint): a re-run of ``name`` makes them stale,
+    and they are medseg's, so they are removed with the stage's own files."""
+    stage_dir = (pipeline.run_dir / name).resolve()
+    found = []
+    for other in pipeline.stages:
+        record = _read_record(pipeline.run_dir / other / STAGE_FILE) if other != name else None
+        for value in ((record or {}).get("outputs") or {}).values():
+            if isinstance(value, str) and value:
+                path = Path(value).resolve()
+                if path.is_file() and stage_dir in path.parents:
+                    found.append(path.relative_to(stage_dir).as_posix())
+    return found
+
+
+def clear_stage_dir(stage_dir: Path, name: str, also_owned=()) -> list[str]:
     """Remove what an earlier run of a stage wrote, before the stage runs again; return the files kept.
 
     Only files medseg's record lists are removed: ``stage.json``'s ``files`` (a finished stage), or, for an
@@ -411,7 +440,8 @@ def clear_stage_dir(stage_dir: Path, name: str) -> list[str]:
     record of an older medseg without either list counts the whole folder as medseg's (as that version did); a
     folder with no stage record is not medseg's at all. Files that are not medseg's are kept (and logged) when they
     lie directly in the stage folder; inside the stage's output folders they would be taken for its output, so the
-    run is refused before anything is removed.
+    run is refused before anything is removed. ``also_owned``: files another stage recorded writing into this
+    stage's folder (:func:`written_by_other_stages`), removed too.
 
     Raises:
         OutputError: a file medseg did not write lies inside the stage's output folders.
@@ -429,6 +459,7 @@ def clear_stage_dir(stage_dir: Path, name: str) -> list[str]:
         owned = set(present)
     else:
         owned = set()
+    owned |= set(also_owned) & set(present)
     foreign = [f for f in present if f not in owned]
     nested = [f for f in foreign if "/" in f]
     if nested:

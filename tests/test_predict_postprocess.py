@@ -109,3 +109,32 @@ def test_quality_flags_csv_keeps_the_rows_of_reused_cases(images, checkpoint, tm
     assert flags["img0001"] == summary["cases"]["img0001.nii.gz"].get("flags", flags["img0001"])
     assert first == flags_csv_text({"img0001": flags["img0001"]})
     assert (tmp_path / "out" / "quality_flags.csv").read_text() == flags_csv_text(flags)
+
+
+def test_rules_of_another_label_set_are_refused(images, checkpoint, tmp_path, capsys):
+    """btcv13 rules on a synapse8 checkpoint would act on other organs' class numbers (esophagus 5 = liver 5)."""
+    from medseg.labels import BTCV13
+
+    model = tmp_path / "model" / "last.pt"
+    model.parent.mkdir()
+    shutil.copy(checkpoint, model)
+    save_rules(rules_path(model), PostprocessRules("btcv13", {"esophagus": OrganRule(min_component_ml=1e6)},
+                                                   checkpoint_sha256=file_sha256(model),
+                                                   validation={"source": "test"}))
+    assert "esophagus" in BTCV13.organs
+    assert _predict("-i", images, "-o", tmp_path / "out", "-m", model) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label set btcv13" in err[0] and "synapse8" in err[0]
+    assert not (tmp_path / "out" / "img0001.nii.gz").exists()
+
+
+def test_a_case_interrupted_before_its_record_is_predicted_again_without_overwrite(images, checkpoint, tmp_path):
+    """The labels were written (with this run's provenance in their header) but the record was not: the same
+    command predicts the case again instead of asking for --overwrite."""
+    assert _predict("-i", images, "-o", tmp_path / "out", "-m", checkpoint) == 0
+    (tmp_path / "out" / "img0001_record.json").unlink()
+    assert _predict("-i", images, "-o", tmp_path / "out", "-m", checkpoint) == 0
+    summary = json.loads((tmp_path / "out" / "predict_summary.json").read_text())
+    assert summary["cases"]["img0001.nii.gz"]["status"] == "predicted"
+    assert summary["cases"]["img0002.nii.gz"]["status"] == "exists"
+    assert (tmp_path / "out" / "img0001_record.json").exists()

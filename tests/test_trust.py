@@ -14,6 +14,7 @@ import pytest
 from scipy import ndimage
 
 from medseg.cli import main
+from medseg.errors import MedsegError
 from medseg.io import Volume, read_json, write_volume
 from medseg.labels import BTCV13, SYNAPSE8
 from medseg.prediction.outputs import write_labels_nifti
@@ -791,3 +792,30 @@ def test_a_cached_stage_whose_output_was_damaged_runs_again(tmp_path, caplog):
     assert "img0001.nii.gz changed size" in caplog.text
     assert image.read_bytes() == whole  # written again, the same phantom
     assert [r.status for r in run_pipeline(load_pipeline(path), progress=False)] == ["cached"]
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF  # same size, other contents
+    image.write_bytes(bytes(flipped))
+    assert [r.status for r in run_pipeline(load_pipeline(path), progress=False)] == ["ran"]
+    assert "img0001.nii.gz changed since it was written (SHA-256 differs)" in caplog.text
+    assert image.read_bytes() == whole
+
+
+def test_a_file_another_stage_wrote_into_a_stage_folder_does_not_block_its_rerun(tmp_path):
+    """The postprocess stage writes its rules beside the train stage's checkpoint; re-running training removes them
+    (they are stale) instead of refusing them as a foreign file."""
+    from medseg.pipeline import Pipeline, clear_stage_dir, written_by_other_stages
+
+    run = tmp_path / "run"
+    (run / "train" / "run").mkdir(parents=True)
+    (run / "postprocess").mkdir()
+    checkpoint, rules = run / "train" / "run" / "last.pt", run / "train" / "run" / "last.postprocess.json"
+    checkpoint.write_bytes(b"ckpt")
+    (run / "train" / "stage.json").write_text(json.dumps({"files": ["run/last.pt"], "outputs": {}}))
+    rules.write_text("{}")
+    (run / "postprocess" / "stage.json").write_text(json.dumps({"files": [], "outputs": {"rules": str(rules)}}))
+    pipeline = Pipeline("p", run, None, {"train": {}, "postprocess": {}})
+    with pytest.raises(MedsegError, match="not written by medseg"):
+        clear_stage_dir(run / "train", "train")
+    assert written_by_other_stages(pipeline, "train") == ["run/last.postprocess.json"]
+    assert clear_stage_dir(run / "train", "train", also_owned=written_by_other_stages(pipeline, "train")) == []
+    assert not checkpoint.exists() and not rules.exists()

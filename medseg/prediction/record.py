@@ -175,13 +175,13 @@ def plan_case(target: Path, marker: Path, kinds: list[str], expected: dict, over
         return CasePlan("predict", "--overwrite", marker)
     if record is None and not marker.exists():
         return CasePlan("predict", "not predicted yet", marker)
-    why = record_mismatch(marker, expected) if marker.exists() and marker.name.endswith((".nii.gz", ".nii")) \
-        else None
-    if why is None:
+    nifti_marker = marker.exists() and marker.name.endswith((".nii.gz", ".nii"))
+    why = record_mismatch(marker, expected) if nifti_marker else None
+    if why is None and (record is not None or not nifti_marker):  # a DICOM output without a record: not ours to say
         why = provenance_mismatch(record.get("provenance") if record else None, expected)
     if why is not None:
         return CasePlan("conflict", why, marker)
-    if record is None:  # the labels were written, the record was not: an interrupted case
+    if record is None:  # the labels (with this run's provenance) were written, the record was not: interrupted
         return CasePlan("predict", "no case record (interrupted before it finished)", marker)
     missing = [kind for kind in kinds if kind not in record.get("outputs", {})]
     if missing:

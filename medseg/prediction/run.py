@@ -208,6 +208,10 @@ def predict_todo(request: PredictRequest, todo: list, expected: dict, plans: dic
     log.info("model %s (%s, %d classes, input %d px) on %s, amp %s; %d case(s) to predict", predictor.model_name,
              predictor.label_set.name, predictor.num_classes, predictor.img_size, predictor.device, predictor.amp,
              len(todo))
+    if rules is not None and rules.label_set != predictor.label_set.name:
+        raise InputError(f"{rules_path(request.checkpoint)}: post-processing rules of label set {rules.label_set}, "
+                         f"but the checkpoint predicts {predictor.label_set.name}: a rule would act on another "
+                         "organ's class; choose the rules again or use --no-postprocess")
     organs = outputs.check_organs(request.organs, predictor.label_set)
     check_folder_label_set(folder, predictor.label_set.name, {stem(target) for _, target in todo})
     summary.label_set, summary.model_name = predictor.label_set.name, predictor.model_name
