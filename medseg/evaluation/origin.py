@@ -14,15 +14,16 @@ Every label NIfTI medseg writes names its label set in the header (``intent_name
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 
 from medseg.errors import ConfigError, InputError
+from medseg.evaluation.metrics import check_tolerance
 from medseg.io import read_provenance
 from medseg.labels import LABEL_SETS, LabelSet
+from medseg.schema import parse_mm_by_organ
 
 #: Settings of a prediction's record that make two predictions "the same model" (besides the label set).
 MODEL_KEYS = ("checkpoint_sha256", "tta", "resize", "amp", "model", "img_size")
@@ -165,52 +166,30 @@ def tolerance_text(default_mm: float, by_organ: "dict | None") -> str:
 
 
 def parse_tolerances(text: "str | float | dict | None", default_mm: float) -> tuple[float, dict[str, float]]:
-    """NSD tolerances from ``--tolerance``: ``"2"``, ``"liver=5,spleen=3"`` or ``"3,liver=5"`` (mm).
+    """NSD tolerances: ``"2"``, ``"liver=5,spleen=3"`` or ``"3,liver=5"`` (mm), a number, or ``{organ: mm}``.
 
     Returns:
         ``(default_mm, {organ: mm})``: the tolerance of organs not named, and the per-organ overrides.
 
     Raises:
-        ConfigError: a value that is not a finite number >= 0, an empty organ name, or an organ given twice.
+        ConfigError: a value that is not a finite number >= 0, two defaults, an empty organ name, or an organ given
+            twice (:func:`medseg.schema.parse_mm_by_organ`).
     """
     if text is None:
         return float(default_mm), {}
     if isinstance(text, dict):
-        items = [(str(k), v) for k, v in text.items()]
-    elif isinstance(text, (int, float)):
-        items = [(None, text)]
-    else:
-        items = []
-        for part in (p.strip() for p in str(text).split(",")):
-            if not part:
-                continue
-            organ, sep, value = part.partition("=")
-            items.append((organ.strip(), value) if sep else (None, organ))
-    if not items:
+        return float(default_mm), parse_mm_by_organ(text, "tolerance")
+    if isinstance(text, (int, float)):
+        return check_tolerance(text), {}
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not parts:
         raise ConfigError(f"tolerance: {text!r}: no value given (a number of mm, or ORGAN=MM pairs)")
-    overrides: dict[str, float] = {}
-    for organ, value in items:
-        mm = _tolerance_value(value, text)
-        if organ is None:
-            default_mm = mm
-        elif not organ:
-            raise ConfigError(f"tolerance: {text!r}: an organ name is missing before '='")
-        elif organ in overrides:
-            raise ConfigError(f"tolerance: {text!r}: organ {organ!r} given twice")
-        else:
-            overrides[organ] = mm
-    return float(default_mm), overrides
-
-
-def _tolerance_value(value, text) -> float:
-    """One tolerance in mm (ConfigError naming ``text`` unless a finite number >= 0)."""
-    try:
-        mm = float(value)
-    except (TypeError, ValueError):
-        mm = math.nan
-    if not (math.isfinite(mm) and mm >= 0):
-        raise ConfigError(f"tolerance: {text!r}: {value!r} is not a finite number of mm >= 0")
-    return mm
+    defaults = [part for part in parts if "=" not in part]
+    if len(defaults) > 1:
+        raise ConfigError(f"tolerance: {text!r}: more than one default tolerance")
+    pairs = ",".join(part for part in parts if "=" in part)
+    overrides = parse_mm_by_organ(pairs, f"tolerance {text!r}") if pairs else {}
+    return (check_tolerance(defaults[0]) if defaults else float(default_mm)), overrides
 
 
 def coarse_tolerance_warning(tolerances: dict[str, float], spacings: list) -> "str | None":
