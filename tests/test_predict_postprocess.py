@@ -138,3 +138,17 @@ def test_a_case_interrupted_before_its_record_is_predicted_again_without_overwri
     assert summary["cases"]["img0001.nii.gz"]["status"] == "predicted"
     assert summary["cases"]["img0002.nii.gz"]["status"] == "exists"
     assert (tmp_path / "out" / "img0001_record.json").exists()
+
+
+def test_a_single_file_prediction_names_its_model_in_the_evaluation_report(images, checkpoint, tmp_path):
+    """No predict_summary.json beside a single-file prediction: the report names the model from its header."""
+    from helpers import tiny_case
+
+    predictions, references = tmp_path / "pred", tmp_path / "ref"
+    assert _predict("-i", images / "img0001.nii.gz", "-o", predictions / "img0001.nii.gz", "-m", checkpoint) == 0
+    assert not (predictions / "predict_summary.json").exists()
+    write_volume(references / "img0001.nii.gz", tiny_case(1, shape=(20, 18, 6))[1])
+    assert main(["evaluate", str(references), str(predictions), "-o", str(tmp_path / "report"),
+                 "--reference-format", "classes", "--no-progress", "--workers", "1"]) in (0, 1)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "TransUNet-Tiny" in report and file_sha256(checkpoint) in report

@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 
 from medseg.data.cohort import discover_cases
 from medseg.errors import MedsegError
-from medseg.io import Volume, atomic_path, read_json, read_volume, write_json, write_text
+from medseg.io import Volume, atomic_path, read_json, read_provenance, read_volume, write_json, write_text
 from medseg.labels import describe_label_map, get_label_set, remap_labels
 from medseg.quality import comparison_line, write_flags_csv
 from medseg.visualize import axial_view, oriented_case, png_bytes, render_views
@@ -149,10 +149,21 @@ STD_CONVENTION = "std is the population standard deviation (ddof=0) over the sco
 
 
 def provenance_from_predictions(summary: dict) -> dict:
-    """What ``medseg predict`` recorded next to the predictions (checkpoint, input), when it did."""
+    """What ``medseg predict`` recorded next to the predictions (checkpoint, input), when it did: its
+    ``predict_summary.json``, or else (a single-file prediction, a folder of copied files) the model and settings that
+    every prediction's own header names (``prediction_origin``), when they all name the same."""
     folder = summary.get("prediction_dir")
     if not folder or not (Path(folder) / "predict_summary.json").is_file():
-        return {}
+        groups = summary.get("prediction_origin") or []
+        if not folder or len(groups) != 1 or not groups[0].get("model"):
+            return {}
+        try:  # every file was made alike (one group): the first one's header says by what
+            record = read_provenance(Path(folder) / groups[0]["files"][0]) or {}
+        except Exception:  # an unreadable header only loses these lines, never the report
+            return {}
+        return {"model": record.get("model_name"), "checkpoint": record.get("checkpoint"),
+                "checkpoint_sha256": record.get("checkpoint_sha256"),
+                "data": record.get("input") if len(groups[0]["files"]) == 1 else None}
     try:
         record = read_json(Path(folder) / "predict_summary.json")
     except Exception:  # an unreadable record only loses the header, never the report
