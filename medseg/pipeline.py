@@ -43,7 +43,6 @@ from medseg.engine.inference import load_predictor, predict_volume
 from medseg.engine.train import LAST, METRICS_FILE, read_metrics, train
 from medseg.errors import ConfigError, MedsegError, OutputError, TrainingStopped
 from medseg.evaluation.cohort import evaluate_folders
-from medseg.evaluation.origin import tolerance_text
 from medseg.evaluation.postprocess import choose_rules
 from medseg.evaluation.plots import training_curve_png
 from medseg.evaluation.report import write_reports
@@ -644,10 +643,12 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
             link.symlink_to(source.resolve())
     label_set = load_manifest(outputs["prepare"]["prepared"])["label_set"]
 
-    def evaluate(predictions: str, name: str, unprepared: dict) -> dict:
+    unprepared = _unprepared_cases(outputs["prepare"])
+
+    def evaluate(predictions: str, name: str) -> dict:
         summary = evaluate_folders(references, predictions, labels=label_set, protocol=params["protocol"],
-                                   tolerance_mm=tolerance_text(params["tolerance_mm"], params["tolerance_by_organ"]),
-                                   workers=params["workers"],
+                                   tolerance_mm=params["tolerance_mm"],
+                                   tolerance_by_organ=params["tolerance_by_organ"], workers=params["workers"],
                                    reference_format="raw", progress=progress, label_map=params.get("label_map"))
         if unprepared:
             summary["unprepared_cases"] = unprepared
@@ -658,12 +659,11 @@ def _stage_evaluate(pipeline, params, stage_dir: Path, outputs, progress) -> dic
         write_json(stage_dir / name, summary)
         return summary
 
-    unprepared = _unprepared_cases(outputs["prepare"])
-    summary = evaluate(outputs["predict"]["predictions"], "summary.json", unprepared)
+    summary = evaluate(outputs["predict"]["predictions"], "summary.json")
     result = {"summary": str(stage_dir / "summary.json"), "headline": headline(summary),
               "failed": summary["counts"]["failed"], "unprepared": len(unprepared)}
     if outputs["predict"].get("predictions_raw"):  # post-processing on: the model's own output scored as well
-        raw = evaluate(outputs["predict"]["predictions_raw"], "summary_without_postprocessing.json", unprepared)
+        raw = evaluate(outputs["predict"]["predictions_raw"], "summary_without_postprocessing.json")
         result["headline"] = [f"with post-processing: {line}" for line in result["headline"]]
         result["headline"] += [f"without post-processing: {line}" for line in headline(raw)
                                if not line.startswith("warning:")]

@@ -53,17 +53,13 @@ def run(args: argparse.Namespace) -> int:
 
     from medseg.errors import EXIT_OK, EXIT_SOME_FAILED, InputError
     from medseg.evaluation.cohort import evaluate_folders
-    from medseg.evaluation.origin import tolerance_text
     from medseg.evaluation.report import write_reports
     from medseg.io import check_output_path, remove_stale_temps
 
     settings = schema.build(EvaluateStage, schema.check_flags(args, EvaluateStage), "command line")
     check_output_path(args.output, "report folder", folder=True)
     remove_stale_temps(args.output)
-    options = dataclasses.asdict(settings)
-    by_organ = options.pop("tolerance_by_organ")
-    options["tolerance_mm"] = tolerance_text(options["tolerance_mm"], by_organ)
-    summary = evaluate_folders(args.ref_dir, args.pred_dir, labels=args.labels, **options,
+    summary = evaluate_folders(args.ref_dir, args.pred_dir, labels=args.labels, **dataclasses.asdict(settings),
                                reference_format=args.reference_format, progress=not args.no_progress)
     paths = write_reports(summary, args.output, extended=args.extended_metrics, thumbnails=max(args.thumbnails, 0))
     _log_summary(summary)

@@ -107,6 +107,7 @@ from medseg.labels import LabelSet, describe_label_map, find_label_map, get_labe
 from medseg.evaluation.origin import (coarse_tolerance_warning, mixed_models_warning, model_groups,
                                       parse_tolerances, read_origin, resolve_label_set, resolve_organs)
 from medseg.quality import flag_comparison, quality_flags
+from medseg.schema import parse_mm_by_organ
 from medseg.evaluation.metrics import (
     BOTH_EMPTY,
     DEFAULT_TOLERANCE_MM,
@@ -335,7 +336,8 @@ def reference_label_set(labels: "str | LabelSet | dict", ref_dir, label_map: "st
 
 
 def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet | None" = None, protocol: str = "both",
-                     tolerance_mm: "float | str | dict" = DEFAULT_TOLERANCE_MM, workers: "int | None" = None,
+                     tolerance_mm: "float | str | dict" = DEFAULT_TOLERANCE_MM,
+                     tolerance_by_organ: "dict | str | None" = None, workers: "int | None" = None,
                      reference_format: str = "auto", progress: bool = True,
                      label_map: "str | Path | None" = None) -> dict:
     """Evaluate every prediction of PRED_DIR against the references of REF_DIR.
@@ -349,6 +351,8 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet | None" = Non
         protocol: ``standard``, ``transunet`` or ``both``.
         tolerance_mm: NSD tolerance in mm: a number, ``"liver=5,spleen=3"`` / ``"3,liver=5"`` (a default plus
             per-organ values), or ``{organ: mm}``.
+        tolerance_by_organ: per-organ NSD tolerances in mm (``{organ: mm}`` or ``"liver=5,spleen=3"``) over those of
+            ``tolerance_mm`` (the evaluate stage's ``tolerance_by_organ``, ``--tolerance-by-organ``).
         workers: processes evaluating cases in parallel (1 = in this process); default :func:`default_workers`.
         reference_format: ``auto``, ``raw`` or ``classes``.
         progress: show progress over cases on stderr (a bar on a terminal, log lines elsewhere; medseg.progress).
@@ -365,6 +369,8 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet | None" = Non
     """
     protocols_of(protocol)
     default_mm, overrides = parse_tolerances(tolerance_mm, DEFAULT_TOLERANCE_MM)
+    if tolerance_by_organ:
+        overrides.update(parse_mm_by_organ(tolerance_by_organ, "tolerance_by_organ"))
     workers = default_workers() if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be a whole number >= 1, got {workers!r}")

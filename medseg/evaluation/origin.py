@@ -159,12 +159,6 @@ def mixed_models_warning(groups: list[dict]) -> "str | None":
             + "; ".join(parts))
 
 
-def tolerance_text(default_mm: float, by_organ: "dict | None") -> str:
-    """Tolerances as :func:`parse_tolerances` takes them: ``"2.0,liver=5,spleen=3"`` (mm), from the evaluate
-    stage's ``tolerance_mm`` and ``tolerance_by_organ`` (``--tolerance``, ``--tolerance-by-organ``)."""
-    return ",".join([str(default_mm)] + [f"{organ}={mm}" for organ, mm in (by_organ or {}).items()])
-
-
 def parse_tolerances(text: "str | float | dict | None", default_mm: float) -> tuple[float, dict[str, float]]:
     """NSD tolerances: ``"2"``, ``"liver=5,spleen=3"`` or ``"3,liver=5"`` (mm), a number, or ``{organ: mm}``.
 
