@@ -121,9 +121,10 @@ def score_real_ct(checkpoint: str, out_dir: Path, real_dir: Path = REAL_CT) -> d
     return summary
 
 
-def score_real_ct_both(checkpoint: str, out_dir: Path, real_dir: Path = REAL_CT) -> dict:
-    """The real CT predicted with ``checkpoint``, scored without and with its post-processing rules (the rules file
-    beside the checkpoint, :func:`medseg.postprocess.load_rules_for`): ``{"without": summary, "with": summary}``."""
+def score_cohort_both(checkpoint: str, out_dir: Path, cohort_dir: Path = REAL_CT) -> dict:
+    """Every case of ``cohort_dir`` (raw BTCV layout) predicted with ``checkpoint``, scored without and with its
+    post-processing rules (the rules file beside the checkpoint, :func:`medseg.postprocess.load_rules_for`):
+    ``{"without": summary, "with": summary}`` (standard protocol, label set ``synapse8``)."""
     from medseg.data.cohort import discover_cases
     from medseg.engine.inference import load_predictor, predict_volume
     from medseg.evaluation.cohort import evaluate_folders
@@ -138,18 +139,52 @@ def score_real_ct_both(checkpoint: str, out_dir: Path, real_dir: Path = REAL_CT)
     folders = {"without": out_dir / "predictions_raw", "with": out_dir / "predictions"}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    for case in discover_cases(real_dir):
+    for case in discover_cases(cohort_dir):
         labels = predict_volume(case.image, predictor, batch_size=32)
         write_volume(folders["without"] / f"{case.case_id}.nii.gz", labels, dtype="uint8")
         processed = apply_rules(labels.array, labels.spacing, rules)[0]
         write_volume(folders["with"] / f"{case.case_id}.nii.gz", Volume(processed, labels.affine), dtype="uint8")
     summaries = {}
     for name, folder in folders.items():
-        summaries[name] = evaluate_folders(real_dir, folder, labels="synapse8", protocol="standard", workers=1,
-                                           reference_format="raw", progress=False)
+        summaries[name] = evaluate_folders(cohort_dir, folder, labels="synapse8", protocol="standard",
+                                           workers=min(2, os.cpu_count() or 1), reference_format="raw",
+                                           progress=False)
         if summaries[name]["errors"] or summaries[name]["counts"]["evaluated"] != summaries[name]["counts"]["cases"]:
-            raise SystemExit(f"sim2real: the real CT could not be scored: {summaries[name]['errors']}")
+            raise SystemExit(f"sim2real: {cohort_dir} could not be scored: {summaries[name]['errors']}")
     return summaries
+
+
+def varied_phantoms(folder: Path, cases: int, seed: int) -> Path:
+    """The held-out ``varied`` phantom cohort (every coverage, field of view and slice thickness; never trained on:
+    the demo trains on seed 0 and chooses post-processing on seed 1000), written once and reused while its
+    ``phantom.json`` says it is complete and of the same seed, size, count and generator version."""
+    from medseg.io import read_json
+    from medseg.phantom import GENERATOR_VERSION, write_cohort
+
+    manifest = folder / "phantom.json"
+    if manifest.exists():
+        old = read_json(manifest)
+        if (old.get("complete") and old.get("seed") == seed and old.get("size") == "varied"
+                and old.get("num_cases") == cases and old.get("generator_version") == GENERATOR_VERSION):
+            return folder
+    write_cohort(folder, cases, seed, size="varied", workers=1, progress=False, preview=True)
+    return folder
+
+
+def coverage_figures(summary: dict, manifest: dict) -> dict:
+    """Mean Dice and HD95 (mm) per coverage of a varied cohort: per case the mean over the organs it scores (the
+    standard protocol's values, an organ absent from both reference and prediction not counted), then the mean
+    over the coverage's cases: ``{coverage: {"dice": ..., "hd95_mm": ..., "cases": n}}``."""
+    coverage = {case["case_id"]: case["coverage"] for case in manifest["cases"]}
+    grouped: dict[str, list[tuple[float, float]]] = {}
+    for case_id, organs in summary["standard"]["cases"].items():
+        dice = [o["dice"] for o in organs.values() if isinstance(o, dict) and o.get("dice") is not None]
+        hd95 = [o["hd95_mm"] for o in organs.values() if isinstance(o, dict) and o.get("hd95_mm") is not None]
+        if dice:
+            grouped.setdefault(coverage[case_id], []).append(
+                (sum(dice) / len(dice), sum(hd95) / len(hd95) if hd95 else float("nan")))
+    return {name: {"dice": sum(d for d, _ in values) / len(values), "hd95_mm": sum(h for _, h in values) / len(values),
+                   "cases": len(values)} for name, values in grouped.items()}
 
 
 def organ_figures(summary: dict) -> dict:
@@ -173,6 +208,8 @@ def run_comparison(args) -> int:
     from medseg.io import read_json, write_json
 
     rows = []
+    varied_dir = varied_phantoms(args.run_dir / "varied_phantoms", args.varied_cases, args.varied_seed)
+    varied_manifest = read_json(varied_dir / "phantom.json")
     for seed in args.seeds:
         for mode in args.modes:
             run_dir = args.run_dir / f"{mode}-seed{seed}"
@@ -182,19 +219,28 @@ def run_comparison(args) -> int:
             evaluated = stages["evaluate"].outputs
             phantoms = {"with": organ_figures(read_json(evaluated["summary"])),
                         "without": organ_figures(read_json(evaluated["summary_without_postprocessing"]))}
-            scored = score_real_ct_both(stages["train"].outputs["last"], run_dir / "realct")
-            real = {name: organ_figures(summary) for name, summary in scored.items()}
-            rows.append({"seed": seed, "input_mode": mode, "real_ct": real, "phantoms": phantoms,
+            checkpoint = stages["train"].outputs["last"]
+            real = {name: organ_figures(summary)
+                    for name, summary in score_cohort_both(checkpoint, run_dir / "realct").items()}
+            scored = score_cohort_both(checkpoint, run_dir / "varied", varied_dir)
+            varied = {name: {**organ_figures(summary), "by_coverage": coverage_figures(summary, varied_manifest)}
+                      for name, summary in scored.items()}
+            rows.append({"seed": seed, "input_mode": mode, "real_ct": real, "phantoms": phantoms, "varied": varied,
                          "rules": stages["postprocess"].outputs["chosen"],
                          "train_seconds": stages["train"].outputs["train_seconds"],
                          "train_cached": stages["train"].status == "cached", "pipeline_wall_s": round(wall, 1),
                          "load": f"{load_before} / {load_text()}"})
             print(f"seed {seed} {mode}: real CT mean Dice {real['without']['mean_dice']:.3f} -> "
                   f"{real['with']['mean_dice']:.3f} with post-processing; held-out phantoms "
-                  f"{phantoms['without']['mean_dice']:.3f} -> {phantoms['with']['mean_dice']:.3f}", flush=True)
+                  f"{phantoms['without']['mean_dice']:.3f} -> {phantoms['with']['mean_dice']:.3f}; varied phantoms "
+                  f"{varied['without']['mean_dice']:.3f} -> {varied['with']['mean_dice']:.3f}", flush=True)
     command = ("python benchmarks/sim2real.py --compare --seeds " + " ".join(str(s) for s in args.seeds)
-               + " --modes " + " ".join(args.modes) + "".join(f" --set {o}" for o in args.overrides))
-    record = {"rows": rows, "command": command,
+               + " --modes " + " ".join(args.modes) + "".join(f" --set {o}" for o in args.overrides)
+               + f" --varied-cases {args.varied_cases} --varied-seed {args.varied_seed}")
+    varied_info = {"seed": args.varied_seed, "cases": [
+        {key: case[key] for key in ("case_id", "coverage", "shape", "spacing", "field_of_view_mm", "omitted_organs")}
+        for case in varied_manifest["cases"]]}
+    record = {"rows": rows, "command": command, "varied_phantoms": varied_info,
               "machine": (f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, medseg "
                           f"{medseg.__version__}, Python {platform.python_version()}")}
     write_json(args.run_dir / COMPARE_RESULTS, record)
@@ -213,12 +259,25 @@ def _spread(values: list, digits: int = 3) -> str:
     return f"{sum(values) / len(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def _varied_text(record: dict) -> str:
+    """One sentence describing the held-out varied phantoms of a record."""
+    info = record.get("varied_phantoms")
+    if not info:
+        return ""
+    cases = "; ".join(f"{c['coverage']} {c['shape'][2]} x {c['spacing'][2]:g} mm, FOV {c['field_of_view_mm']:.0f} mm"
+                      for c in info["cases"])
+    return (f"Varied phantoms: {len(info['cases'])} held-out `medseg synth --size varied --seed {info['seed']}` "
+            f"cases, 512 x 512, never trained on ({cases}).")
+
+
 def render_comparison(record: dict) -> str:
     """The RESULTS.md section of ``--compare``: per seed and organ the real CT's Dice in the four settings, then
-    the means over seeds with their range, and the held-out phantom figures."""
+    the means over seeds with their range, the held-out phantom figures and the varied phantoms per coverage."""
     rows = record["rows"]
     organs = list(rows[0]["real_ct"]["without"]["dice"])
     modes = list(dict.fromkeys(r["input_mode"] for r in rows))
+    has_varied = all("varied" in r for r in rows)
+    varied_head = " varied mean Dice | varied mean HD95 (mm) |" if has_varied else ""
     lines = [COMPARE_SECTION, "",
              "The demo pipeline (`pipelines/demo.yaml`: 30 small phantoms, TransUNet-Tiny, 96 px, 12 epochs, CPU) "
              "trained once per training seed and input mode (`prepare.input_mode`: `resize` = the paper's "
@@ -226,27 +285,49 @@ def render_comparison(record: dict) -> str:
              "random 96 px crops in training, overlapping tiles at inference). Post-processing rules are chosen "
              "by the pipeline's postprocess stage on 6 fresh phantoms (seed 1000), never on the real case. Real CT: "
              "`tests/data/realct` (one case), standard protocol, Dice per organ (HD95 in mm in the JSON record "
-             "`benchmarks/sim2real_compare.json`).", "",
+             "`benchmarks/sim2real_compare.json`). `phantom`: the demo's 9 held-out small phantoms (128 x 128, "
+             "2.5-3 mm, the training distribution). " + _varied_text(record), "",
              "| seed | input | post-processing | " + " | ".join(organs) + " | real mean Dice | real mean HD95 (mm) "
-             "| phantom mean Dice | phantom mean HD95 (mm) | train (s) | load |",
-             "|---|---|---|" + "---:|" * (len(organs) + 6)]
+             "| phantom mean Dice | phantom mean HD95 (mm) |" + varied_head + " train (s) | load |",
+             "|---|---|---|" + "---:|" * (len(organs) + 6 + (2 if has_varied else 0))]
     for row in rows:
         for pp in ("without", "with"):
             real, phantom = row["real_ct"][pp], row["phantoms"][pp]
+            varied = (f" {row['varied'][pp]['mean_dice']:.3f} | {row['varied'][pp]['mean_hd95_mm']:.1f} |"
+                      if has_varied else "")
             lines.append(f"| {row['seed']} | {row['input_mode']} | {pp} | "
                          + " | ".join(f"{real['dice'][o]:.3f}" for o in organs)
                          + f" | **{real['mean_dice']:.3f}** | {real['mean_hd95_mm']:.1f} | {phantom['mean_dice']:.3f}"
-                         f" | {phantom['mean_hd95_mm']:.1f} | {row['train_seconds']:.0f} | {row['load']} |")
+                         f" | {phantom['mean_hd95_mm']:.1f} |{varied} {row['train_seconds']:.0f} | {row['load']} |")
     lines += ["", "Over seeds (mean and range; one value where one seed ran):", "",
               "| input | post-processing | real mean Dice | real mean HD95 (mm) | phantom mean Dice | "
-              "phantom mean HD95 (mm) | seeds |", "|---|---|---:|---:|---:|---:|---:|"]
+              "phantom mean HD95 (mm) |" + varied_head + " seeds |",
+              "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if has_varied else "") + "---:|"]
     for mode in modes:
         for pp in ("without", "with"):
             chosen = [r for r in rows if r["input_mode"] == mode]
+            varied = (f" {_spread([r['varied'][pp]['mean_dice'] for r in chosen])} | "
+                      f"{_spread([r['varied'][pp]['mean_hd95_mm'] for r in chosen], 1)} |" if has_varied else "")
             lines.append(f"| {mode} | {pp} | {_spread([r['real_ct'][pp]['mean_dice'] for r in chosen])} | "
                          f"{_spread([r['real_ct'][pp]['mean_hd95_mm'] for r in chosen], 1)} | "
                          f"{_spread([r['phantoms'][pp]['mean_dice'] for r in chosen])} | "
-                         f"{_spread([r['phantoms'][pp]['mean_hd95_mm'] for r in chosen], 1)} | {len(chosen)} |")
+                         f"{_spread([r['phantoms'][pp]['mean_hd95_mm'] for r in chosen], 1)} |{varied} "
+                         f"{len(chosen)} |")
+    if has_varied:
+        coverages = list(dict.fromkeys(c["coverage"] for c in record["varied_phantoms"]["cases"]))
+        lines += ["", "Varied phantoms per coverage: mean Dice over seeds (range), HD95 mean in mm (per case the mean "
+                  "over the organs it scores):", "",
+                  "| input | post-processing | " + " | ".join(coverages) + " |", "|---|---|" + "---:|" * len(coverages)]
+        for mode in modes:
+            for pp in ("without", "with"):
+                chosen = [r for r in rows if r["input_mode"] == mode]
+                cells = []
+                for coverage in coverages:
+                    figures = [r["varied"][pp]["by_coverage"][coverage] for r in chosen
+                               if coverage in r["varied"][pp]["by_coverage"]]
+                    hd95 = sum(f["hd95_mm"] for f in figures) / len(figures) if figures else float("nan")
+                    cells.append(f"{_spread([f['dice'] for f in figures])}, {hd95:.0f} mm" if figures else "-")
+                lines.append(f"| {mode} | {pp} | " + " | ".join(cells) + " |")
     lines += ["", "Rules chosen per run: " + "; ".join(
         f"seed {r['seed']} {r['input_mode']}: " + (", ".join(f"{o} {t}" for o, t in r["rules"].items()) or "none")
         for r in rows) + ".", "",
@@ -325,6 +406,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1234], help="training seeds of --compare")
     parser.add_argument("--modes", nargs="+", default=["resize", "spacing"], choices=["resize", "spacing"],
                         help="input modes of --compare")
+    parser.add_argument("--varied-cases", type=int, default=5,
+                        help="held-out `varied` phantoms of --compare (coverages in turn: 5 = one of each)")
+    parser.add_argument("--varied-seed", type=int, default=2000, help="seed of the varied phantoms")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.figure:

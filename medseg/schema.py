@@ -454,9 +454,10 @@ class SynthStage:
 
     cases: int = setting(20, minimum=1, flag="--cases", metavar="N", help="number of cases")
     seed: int = setting(0, minimum=0, flag="--seed", help="seed of the cohort, an integer >= 0")
-    size: typing.Literal["small", "full"] = setting(
+    size: typing.Literal["small", "full", "varied"] = setting(
         "small", flag="--size", help="small: 128x128x44-56 with 2.5-3 mm pixels (CPU tests); full: 512x512x85-198 "
-                                     "like Synapse (benchmarks)")
+                                     "like Synapse (benchmarks); varied: 512x512 at 0.6-1.0 mm, thin or thick "
+                                     "slices, coverages from the lower chest to the pelvis (held-out tests)")
     workers: int = setting(1, minimum=1, flag="--workers", metavar="N",
                            help="processes generating cases in parallel")
 

@@ -65,3 +65,44 @@ def test_sim2real_comparison_table_has_a_row_per_seed_mode_and_post_processing()
     assert "| 1 | resize | without | 0.500 | 0.250 | **0.375** | 30.0 | 0.600 | 30.0 | 300 | 1.0 / 2.0 |" in text
     assert "| spacing | with | 0.487 (0.450-0.525) | 20.0 (20.0-20.0) | 0.615 (0.615-0.615) | 15.0 (15.0-15.0) | 2 |" in text
     assert "seed 1 spacing: spleen largest component" in text and "seed 1 resize: none" in text
+
+
+def test_sim2real_varied_phantoms_are_summarised_per_coverage_and_tabled():
+    from sim2real import coverage_figures, render_comparison
+
+    summary = {"standard": {"cases": {
+        "case0001": {"liver": {"status": "scored", "dice": 0.9, "hd95_mm": 4.0},
+                     "kidney_left": {"status": "both_empty", "dice": None, "hd95_mm": None}},
+        "case0002": {"liver": {"status": "scored", "dice": 0.5, "hd95_mm": 20.0},
+                     "spleen": {"status": "pred_empty", "dice": 0.0, "hd95_mm": 100.0}},
+        "case0003": {"liver": {"status": "scored", "dice": 0.7, "hd95_mm": 10.0}}}}}
+    manifest = {"cases": [{"case_id": "case0001", "coverage": "chest-upper-abdomen"},
+                          {"case_id": "case0002", "coverage": "pelvis"},
+                          {"case_id": "case0003", "coverage": "pelvis"}]}
+    by_coverage = coverage_figures(summary, manifest)
+    assert by_coverage["chest-upper-abdomen"] == {"dice": 0.9, "hd95_mm": 4.0, "cases": 1}
+    assert by_coverage["pelvis"]["dice"] == pytest.approx((0.25 + 0.7) / 2)
+    assert by_coverage["pelvis"]["hd95_mm"] == pytest.approx((60.0 + 10.0) / 2) and by_coverage["pelvis"]["cases"] == 2
+
+    def figures(dice, hd, coverage=None):
+        block = {"dice": {"liver": dice}, "hd95_mm": {"liver": hd}, "mean_dice": dice, "mean_hd95_mm": hd}
+        if coverage is not None:
+            block["by_coverage"] = coverage
+        return block
+
+    rows = [{"seed": seed, "input_mode": "spacing", "rules": {},
+             "real_ct": {"without": figures(0.4, 30.0), "with": figures(0.5, 20.0)},
+             "phantoms": {"without": figures(0.8, 30.0), "with": figures(0.82, 15.0)},
+             "varied": {pp: figures(0.6 + seed / 10, 40.0, {"pelvis": {"dice": 0.5 + seed / 10, "hd95_mm": 9.0,
+                                                                      "cases": 1}})
+                        for pp in ("without", "with")},
+             "train_seconds": 300.0, "load": "1.0 / 2.0"} for seed in (1, 2)]
+    record = {"rows": rows, "command": "c", "machine": "m", "varied_phantoms": {"seed": 2000, "cases": [
+        {"case_id": "case0001", "coverage": "pelvis", "shape": [512, 512, 80], "spacing": [0.7, 0.7, 5.0],
+         "field_of_view_mm": 358.4, "omitted_organs": []}]}}
+    text = render_comparison(record)
+    assert "| 1 | spacing | with | 0.500 | **0.500** | 20.0 | 0.820 | 15.0 | 0.700 | 40.0 | 300 | 1.0 / 2.0 |" in text
+    assert "| spacing | with | 0.500 (0.500-0.500) | 20.0 (20.0-20.0) | 0.820 (0.820-0.820) | 15.0 (15.0-15.0) | " \
+           "0.750 (0.700-0.800) | 40.0 (40.0-40.0) | 2 |" in text
+    assert "| spacing | with | 0.650 (0.600-0.700), 9 mm |" in text
+    assert "pelvis 80 x 5 mm, FOV 358 mm" in text

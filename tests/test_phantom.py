@@ -111,6 +111,66 @@ def test_full_size_geometry_is_synapse_like():
         assert geometry.spacing[2] in (2.5, 3.0, 5.0)
 
 
+def test_varied_geometry_spans_fields_of_view_slices_and_coverages():
+    from medseg.phantom.geometry import COVERAGES, VARIED_MAX_SLICES, coverage_of
+
+    geometries = [phantom.case_geometry(SEED, k, "varied") for k in range(1, 21)]
+    assert [coverage_of(k) for k in range(1, 11)] == list(COVERAGES) * 2
+    for geometry in geometries:
+        assert geometry.shape[:2] == (512, 512) and geometry.spacing[0] == geometry.spacing[1]
+        assert 0.6 <= geometry.spacing[0] <= 1.0
+        assert geometry.shape[2] <= VARIED_MAX_SLICES
+    fovs = [512 * g.spacing[0] for g in geometries]
+    slices_mm = [g.spacing[2] for g in geometries]
+    assert min(fovs) < 340 and max(fovs) > 440, fovs             # tight and wide fields of view
+    assert min(slices_mm) <= 1.5 and max(slices_mm) >= 2.5, slices_mm   # thin and thick slices
+
+
+def _z_range(geometry) -> tuple[float, float]:
+    z = geometry.coordinates()[2]
+    return float(z[0]), float(z[-1])
+
+
+@pytest.mark.parametrize("k", range(1, 11))
+def test_varied_coverage_holds_what_its_name_says(k):
+    from medseg.phantom.geometry import coverage_of
+
+    anatomy = phantom.make_anatomy(SEED, k)
+    low, top = _z_range(phantom.case_geometry(SEED, k, "varied", anatomy))
+    dome = float(anatomy.dome_right[2])
+    kidneys = [anatomy.organs[key].bounds() for key in ("kidney_left", "kidney_right") if key in anatomy.organs]
+    kidney_top = max(float(hi[2]) for _, hi in kidneys)
+    kidney_low = min(float(lo[2]) for lo, _ in kidneys)
+    bladder_low = float(anatomy.extras["bladder"].bounds()[0][2])
+    coverage = coverage_of(k)
+    if coverage == "chest-upper-abdomen":
+        assert top > dome + 35 and low > kidney_top             # lower chest, ends above both kidneys
+    elif coverage == "upper-abdomen":
+        assert top >= dome - 5 and kidney_low < low < kidney_top
+    elif coverage == "abdomen":
+        assert top >= dome - 5 and low < kidney_low and low > bladder_low
+    elif coverage == "abdomen-pelvis":
+        assert top > dome and low < bladder_low + 5
+    else:
+        assert top < dome - 20 and low < bladder_low + 5        # the liver's and spleen's tops cut off
+
+
+def test_varied_case_above_the_kidneys_has_no_kidney_and_records_its_coverage(tmp_path):
+    summary = phantom.write_cohort(tmp_path / "varied", cases=1, seed=SEED, size="varied", progress=False,
+                                   preview=False)
+    manifest = json.loads((tmp_path / "varied" / "phantom.json").read_text())
+    case = manifest["cases"][0]
+    assert manifest["size"] == "varied" and case["coverage"] == "chest-upper-abdomen"
+    label = read_volume(tmp_path / "varied" / "label" / "label0001.nii.gz").array
+    present = set(np.unique(label).tolist())
+    assert RAW["liver"] in present and RAW["aorta"] in present
+    assert RAW["kidney_left"] not in present and RAW["kidney_right"] not in present
+    inplane = [axis for axis, n in enumerate(label.shape) if n == 512]   # the stored voxel order varies
+    assert len(inplane) == 2
+    assert case["field_of_view_mm"] == pytest.approx(512 * case["spacing"][inplane[0]], abs=0.1)
+    assert summary["size"] == "varied"
+
+
 def test_bad_arguments_are_config_errors(tmp_path):
     with pytest.raises(ConfigError):
         phantom.generate_case(1, SEED, "huge")
@@ -306,6 +366,10 @@ def test_a_seeded_case_is_bit_identical_to_the_generator_before_the_package_spli
             digest.update(str(volume.array.dtype).encode())
             digest.update(str(volume.array.shape).encode())
             digest.update(np.asarray(volume.affine, dtype=np.float64).tobytes())
+        # The description gained the field of view later (the volumes did not change); it is checked on its own.
+        inplane = [axis for axis, n in enumerate(image.array.shape) if n == 128]
+        fov = 128 * spacing_from_affine(image.affine)[inplane[0]]
+        assert info.pop("field_of_view_mm") == pytest.approx(fov, abs=0.1)
         digest.update(json.dumps(info, sort_keys=True).encode())
     assert phantom.GENERATOR_VERSION == "2"
     assert digest.hexdigest() == "137b61c4c8d300ec590b76888157c079a777c99db58923473575bb7e4f25762c"

@@ -163,8 +163,25 @@ def test_corrupt_cache_is_refused_before_the_run_folder_exists(prepared, tmp_pat
     case = next(e["case_id"] for e in manifest["cases"] if e["split"] == "train")
     image = broken / "cases" / case / "image_hu.npy"
     image.write_bytes(image.read_bytes()[:-100])  # truncated
-    with pytest.raises(InputError, match=f"{case}: prepared case arrays are corrupt"):
+    with pytest.raises(InputError, match=f"{case}: image_hu.npy has .* bytes, .* were written; run medseg prepare"):
         train(_config(broken, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_file_altered_after_prepare_is_not_trained_on(prepared, tmp_path):
+    """Same size, other contents (a label edited in place): the SHA-256 recorded when it was written differs."""
+    import shutil
+
+    altered = tmp_path / "cache"
+    shutil.copytree(prepared, altered)
+    manifest = json.loads((altered / "manifest.json").read_text())
+    case = next(e["case_id"] for e in manifest["cases"] if e["split"] == "train")
+    label = altered / "cases" / case / "label.npy"
+    data = bytearray(label.read_bytes())
+    data[-1] ^= 1
+    label.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"{case}: label.npy was altered .*run medseg prepare again"):
+        train(_config(altered, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 

@@ -154,6 +154,23 @@ def test_only_the_organs_a_prediction_kept_are_scored(tmp_path, capsys):
     assert "kept only liver, spleen" in capsys.readouterr().err
 
 
+def test_a_tolerance_for_an_organ_the_predictions_did_not_keep_is_refused(tmp_path):
+    from medseg.errors import ConfigError
+
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    liver = SYNAPSE8.organs.index("liver") + 1
+    reference = _classes(1)
+    write_volume(ref_dir / "case0001.nii.gz", Volume(reference, AFFINE))
+    kept = np.where(reference == liver, reference, 0).astype(np.uint8)
+    write_labels_nifti(pred_dir / "case0001.nii.gz", Volume(kept, AFFINE), SYNAPSE8,
+                       provenance=_record(organs="liver"))
+    with pytest.raises(ConfigError, match="NSD tolerance for spleen: not scored .*kept only liver"):
+        _summary(ref_dir, pred_dir, tolerance_by_organ="spleen=3")
+    with pytest.raises(ConfigError, match="spleen: not scored"):
+        _summary(ref_dir, pred_dir, tolerance_mm="2,spleen=3")
+    assert _summary(ref_dir, pred_dir, tolerance_by_organ="liver=3")["tolerance_mm_by_organ"]["liver"] == 3.0
+
+
 def test_predictions_that_kept_different_organs_are_refused(synapse8_folders, tmp_path, capsys):
     ref_dir, pred_dir = synapse8_folders
     write_labels_nifti(pred_dir / "case0002.nii.gz", Volume(_classes(2), AFFINE), SYNAPSE8,

@@ -63,7 +63,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medseg.data.dataset import SliceDataset
-from medseg.data.slice_cache import MANIFEST, load_case_arrays, load_manifest
+from medseg.data.slice_cache import MANIFEST, load_case_arrays, load_manifest, verify_case_arrays
 from medseg.preprocessing import PreprocessingParams
 from medseg.engine import distributed as D
 from medseg.engine.config import TrainConfig, check_resume_compatible
@@ -438,13 +438,21 @@ def check_cached_cases(prepared_dir, entries: list[dict], label_set: "LabelSet |
     """Open every listed case of a slice cache (memory-mapped) and compare it with its manifest entry; with
     ``label_set``, also read the labels and check that they hold only its classes.
 
+    A case whose manifest entry records its array files (size and SHA-256, every cache medseg writes now) is also
+    checked against that record, so a file altered after ``medseg prepare`` is not trained on.
+
     Raises:
-        InputError: naming the case folder whose arrays are missing, truncated, of another shape, or whose labels
-            hold a value outside the label set (the loss would fail on it in the middle of an epoch).
+        InputError: naming the case folder whose arrays are missing, truncated, altered since they were written, of
+            another shape, or whose labels hold a value outside the label set (the loss would fail on it in the
+            middle of an epoch).
     """
     for entry in entries:
-        image, label = load_case_arrays(prepared_dir, entry["case_id"], mmap=True)
         folder = Path(prepared_dir) / "cases" / entry["case_id"]
+        if entry.get("arrays"):
+            problem = verify_case_arrays(folder, entry)
+            if problem:
+                raise InputError(f"{folder}: {problem}; run medseg prepare again (it prepares a damaged case anew)")
+        image, label = load_case_arrays(prepared_dir, entry["case_id"], mmap=True)
         expected = entry.get("num_slices")
         if image.ndim != 3 or (expected is not None and image.shape[0] != expected):
             raise InputError(f"{folder}: the image array has shape {image.shape}, the manifest says {expected} slices")

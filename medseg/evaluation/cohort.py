@@ -384,6 +384,10 @@ def evaluate_folders(ref_dir, pred_dir, *, labels: "str | LabelSet | None" = Non
         logger.info("%s", describe_label_map(label_set))
     tolerances = organ_tolerance_map({**dict.fromkeys(label_set.organs, default_mm), **overrides}, label_set)
     organs = resolve_organs(origins, label_set)
+    not_kept = [organ for organ in overrides if organs is not None and organ not in organs]
+    if not_kept:
+        raise ConfigError(f"NSD tolerance for {', '.join(not_kept)}: not scored (the predictions kept only "
+                          f"{', '.join(organs)}); drop the tolerance or predict that organ")
     pairs, unmatched = pair_cases(ref_dir, pred_dir, reference_format, label_set)
     if reference_format == "auto":
         logger.info("%s: references read as %s (decided for the whole cohort; pass --reference-format to choose)",

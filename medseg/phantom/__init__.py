@@ -7,12 +7,13 @@ the grid), :mod:`~medseg.phantom.scanner` (blur, noise, reconstruction field of 
 :mod:`~medseg.phantom.cohort` (one case; a cohort on disk), :mod:`~medseg.phantom.preview` (the preview montage);
 :mod:`~medseg.phantom.streams` holds the per-purpose random streams.
 
-``medseg synth OUT_DIR --cases N --seed S --size small|full`` (or :func:`write_cohort`) writes the raw BTCV layout::
+``medseg synth OUT_DIR --cases N --seed S --size small|full|varied`` (or :func:`write_cohort`) writes the raw BTCV layout::
 
     OUT_DIR/img/img0001.nii.gz      int16 CT numbers (HU), -1024 .. 3071
     OUT_DIR/label/label0001.nii.gz  uint8 raw BTCV label values 0..13 (numbering of medseg.labels.BTCV_ORGANS)
     OUT_DIR/phantom.json            generator version, seed, size and, per case, shape, spacing, axis codes,
-                                    omitted organs, contrast phase, oral contrast, noise and blur
+                                    omitted organs, contrast phase, oral contrast, noise, blur, field of view
+                                    (mm) and, for ``varied``, the coverage
     OUT_DIR/preview.png             a montage of a few cases with the label overlay
 
 How a case is made
@@ -54,7 +55,11 @@ Sizes
 -----
 ``small``: 128 x 128 in-plane with 2.5-3.0 mm pixels (a 320-384 mm field of view: coarser than real CT so that 128
 pixels cover the abdomen) and 44-56 slices of 4-5 mm; about a second per case. ``full``: Synapse-sized, 512 x 512
-with 0.6-0.9 mm pixels and 85-198 slices of 2.5, 3 or 5 mm (from the lung bases down into the pelvis).
+with 0.6-0.9 mm pixels and 85-198 slices of 2.5, 3 or 5 mm (from the lung bases down into the pelvis). ``varied``:
+what clinical scans vary, for held-out tests (:func:`medseg.phantom.geometry.varied_extent`): 512 x 512 over a tight
+to wide field of view (0.6-1.0 mm pixels), thin (1-1.5 mm) or thick (2.5-5 mm) slices, and the coverages of
+:data:`medseg.phantom.geometry.COVERAGES` in turn, from a lower-chest series that ends above the kidneys to a pelvis
+window; 4-20 s and up to about 3 GB of memory per case.
 
 Determinism
 -----------

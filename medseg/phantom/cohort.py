@@ -14,7 +14,7 @@ from medseg.data.orientation import reorient
 from medseg.errors import ConfigError
 from medseg.io import Volume, read_json, spacing_from_affine, write_json, write_volume
 from medseg.phantom.anatomy import make_anatomy
-from medseg.phantom.geometry import case_geometry, check_size
+from medseg.phantom.geometry import case_geometry, check_size, coverage_of
 from medseg.phantom.painting import render_anatomy
 from medseg.phantom.preview import render_preview
 from medseg.phantom.scanner import draw_scanner, form_image
@@ -59,7 +59,10 @@ def _generate(case_index: int, seed: int, size: str) -> tuple[Volume, Volume, di
         "noise_sd_hu": round(scanner.noise_sd, 2),
         "blur_mm": round(scanner.blur_mm, 2),
         "patient_scale": round(anatomy.scale, 4),
+        "field_of_view_mm": round(geometry.shape[0] * geometry.spacing[0], 1),
     }
+    if size == "varied":
+        info["coverage"] = coverage_of(case_index)
     return Volume(image, affine), Volume(label, affine), info
 
 
@@ -72,7 +75,9 @@ def generate_case(case_index: int, seed: int, size: str = "small") -> tuple[Volu
     Args:
         case_index: 1, 2, ...
         seed: integer >= 0.
-        size: ``small`` (128 x 128 x 44-56, CPU tests) or ``full`` (512 x 512 x 85-198, Synapse-sized).
+        size: ``small`` (128 x 128 x 44-56, CPU tests), ``full`` (512 x 512 x 85-198, Synapse-sized) or ``varied``
+            (512 x 512 at 0.6-1.0 mm, thin or thick slices, five coverages from the lower chest to the pelvis:
+            :func:`medseg.phantom.geometry.varied_extent`).
 
     Returns:
         ``image``: int16 HU and ``label``: uint8 raw BTCV values 0..13, both in the case's stored voxel order with
@@ -135,7 +140,7 @@ def write_cohort(out_dir: "str | Path", cases: int, seed: int, size: str = "smal
         out_dir: output folder (created).
         cases: number of cases, written as img0001 .. imgNNNN.
         seed: integer >= 0.
-        size: ``small`` or ``full``.
+        size: ``small``, ``full`` or ``varied``.
         workers: processes generating cases in parallel (1: in this process).
         progress: show progress (a bar on a terminal, log lines elsewhere; medseg.progress).
         preview: also render ``preview.png``.

@@ -11,7 +11,18 @@ from medseg.errors import ConfigError
 from medseg.phantom.anatomy import Anatomy, make_anatomy
 from medseg.phantom.streams import STREAM_GEOMETRY, case_rng
 
-SIZES = ("small", "full")
+SIZES = ("small", "full", "varied")
+
+#: Scan coverages of ``varied`` cases, taken in turn (case 1 the first, case 6 the first again): from a lower-chest
+#: and upper-abdomen series that ends above the kidneys to a lower-abdomen-and-pelvis window without the liver dome.
+COVERAGES = ("chest-upper-abdomen", "upper-abdomen", "abdomen", "abdomen-pelvis", "pelvis")
+
+#: Slice spacings (mm) of ``varied`` cases: thin (1-1.5 mm) and thick (2.5-5 mm) reconstructions.
+VARIED_SLICE_MM = (1.0, 1.25, 1.5, 2.5, 3.0, 5.0)
+
+#: Most slices of a ``varied`` case: a long coverage at a thin spacing is reconstructed a little thicker instead
+#: (about 2.5 GB of memory while painting 512 x 512 x 400 voxels).
+VARIED_MAX_SLICES = 400
 
 #: Voxel storage orders (nibabel axis codes of the stored array) and how often each is used.
 #: LPS is what most BTCV files use (negative x and y diagonal in the RAS affine).
@@ -69,7 +80,7 @@ def case_geometry(seed: int, case_index: int, size: str, anatomy: "Anatomy | Non
     ``small``: 128 x 128 pixels of 2.5-3.0 mm, 44-56 slices of at most 5 mm from the lung bases to below the
     kidneys, or (one case in three) from below the dome apex to below the aortic bifurcation. ``full``: 512 x 512
     pixels of 0.6-0.9 mm, 85-198 slices of 2.5, 3 or 5 mm from the lung bases into the pelvis. The field of view
-    follows the patient's width (30 mm less to 40 mm more for ``small``).
+    follows the patient's width (30 mm less to 40 mm more for ``small``). ``varied``: see :func:`varied_extent`.
     """
     check_size(size)
     if anatomy is None:
@@ -106,6 +117,10 @@ def case_geometry(seed: int, case_index: int, size: str, anatomy: "Anatomy | Non
         else:
             z_top = min(dome + float(rng.uniform(0.0, 45.0)), organ_low + (n_slices - 1) * dz)
         z_first = z_top - (n_slices - 1) * dz
+    elif size == "varied":
+        n_inplane = 512
+        fov, dz, z_top, n_slices = varied_extent(anatomy, case_index, rng)
+        z_first = z_top - (n_slices - 1) * dz
     else:
         n_inplane = 512
         fov = float(np.clip(body_width + rng.uniform(20.0, 90.0), 0.6 * 512, 0.9 * 512))
@@ -120,3 +135,57 @@ def case_geometry(seed: int, case_index: int, size: str, anatomy: "Anatomy | Non
                         world_shift=shift, axcodes=tuple(axcodes))
 
 
+
+
+def coverage_of(case_index: int) -> str:
+    """The scan coverage of ``varied`` case ``case_index`` (1-based): :data:`COVERAGES` in turn."""
+    return COVERAGES[(case_index - 1) % len(COVERAGES)]
+
+
+def _organ_heights(anatomy: Anatomy, keys: tuple[str, ...], low: float, high: float) -> tuple[float, float]:
+    """Lowest and highest z (mm) of the organs ``keys`` the patient has; ``(low, high)`` when he has none."""
+    boxes = [anatomy.organs[key].bounds() for key in keys if key in anatomy.organs]
+    if not boxes:
+        return low, high
+    return min(float(lo[2]) for lo, _ in boxes), max(float(hi[2]) for _, hi in boxes)
+
+
+def varied_extent(anatomy: Anatomy, case_index: int, rng: np.random.Generator) -> tuple[float, float, float, int]:
+    """Field of view, slice spacing, top slice and slice count of a ``varied`` case.
+
+    What clinical abdominal CT varies, drawn per case: a 512 x 512 matrix over a field of view from tight (40 mm
+    narrower than the body: skin and arms cut off) to wide (500 mm), that is 0.6-1.0 mm pixels; thin (1-1.5 mm) or
+    thick (2.5-5 mm) slices; and the coverage of :func:`coverage_of`:
+
+    - ``chest-upper-abdomen``: 40-100 mm above the right dome down to 5-30 mm above the kidneys (no kidney in it);
+    - ``upper-abdomen``: from the lung bases down to about the kidneys' middle;
+    - ``abdomen``: from the lung bases to 10-40 mm below the kidneys;
+    - ``abdomen-pelvis``: from the lung bases to below the bladder;
+    - ``pelvis``: from 25-60 mm below the dome apex (the top of the liver and spleen cut off) to below the bladder.
+
+    Returns:
+        ``(fov_mm, slice_mm, z_top_mm, n_slices)``; z in patient mm (superior positive), at most
+        :data:`VARIED_MAX_SLICES` slices.
+    """
+    s = anatomy.scale
+    dome = float(anatomy.dome_right[2])
+    body_width = 2.0 * anatomy.skin.half_width_max()
+    fov = float(np.clip(rng.uniform(body_width - 40.0, 500.0), 0.6 * 512, 1.0 * 512))
+    dz = float(rng.choice(VARIED_SLICE_MM))
+    kidney_low, kidney_high = _organ_heights(anatomy, ("kidney_left", "kidney_right"), -55.0 * s, 65.0 * s)
+    bladder_low = float(anatomy.extras["bladder"].bounds()[0][2])
+    coverage = coverage_of(case_index)
+    if coverage == "chest-upper-abdomen":
+        top, bottom = dome + rng.uniform(40.0, 100.0), kidney_high + rng.uniform(5.0, 30.0)
+    elif coverage == "upper-abdomen":
+        top, bottom = dome + rng.uniform(0.0, 30.0), 0.5 * (kidney_low + kidney_high) + rng.uniform(-15.0, 15.0)
+    elif coverage == "abdomen":
+        top, bottom = dome + rng.uniform(0.0, 45.0), kidney_low - rng.uniform(10.0, 40.0)
+    elif coverage == "abdomen-pelvis":
+        top, bottom = dome + rng.uniform(10.0, 50.0), bladder_low - rng.uniform(0.0, 20.0)
+    else:
+        top, bottom = dome - rng.uniform(25.0, 60.0), bladder_low - rng.uniform(0.0, 20.0)
+    extent = float(top - bottom)
+    dz = max(dz, extent / (VARIED_MAX_SLICES - 1))
+    n_slices = int(round(extent / dz)) + 1
+    return fov, dz, float(top), n_slices
