@@ -9,6 +9,10 @@ precisions learned. The loss curves (mean loss per epoch, from each run's ``metr
 each run are printed too.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bf16_learning.py --cases 10 --img-size 64 --epochs 4 --seeds 1 2 3
+
+``--model R50-ViT-B_16 --img-size 224 --batch-size 2 --stop-after 24`` compares a larger model over its first
+iterations only (each run stops after that many; no held-out Dice): the per-iteration losses of fp32 and bf16 from
+the same weights on the same batches, side by side.
 """
 from __future__ import annotations
 
@@ -41,6 +45,11 @@ def epoch_losses(run_dir: Path) -> list[float]:
     return [statistics.mean(by_epoch[e]) for e in sorted(by_epoch)]
 
 
+def iteration_losses(run_dir: Path) -> list[float]:
+    """Training loss of every iteration, from the run's ``metrics.csv``."""
+    return [float(row["loss"]) for row in read_metrics(run_dir / "metrics.csv") if row.get("loss")]
+
+
 def held_out_dice(run_dir: Path, prepared: Path) -> float:
     """Mean Dice over organs of ``last.pt`` on the held-out cases, predicted in fp32."""
     model, info = load_checkpoint(run_dir / "last.pt")
@@ -68,18 +77,25 @@ def run_one(work: Path, prepared: Path, seed: int, amp: str, args) -> dict:
     """Train one run and score it; the row is also written to ``work/result_<amp>_<seed>.json``."""
     run_dir = work / f"run_{amp}_{seed}"
     config = TrainConfig.from_dict({
-        "model": "TransUNet-Tiny", "data": str(prepared), "out": str(run_dir), "img_size": args.img_size,
+        "model": args.model, "data": str(prepared), "out": str(run_dir), "img_size": args.img_size,
         "batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "drop_empty": True, "seed": seed,
-        "workers": 0, "threads": 1, "amp": amp, "progress": False, "tensorboard": False})
+        "workers": 0, "threads": 1, "amp": amp, "progress": False, "tensorboard": False,
+        "stop_after": args.stop_after})
     started = time.perf_counter()
     train(config)
     wall = time.perf_counter() - started
     torch.set_num_threads(1)
-    row = {"seed": seed, "amp": amp, "dice": held_out_dice(run_dir, prepared), "wall_s": wall,
-           "losses": epoch_losses(run_dir), "load": load_average()}
+    if args.stop_after:
+        row = {"seed": seed, "amp": amp, "model": args.model, "dice": None, "wall_s": wall,
+               "iteration_losses": iteration_losses(run_dir), "losses": [], "load": load_average()}
+        print(f"seed {seed} {amp}: {args.model}, {args.stop_after} iterations in {wall:.0f} s, loss per iteration "
+              + " ".join(f"{v:.4f}" for v in row["iteration_losses"]), flush=True)
+    else:
+        row = {"seed": seed, "amp": amp, "model": args.model, "dice": held_out_dice(run_dir, prepared),
+               "wall_s": wall, "losses": epoch_losses(run_dir), "load": load_average()}
+        print(f"seed {seed} {amp}: held-out Dice {row['dice']:.4f}, train {wall:.0f} s, loss per epoch "
+              + " ".join(f"{v:.4f}" for v in row["losses"]), flush=True)
     (work / f"result_{amp}_{seed}.json").write_text(json.dumps(row))
-    print(f"seed {seed} {amp}: held-out Dice {row['dice']:.4f}, train {wall:.0f} s, loss per epoch "
-          + " ".join(f"{v:.4f}" for v in row["losses"]), flush=True)
     return row
 
 
@@ -91,14 +107,23 @@ def summarise(work: Path) -> None:
         if not mine:
             continue
         for r in mine:
+            if r.get("dice") is None:
+                print(f"seed {r['seed']} {amp}: {r.get('model')}, train {r['wall_s']:.0f} s (load {r['load']} at the "
+                      "end), loss per iteration " + " ".join(f"{v:.4f}" for v in r["iteration_losses"]))
+                continue
             print(f"seed {r['seed']} {amp}: held-out Dice {r['dice']:.4f}, train {r['wall_s']:.0f} s (load "
                   f"{r['load']} at the end), loss per epoch " + " ".join(f"{v:.4f}" for v in r["losses"]))
-        print(f"{amp}: held-out Dice mean {statistics.mean(r['dice'] for r in mine):.4f} over seeds "
-              + ", ".join(str(r["seed"]) for r in mine))
+        scored = [r["dice"] for r in mine if r.get("dice") is not None]
+        if scored:
+            print(f"{amp}: held-out Dice mean {statistics.mean(scored):.4f} over seeds "
+                  + ", ".join(str(r["seed"]) for r in mine))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="TransUNet-Tiny")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="stop each run after N iterations and compare per-iteration losses (no held-out Dice)")
     parser.add_argument("--cases", type=int, default=10)
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=4)
