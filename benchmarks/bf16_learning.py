@@ -75,7 +75,8 @@ def prepare_work(work: Path, cases: int) -> Path:
 
 def run_one(work: Path, prepared: Path, seed: int, amp: str, args) -> dict:
     """Train one run and score it; the row is also written to ``work/result_<amp>_<seed>.json``."""
-    run_dir = work / f"run_{amp}_{seed}"
+    name = f"{args.model}_{amp}_{seed}" + (f"_{args.stop_after}it" if args.stop_after else "")
+    run_dir = work / f"run_{name}"
     config = TrainConfig.from_dict({
         "model": args.model, "data": str(prepared), "out": str(run_dir), "img_size": args.img_size,
         "batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "drop_empty": True, "seed": seed,
@@ -95,15 +96,17 @@ def run_one(work: Path, prepared: Path, seed: int, amp: str, args) -> dict:
                "wall_s": wall, "losses": epoch_losses(run_dir), "load": load_average()}
         print(f"seed {seed} {amp}: held-out Dice {row['dice']:.4f}, train {wall:.0f} s, loss per epoch "
               + " ".join(f"{v:.4f}" for v in row["losses"]), flush=True)
-    (work / f"result_{amp}_{seed}.json").write_text(json.dumps(row))
+    (work / f"result_{name}.json").write_text(json.dumps(row))
     return row
 
 
 def summarise(work: Path) -> None:
     """Print every run's row found under ``work`` and the mean Dice of each precision."""
     rows = [json.loads(p.read_text()) for p in sorted(work.glob("result_*.json"))]
-    for amp in ("fp32", "bf16"):
-        mine = sorted((r for r in rows if r["amp"] == amp), key=lambda r: r["seed"])
+    groups = sorted({(r.get("model", "TransUNet-Tiny"), r["amp"]) for r in rows}, key=lambda g: (g[0], g[1] != "fp32"))
+    for model, amp in groups:
+        mine = sorted((r for r in rows if r.get("model", "TransUNet-Tiny") == model and r["amp"] == amp),
+                      key=lambda r: r["seed"])
         if not mine:
             continue
         for r in mine:
@@ -115,7 +118,7 @@ def summarise(work: Path) -> None:
                   f"{r['load']} at the end), loss per epoch " + " ".join(f"{v:.4f}" for v in r["losses"]))
         scored = [r["dice"] for r in mine if r.get("dice") is not None]
         if scored:
-            print(f"{amp}: held-out Dice mean {statistics.mean(scored):.4f} over seeds "
+            print(f"{model} {amp}: held-out Dice mean {statistics.mean(scored):.4f} over seeds "
                   + ", ".join(str(r["seed"]) for r in mine))
 
 

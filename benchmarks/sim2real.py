@@ -171,6 +171,15 @@ def varied_phantoms(folder: Path, cases: int, seed: int) -> Path:
     return folder
 
 
+def slice_axis_info(case: dict) -> dict:
+    """A varied case's description from ``phantom.json`` with its slice count and slice spacing (mm): the stored
+    voxel order varies, so the slice axis is the one whose axis code is S or I."""
+    axis = next(i for i, code in enumerate(case["axcodes"]) if code in "SI")
+    return {**{key: case[key] for key in ("case_id", "coverage", "shape", "spacing", "axcodes", "field_of_view_mm",
+                                          "omitted_organs")},
+            "slices": int(case["shape"][axis]), "slice_mm": round(float(case["spacing"][axis]), 4)}
+
+
 def coverage_figures(summary: dict, manifest: dict) -> dict:
     """Mean Dice and HD95 (mm) per coverage of a varied cohort: per case the mean over the organs it scores (the
     standard protocol's values, an organ absent from both reference and prediction not counted), then the mean
@@ -237,9 +246,7 @@ def run_comparison(args) -> int:
     command = ("python benchmarks/sim2real.py --compare --seeds " + " ".join(str(s) for s in args.seeds)
                + " --modes " + " ".join(args.modes) + "".join(f" --set {o}" for o in args.overrides)
                + f" --varied-cases {args.varied_cases} --varied-seed {args.varied_seed}")
-    varied_info = {"seed": args.varied_seed, "cases": [
-        {key: case[key] for key in ("case_id", "coverage", "shape", "spacing", "field_of_view_mm", "omitted_organs")}
-        for case in varied_manifest["cases"]]}
+    varied_info = {"seed": args.varied_seed, "cases": [slice_axis_info(case) for case in varied_manifest["cases"]]}
     record = {"rows": rows, "command": command, "varied_phantoms": varied_info,
               "machine": (f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, medseg "
                           f"{medseg.__version__}, Python {platform.python_version()}")}
@@ -264,7 +271,7 @@ def _varied_text(record: dict) -> str:
     info = record.get("varied_phantoms")
     if not info:
         return ""
-    cases = "; ".join(f"{c['coverage']} {c['shape'][2]} x {c['spacing'][2]:g} mm, FOV {c['field_of_view_mm']:.0f} mm"
+    cases = "; ".join(f"{c['coverage']} {c['slices']} x {c['slice_mm']:g} mm, FOV {c['field_of_view_mm']:.0f} mm"
                       for c in info["cases"])
     return (f"Varied phantoms: {len(info['cases'])} held-out `medseg synth --size varied --seed {info['seed']}` "
             f"cases, 512 x 512, never trained on ({cases}).")

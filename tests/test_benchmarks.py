@@ -68,7 +68,7 @@ def test_sim2real_comparison_table_has_a_row_per_seed_mode_and_post_processing()
 
 
 def test_sim2real_varied_phantoms_are_summarised_per_coverage_and_tabled():
-    from sim2real import coverage_figures, render_comparison
+    from sim2real import coverage_figures, render_comparison, slice_axis_info
 
     summary = {"standard": {"cases": {
         "case0001": {"liver": {"status": "scored", "dice": 0.9, "hd95_mm": 4.0},
@@ -97,9 +97,11 @@ def test_sim2real_varied_phantoms_are_summarised_per_coverage_and_tabled():
                                                                       "cases": 1}})
                         for pp in ("without", "with")},
              "train_seconds": 300.0, "load": "1.0 / 2.0"} for seed in (1, 2)]
-    record = {"rows": rows, "command": "c", "machine": "m", "varied_phantoms": {"seed": 2000, "cases": [
-        {"case_id": "case0001", "coverage": "pelvis", "shape": [512, 512, 80], "spacing": [0.7, 0.7, 5.0],
-         "field_of_view_mm": 358.4, "omitted_organs": []}]}}
+    stored_slices_first = {"case_id": "case0001", "coverage": "pelvis", "shape": [80, 512, 512],
+                           "spacing": [5.0, 0.7, 0.7], "axcodes": "SLP", "field_of_view_mm": 358.4,
+                           "omitted_organs": []}
+    record = {"rows": rows, "command": "c", "machine": "m",
+              "varied_phantoms": {"seed": 2000, "cases": [slice_axis_info(stored_slices_first)]}}
     text = render_comparison(record)
     assert "| 1 | spacing | with | 0.500 | **0.500** | 20.0 | 0.820 | 15.0 | 0.700 | 40.0 | 300 | 1.0 / 2.0 |" in text
     assert "| spacing | with | 0.500 (0.500-0.500) | 20.0 (20.0-20.0) | 0.820 (0.820-0.820) | 15.0 (15.0-15.0) | " \

@@ -21,7 +21,7 @@ COVERAGES = ("chest-upper-abdomen", "upper-abdomen", "abdomen", "abdomen-pelvis"
 VARIED_SLICE_MM = (1.0, 1.25, 1.5, 2.5, 3.0, 5.0)
 
 #: Most slices of a ``varied`` case: a long coverage at a thin spacing is reconstructed a little thicker instead
-#: (about 2.5 GB of memory while painting 512 x 512 x 400 voxels).
+#: (up to about 3 GB of memory while painting and forming 512 x 512 x 400 voxels).
 VARIED_MAX_SLICES = 400
 
 #: Voxel storage orders (nibabel axis codes of the stored array) and how often each is used.
@@ -155,13 +155,16 @@ def varied_extent(anatomy: Anatomy, case_index: int, rng: np.random.Generator) -
 
     What clinical abdominal CT varies, drawn per case: a 512 x 512 matrix over a field of view from tight (40 mm
     narrower than the body: skin and arms cut off) to wide (500 mm), that is 0.6-1.0 mm pixels; thin (1-1.5 mm) or
-    thick (2.5-5 mm) slices; and the coverage of :func:`coverage_of`:
+    thick (2.5-5 mm) slices, a thin spacing widened just enough that the coverage fits in
+    :data:`VARIED_MAX_SLICES` slices (a long thin scan may get 1.05-1.6 mm); and the coverage of
+    :func:`coverage_of`:
 
     - ``chest-upper-abdomen``: 40-100 mm above the right dome down to 5-30 mm above the kidneys (no kidney in it);
     - ``upper-abdomen``: from the lung bases down to about the kidneys' middle;
     - ``abdomen``: from the lung bases to 10-40 mm below the kidneys;
     - ``abdomen-pelvis``: from the lung bases to below the bladder;
-    - ``pelvis``: from 25-60 mm below the dome apex (the top of the liver and spleen cut off) to below the bladder.
+    - ``pelvis``: from 25-60 mm below the dome apex (the top of the liver cut off, in most patients the spleen's
+      too) to below the bladder.
 
     Returns:
         ``(fov_mm, slice_mm, z_top_mm, n_slices)``; z in patient mm (superior positive), at most
