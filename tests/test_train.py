@@ -154,34 +154,30 @@ def test_torch_settings_are_restored(prepared, tmp_path, monkeypatch):
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8" and torch.backends.cudnn.benchmark is False
 
 
-def test_corrupt_cache_is_refused_before_the_run_folder_exists(prepared, tmp_path):
+def _damaged_copy(prepared, tmp_path, file_name: str, damage) -> str:
+    """Copy the cache to ``tmp_path/cache``, apply ``damage(bytes) -> bytes`` to one training case's
+    ``file_name`` and return that case's id."""
     import shutil
 
-    broken = tmp_path / "cache"
-    shutil.copytree(prepared, broken)
-    manifest = json.loads((broken / "manifest.json").read_text())
+    copy = tmp_path / "cache"
+    shutil.copytree(prepared, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
     case = next(e["case_id"] for e in manifest["cases"] if e["split"] == "train")
-    image = broken / "cases" / case / "image_hu.npy"
-    image.write_bytes(image.read_bytes()[:-100])  # truncated
-    with pytest.raises(InputError, match=f"{case}: image_hu.npy has .* bytes, .* were written; run medseg prepare"):
-        train(_config(broken, tmp_path / "run"))
-    assert not (tmp_path / "run").exists()
+    path = copy / "cases" / case / file_name
+    path.write_bytes(damage(path.read_bytes()))
+    return case
 
 
-def test_a_cache_file_altered_after_prepare_is_not_trained_on(prepared, tmp_path):
-    """Same size, other contents (a label edited in place): the SHA-256 recorded when it was written differs."""
-    import shutil
-
-    altered = tmp_path / "cache"
-    shutil.copytree(prepared, altered)
-    manifest = json.loads((altered / "manifest.json").read_text())
-    case = next(e["case_id"] for e in manifest["cases"] if e["split"] == "train")
-    label = altered / "cases" / case / "label.npy"
-    data = bytearray(label.read_bytes())
-    data[-1] ^= 1
-    label.write_bytes(bytes(data))
-    with pytest.raises(InputError, match=f"{case}: label.npy was altered .*run medseg prepare again"):
-        train(_config(altered, tmp_path / "run"))
+@pytest.mark.parametrize("file_name, damage, message", [
+    ("image_hu.npy", lambda data: data[:-100], "image_hu.npy has .* bytes, .* were written; run medseg prepare"),
+    # same size, other contents (a label edited in place): the SHA-256 recorded when it was written differs
+    ("label.npy", lambda data: data[:-1] + bytes([data[-1] ^ 1]), "label.npy was altered .*run medseg prepare again"),
+])
+def test_a_damaged_or_altered_cache_is_refused_before_the_run_folder_exists(prepared, tmp_path, file_name, damage,
+                                                                              message):
+    case = _damaged_copy(prepared, tmp_path, file_name, damage)
+    with pytest.raises(InputError, match=f"{case}: {message}"):
+        train(_config(tmp_path / "cache", tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
