@@ -266,6 +266,23 @@ def grid_difference_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape) -> flo
     return float(np.sqrt((moved[:3] ** 2).sum(axis=0)).max())
 
 
+def voxel_order_onto(shape, affine: np.ndarray, target_affine: np.ndarray) -> tuple[np.ndarray, tuple, np.ndarray]:
+    """How to store a volume of ``shape`` / ``affine`` in the voxel order of ``target_affine`` (axes permuted and
+    flipped only, never resampled).
+
+    Returns:
+        ``(transform, shape, affine)``: the nibabel orientation transform (for
+        ``nibabel.orientations.apply_orientation``), and the shape and affine the volume has in the new order.
+        Compare them with the target's (:func:`grid_difference_mm`) to tell whether both lie on one physical grid.
+    """
+    import nibabel.orientations as nio
+
+    transform = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(target_affine))
+    new_shape = tuple(int(shape[int(axis)]) for axis in np.argsort(transform[:, 0]))
+    new_affine = np.asarray(affine, dtype=np.float64) @ nio.inv_ornt_aff(transform, tuple(shape[:3]))
+    return transform, new_shape, new_affine
+
+
 @contextlib.contextmanager
 def atomic_path(path: "str | Path", suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.

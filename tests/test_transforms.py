@@ -90,6 +90,30 @@ def test_mismatched_pair_is_an_input_error(tmp_path):
                         PreprocessingParams())
 
 
+@pytest.mark.parametrize("axcodes", [("S", "L", "P"), ("R", "A", "I"), ("A", "R", "S")])
+def test_a_label_stored_in_another_voxel_order_on_the_same_grid_is_prepared_alike(tmp_path, axcodes):
+    """Annotation tools may save the label with the image's grid in another axis order; prepare reads it by its
+    own affine (as evaluate does) instead of refusing it, and the slices are those of the same-order label."""
+    image, label = tiny_case(1)
+    write_volume(tmp_path / "img.nii.gz", image)
+    write_volume(tmp_path / "lab.nii.gz", label)
+    reordered, reordered_affine = reorient(label.array, label.affine, axcodes)
+    assert reordered.shape != label.shape or not np.allclose(reordered_affine, label.affine)
+    write_volume(tmp_path / "lab_other_order.nii.gz", Volume(reordered, reordered_affine))
+    same = preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"), SYNAPSE8,
+                           PreprocessingParams())
+    other = preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "lab_other_order.nii.gz"), SYNAPSE8,
+                            PreprocessingParams())
+    assert np.array_equal(other["label"], same["label"]) and np.array_equal(other["image"], same["image"])
+    # another voxel order of a *shifted* grid is still another grid
+    shifted = reordered_affine.copy()
+    shifted[1, 3] += 5
+    write_volume(tmp_path / "lab_shifted.nii.gz", Volume(reordered, shifted))
+    with pytest.raises(InputError, match="lab_shifted.nii.gz: label affine differs"):
+        preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "lab_shifted.nii.gz"), SYNAPSE8,
+                        PreprocessingParams())
+
+
 @pytest.mark.parametrize("k", range(4))
 @pytest.mark.parametrize("axis", [0, 1])
 def test_rot90_flip_is_exact(k, axis):

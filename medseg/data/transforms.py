@@ -46,7 +46,7 @@ from monai.transforms import Compose, MapTransform
 from medseg.data.orientation import SLICE_AXCODES, orient_view
 from medseg.dicom import read_image
 from medseg.errors import InputError, MedsegError
-from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm
+from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, voxel_order_onto
 from medseg.labels import LabelSet, remap_labels
 from medseg.preprocessing import PreprocessingParams, hu_window
 
@@ -118,8 +118,12 @@ class HUWindowd(MapTransform):
 
 
 class CheckPaird(MapTransform):
-    """Raise :class:`InputError` when image and label are not on the same voxel grid: different shapes, or affines
-    that put a corner voxel more than ``atol_mm`` (:data:`medseg.io.GRID_TOLERANCE_MM`) apart."""
+    """Raise :class:`InputError` when image and label are not on the same physical voxel grid: different shapes, or
+    affines that put a corner voxel more than ``atol_mm`` (:data:`medseg.io.GRID_TOLERANCE_MM`) apart.
+
+    A label stored in another voxel order on the image's grid (axes permuted or flipped, as some annotation tools
+    write) is accepted: :class:`Orientd` brings each volume into the slice order by its own affine, so both then
+    share one grid, voxel for voxel."""
 
     def __init__(self, atol_mm: float = GRID_TOLERANCE_MM):
         super().__init__([IMAGE, LABEL], allow_missing_keys=True)
@@ -130,9 +134,11 @@ class CheckPaird(MapTransform):
             return data
         label_file = data.get(f"{LABEL}_source", "label")
         image_shape, label_shape = data[f"{IMAGE}_source_shape"], data[f"{LABEL}_source_shape"]
-        if image_shape != label_shape:
+        image_affine = data[f"{IMAGE}_source_affine"]
+        _, shape, affine = voxel_order_onto(label_shape, data[f"{LABEL}_source_affine"], image_affine)
+        if tuple(shape) != tuple(image_shape):
             raise InputError(f"{label_file}: label shape {label_shape} does not match image shape {image_shape}")
-        difference = grid_difference_mm(data[f"{IMAGE}_source_affine"], data[f"{LABEL}_source_affine"], image_shape)
+        difference = grid_difference_mm(image_affine, affine, image_shape)
         if difference > self.atol_mm:
             raise InputError(f"{label_file}: label affine differs from the image's (a corner voxel is "
                              f"{difference:.3g} mm away > {self.atol_mm:g} mm)")

@@ -96,13 +96,14 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel.orientations as nio
 import numpy as np
 
 from medseg import __version__
 from medseg.data.cohort import (IMAGE_DIR_NAMES, LABEL_DIR_NAMES, LABEL_SUFFIXES,
                                 discover_cohort, index_by_case, nifti_files)
 from medseg.errors import ConfigError, InputError, MedsegError
-from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, read_volume, strip_nifti_suffix
+from medseg.io import GRID_TOLERANCE_MM, grid_difference_mm, read_volume, strip_nifti_suffix, voxel_order_onto
 from medseg.labels import LabelSet, describe_label_map, find_label_map, get_label_set, remap_labels, with_label_map
 from medseg.evaluation.origin import (coarse_tolerance_warning, mixed_models_warning, model_groups,
                                       parse_tolerances, read_origin, resolve_label_set, resolve_organs)
@@ -636,14 +637,10 @@ def _on_reference_grid(pred, ref, pair: CasePair) -> tuple[np.ndarray, bool]:
     """
     if pred.shape == ref.shape and grid_difference_mm(pred.affine, ref.affine, ref.shape) <= AFFINE_TOLERANCE_MM:
         return pred.array, False
-    import nibabel.orientations as nio
-
-    transform = nio.ornt_transform(nio.io_orientation(pred.affine), nio.io_orientation(ref.affine))
-    array = nio.apply_orientation(pred.array, transform)
-    affine = pred.affine @ nio.inv_ornt_aff(transform, pred.shape)
-    if array.shape == ref.shape and grid_difference_mm(affine, ref.affine, ref.shape) <= AFFINE_TOLERANCE_MM:
-        return np.ascontiguousarray(array), True
-    if array.shape != ref.shape:
+    transform, shape, affine = voxel_order_onto(pred.shape, pred.affine, ref.affine)
+    if shape == ref.shape and grid_difference_mm(affine, ref.affine, ref.shape) <= AFFINE_TOLERANCE_MM:
+        return np.ascontiguousarray(nio.apply_orientation(pred.array, transform)), True
+    if shape != ref.shape:
         raise InputError(f"{pair.prediction}: shape {pred.shape} differs from the reference {ref.shape} "
                          f"({pair.reference.name})")
     difference = grid_difference_mm(affine, ref.affine, ref.shape)
