@@ -135,15 +135,13 @@ def case_geometry(seed: int, case_index: int, size: str, anatomy: "Anatomy | Non
                         world_shift=shift, axcodes=tuple(axcodes))
 
 
-
-
 def coverage_of(case_index: int) -> str:
     """The scan coverage of ``varied`` case ``case_index`` (1-based): :data:`COVERAGES` in turn."""
     return COVERAGES[(case_index - 1) % len(COVERAGES)]
 
 
 def _organ_heights(anatomy: Anatomy, keys: tuple[str, ...], low: float, high: float) -> tuple[float, float]:
-    """Lowest and highest z (mm) of the organs ``keys`` the patient has; ``(low, high)`` when he has none."""
+    """Lowest and highest z (mm) of the organs ``keys`` the patient has; ``(low, high)`` without any."""
     boxes = [anatomy.organs[key].bounds() for key in keys if key in anatomy.organs]
     if not boxes:
         return low, high
