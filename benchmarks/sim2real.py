@@ -171,6 +171,20 @@ def varied_phantoms(folder: Path, cases: int, seed: int) -> Path:
     return folder
 
 
+def training_settings(run_dir: Path) -> dict:
+    """Model, input size, epochs and precision setting of a pipeline run's train stage (its stage record)."""
+    from medseg.io import read_json
+
+    params = read_json(run_dir / "train" / "stage.json")["params"]
+    return {key: params.get(key) for key in ("model", "img_size", "epochs", "amp")}
+
+
+def _training_text(rows: list) -> str:
+    """How the runs trained, e.g. ``TransUNet-Tiny, 96 px, 12 epochs, amp fp32``, from the first row's record."""
+    training = rows[0].get("training") or {"model": "TransUNet-Tiny", "img_size": 96, "epochs": 12, "amp": "fp32"}
+    return f"{training['model']}, {training['img_size']} px, {training['epochs']} epochs, amp {training['amp']}"
+
+
 def slice_axis_info(case: dict) -> dict:
     """A varied case's description from ``phantom.json`` with its slice count and slice spacing (mm): the stored
     voxel order varies, so the slice axis is the one whose axis code is S or I."""
@@ -234,7 +248,8 @@ def run_comparison(args) -> int:
             scored = score_cohort_both(checkpoint, run_dir / "varied", varied_dir)
             varied = {name: {**organ_figures(summary), "by_coverage": coverage_figures(summary, varied_manifest)}
                       for name, summary in scored.items()}
-            rows.append({"seed": seed, "input_mode": mode, "real_ct": real, "phantoms": phantoms, "varied": varied,
+            rows.append({"seed": seed, "input_mode": mode, "training": training_settings(run_dir),
+                         "real_ct": real, "phantoms": phantoms, "varied": varied,
                          "rules": stages["postprocess"].outputs["chosen"],
                          "train_seconds": stages["train"].outputs["train_seconds"],
                          "train_cached": stages["train"].status == "cached", "pipeline_wall_s": round(wall, 1),
@@ -286,7 +301,7 @@ def render_comparison(record: dict) -> str:
     has_varied = all("varied" in r for r in rows)
     varied_head = " varied mean Dice | varied mean HD95 (mm) |" if has_varied else ""
     lines = [COMPARE_SECTION, "",
-             "The demo pipeline (`pipelines/demo.yaml`: 30 small phantoms, TransUNet-Tiny, 96 px, 12 epochs, CPU) "
+             f"The demo pipeline (`pipelines/demo.yaml`: 30 small phantoms, {_training_text(rows)}, CPU) "
              "trained once per training seed and input mode (`prepare.input_mode`: `resize` = the paper's "
              "stretch of every slice to 96 px, `spacing` = slices resampled to the training median in-plane spacing, "
              "random 96 px crops in training, overlapping tiles at inference). Post-processing rules are chosen "
@@ -339,8 +354,8 @@ def render_comparison(record: dict) -> str:
         f"seed {r['seed']} {r['input_mode']}: " + (", ".join(f"{o} {t}" for o, t in r["rules"].items()) or "none")
         for r in rows) + ".", "",
         f"Command: `{record['command']}`. Machine: {record['machine']}. Training time is the train stage's wall "
-        "time on a machine shared with other jobs (load: 1-minute load average before / after; 0 s where the "
-        "training was reused from an earlier run of the same settings).", ""]
+        "time when it ran, on a machine shared with other jobs (a run that reused a cached training reports the "
+        "time recorded then); load: 1-minute load average before / after the run's pipeline call.", ""]
     if record.get("notes"):
         lines += [record["notes"], ""]
     return "\n".join(lines)
