@@ -489,11 +489,20 @@ def test_a_cached_label_outside_the_label_set_is_found_before_training(tiny_prep
     shutil.copytree(tiny_prepared, prepared)
     from medseg.data.slice_cache import load_manifest
 
+    from medseg.data.slice_cache import array_record
+
     train_case = next(e["case_id"] for e in load_manifest(prepared)["cases"] if e["split"] == "train")
     label_path = prepared / "cases" / train_case / "label.npy"
     label = np.load(label_path)
     label[0, 0, 0] = 200
     np.save(label_path, label)
+    # A cache written with that value (its records match the file), not one altered afterwards (refused for that).
+    for record_path in (prepared / "manifest.json", label_path.parent / "case.json"):
+        record = json.loads(record_path.read_text())
+        for entry in record.get("cases", [record]):
+            if entry.get("case_id") == train_case:
+                entry["arrays"]["label"] = array_record(label_path, label)
+        record_path.write_text(json.dumps(record))
     assert main(_train_args(prepared, tmp_path / "run")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{label_path.parent}: label.npy holds value 200" in err[0]
