@@ -7,7 +7,8 @@ the grid), :mod:`~medseg.phantom.scanner` (blur, noise, reconstruction field of 
 :mod:`~medseg.phantom.cohort` (one case; a cohort on disk), :mod:`~medseg.phantom.preview` (the preview montage);
 :mod:`~medseg.phantom.streams` holds the per-purpose random streams.
 
-``medseg synth OUT_DIR --cases N --seed S --size small|full|varied`` (or :func:`write_cohort`) writes the raw BTCV layout::
+``medseg synth OUT_DIR --cases N --seed S --size small|full|varied`` (or :func:`write_cohort`) writes the raw BTCV
+layout::
 
     OUT_DIR/img/img0001.nii.gz      int16 CT numbers (HU), -1024 .. 3071
     OUT_DIR/label/label0001.nii.gz  uint8 raw BTCV label values 0..13 (numbering of medseg.labels.BTCV_ORGANS)
