@@ -14,7 +14,7 @@ from medseg.data.orientation import reorient
 from medseg.errors import ConfigError
 from medseg.io import Volume, read_json, spacing_from_affine, write_json, write_volume
 from medseg.phantom.anatomy import make_anatomy
-from medseg.phantom.geometry import case_geometry, check_size, coverage_of, field_of_view_of
+from medseg.phantom.geometry import case_geometry, check_size, coverage_of
 from medseg.phantom.painting import render_anatomy
 from medseg.phantom.preview import render_preview
 from medseg.phantom.scanner import draw_scanner, form_image
@@ -63,7 +63,6 @@ def _generate(case_index: int, seed: int, size: str) -> tuple[Volume, Volume, di
     }
     if size == "varied":
         info["coverage"] = coverage_of(case_index)
-        info["field_of_view"] = field_of_view_of(case_index)
     return Volume(image, affine), Volume(label, affine), info
 
 

@@ -17,11 +17,6 @@ SIZES = ("small", "full", "varied")
 #: and upper-abdomen series that ends above the kidneys to a lower-abdomen-and-pelvis window without the liver dome.
 COVERAGES = ("chest-upper-abdomen", "upper-abdomen", "abdomen", "abdomen-pelvis", "pelvis")
 
-#: Fields of view of ``varied`` cases, taken in turn (period 3, so any 15 consecutive cases hold every pairing
-#: with a coverage): tight (40 mm narrower to 20 mm wider than the body), medium (20-90 mm wider), wide (90 mm
-#: wider than the body up to 500 mm).
-FIELDS_OF_VIEW = ("tight", "medium", "wide")
-
 #: Slice spacings (mm) of ``varied`` cases: thin (1-1.5 mm) and thick (2.5-5 mm) reconstructions.
 VARIED_SLICE_MM = (1.0, 1.25, 1.5, 2.5, 3.0, 5.0)
 
@@ -145,11 +140,6 @@ def coverage_of(case_index: int) -> str:
     return COVERAGES[(case_index - 1) % len(COVERAGES)]
 
 
-def field_of_view_of(case_index: int) -> str:
-    """The field of view of ``varied`` case ``case_index`` (1-based): :data:`FIELDS_OF_VIEW` in turn."""
-    return FIELDS_OF_VIEW[(case_index - 1) % len(FIELDS_OF_VIEW)]
-
-
 def _organ_heights(anatomy: Anatomy, keys: tuple[str, ...], low: float, high: float) -> tuple[float, float]:
     """Lowest and highest z (mm) of the organs ``keys`` the patient has; ``(low, high)`` without any."""
     boxes = [anatomy.organs[key].bounds() for key in keys if key in anatomy.organs]
@@ -161,9 +151,8 @@ def _organ_heights(anatomy: Anatomy, keys: tuple[str, ...], low: float, high: fl
 def varied_extent(anatomy: Anatomy, case_index: int, rng: np.random.Generator) -> tuple[float, float, float, int]:
     """Field of view, slice spacing, top slice and slice count of a ``varied`` case.
 
-    What clinical abdominal CT varies, drawn per case: a 512 x 512 matrix over the field of view of
-    :func:`field_of_view_of`, from tight (down to 40 mm narrower than the body: skin and arms cut off) to wide (up to
-    500 mm), that is 0.6-1.0 mm pixels; thin (1-1.5 mm) or
+    What clinical abdominal CT varies, drawn per case: a 512 x 512 matrix over a field of view from tight (40 mm
+    narrower than the body: skin and arms cut off) to wide (500 mm), that is 0.6-1.0 mm pixels; thin (1-1.5 mm) or
     thick (2.5-5 mm) slices, a thin spacing widened just enough that the coverage fits in
     :data:`VARIED_MAX_SLICES` slices (a long thin scan may get 1.05-1.6 mm); and the coverage of
     :func:`coverage_of`:
@@ -182,9 +171,7 @@ def varied_extent(anatomy: Anatomy, case_index: int, rng: np.random.Generator) -
     s = anatomy.scale
     dome = float(anatomy.dome_right[2])
     body_width = 2.0 * anatomy.skin.half_width_max()
-    low, high = {"tight": (body_width - 40.0, body_width + 20.0), "medium": (body_width + 20.0, body_width + 90.0),
-                 "wide": (body_width + 90.0, max(500.0, body_width + 90.0))}[field_of_view_of(case_index)]
-    fov = float(np.clip(rng.uniform(low, high), 0.6 * 512, 1.0 * 512))
+    fov = float(np.clip(rng.uniform(body_width - 40.0, 500.0), 0.6 * 512, 1.0 * 512))
     dz = float(rng.choice(VARIED_SLICE_MM))
     kidney_low, kidney_high = _organ_heights(anatomy, ("kidney_left", "kidney_right"), -55.0 * s, 65.0 * s)
     bladder_low = float(anatomy.extras["bladder"].bounds()[0][2])
