@@ -159,13 +159,15 @@ def varied_phantoms(folder: Path, cases: int, seed: int) -> Path:
     the demo trains on seed 0 and chooses post-processing on seed 1000), written once and reused while its
     ``phantom.json`` says it is complete and of the same seed, size, count and generator version."""
     from medseg.io import read_json
-    from medseg.phantom import GENERATOR_VERSION, write_cohort
+    from medseg.phantom import GENERATOR_VERSION, case_geometry, write_cohort
 
     manifest = folder / "phantom.json"
     if manifest.exists():
         old = read_json(manifest)
         if (old.get("complete") and old.get("seed") == seed and old.get("size") == "varied"
-                and old.get("num_cases") == cases and old.get("generator_version") == GENERATOR_VERSION):
+                and old.get("num_cases") == cases and old.get("generator_version") == GENERATOR_VERSION
+                and all(_same_geometry(case, case_geometry(seed, k, "varied"))
+                        for k, case in enumerate(old.get("cases", []), start=1))):
             return folder
     write_cohort(folder, cases, seed, size="varied", workers=1, progress=False, preview=True)
     return folder
@@ -192,6 +194,12 @@ def slice_axis_info(case: dict) -> dict:
     return {**{key: case[key] for key in ("case_id", "coverage", "shape", "spacing", "axcodes", "field_of_view_mm",
                                           "omitted_organs")},
             "slices": int(case["shape"][axis]), "slice_mm": round(float(case["spacing"][axis]), 4)}
+
+
+def _same_geometry(case: dict, geometry) -> bool:
+    """Whether a written case's recorded shape and field of view are what the generator's geometry gives now."""
+    return (sorted(case.get("shape", [])) == sorted(geometry.shape)
+            and abs(case.get("field_of_view_mm", -1.0) - geometry.shape[0] * geometry.spacing[0]) < 0.1)
 
 
 def coverage_figures(summary: dict, manifest: dict) -> dict:
