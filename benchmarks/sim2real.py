@@ -309,8 +309,8 @@ def render_comparison(record: dict) -> str:
     has_varied = all("varied" in r for r in rows)
     varied_head = " varied mean Dice | varied mean HD95 (mm) |" if has_varied else ""
     lines = [COMPARE_SECTION, "",
-             f"The demo pipeline (`pipelines/demo.yaml`: 30 small phantoms, {_training_text(rows)}, CPU) "
-             "trained once per training seed and input mode (`prepare.input_mode`: `resize` = the paper's "
+             "The demo pipeline's cohort and stages (`pipelines/demo.yaml`, 30 small phantoms), trained as these "
+             f"rows record ({_training_text(rows)}, CPU) once per training seed and input mode (`prepare.input_mode`: `resize` = the paper's "
              "stretch of every slice to 96 px, `spacing` = slices resampled to the training median in-plane spacing, "
              "random 96 px crops in training, overlapping tiles at inference). Post-processing rules are chosen "
              "by the pipeline's postprocess stage on 6 fresh phantoms (seed 1000), never on the real case. Real CT: "
