@@ -101,30 +101,11 @@ def train_on_phantoms(pipeline_file: Path, run_dir: Path, overrides: list[str]) 
     return {r.name: r for r in results}, time.perf_counter() - started
 
 
-def score_real_ct(checkpoint: str, out_dir: Path, real_dir: Path = REAL_CT) -> dict:
-    """Predict every case of ``real_dir`` with ``checkpoint`` and evaluate it (standard protocol, synapse8)."""
-    from medseg.data.cohort import discover_cases
-    from medseg.engine.inference import load_predictor, predict_volume
-    from medseg.evaluation.cohort import evaluate_folders
-    from medseg.io import write_volume
-
-    predictor = load_predictor(checkpoint, "cpu")
-    predictions = out_dir / "predictions"
-    predictions.mkdir(parents=True, exist_ok=True)
-    for case in discover_cases(real_dir):
-        labels = predict_volume(case.image, predictor, batch_size=32)
-        write_volume(predictions / f"{case.case_id}.nii.gz", labels, dtype="uint8")
-    summary = evaluate_folders(real_dir, predictions, labels="synapse8", protocol="standard", workers=1,
-                               reference_format="raw", progress=False)
-    if summary["errors"] or summary["counts"]["evaluated"] != summary["counts"]["cases"]:
-        raise SystemExit(f"sim2real: the real CT could not be scored: {summary['errors']}")
-    return summary
-
-
-def score_cohort_both(checkpoint: str, out_dir: Path, cohort_dir: Path = REAL_CT) -> dict:
+def score_cohort_both(checkpoint: str, out_dir: Path, cohort_dir: Path = REAL_CT, postprocess: bool = True) -> dict:
     """Every case of ``cohort_dir`` (raw BTCV layout) predicted with ``checkpoint``, scored without and with its
     post-processing rules (the rules file beside the checkpoint, :func:`medseg.postprocess.load_rules_for`):
-    ``{"without": summary, "with": summary}`` (standard protocol, label set ``synapse8``)."""
+    ``{"without": summary, "with": summary}`` (standard protocol, label set ``synapse8``); a checkpoint without rules
+    is refused. With ``postprocess=False`` only the model's own output is scored: ``{"without": summary}``."""
     from medseg.data.cohort import discover_cases
     from medseg.engine.inference import load_predictor, predict_volume
     from medseg.evaluation.cohort import evaluate_folders
@@ -132,18 +113,21 @@ def score_cohort_both(checkpoint: str, out_dir: Path, cohort_dir: Path = REAL_CT
     from medseg.postprocess import apply_rules, load_rules_for
 
     predictor = load_predictor(checkpoint, "cpu")
-    rules = load_rules_for(checkpoint)
-    if rules is None:
+    rules = load_rules_for(checkpoint) if postprocess else None
+    if postprocess and rules is None:
         raise SystemExit(f"sim2real: {checkpoint} has no post-processing rules (the pipeline needs its postprocess "
                          "stage)")
-    folders = {"without": out_dir / "predictions_raw", "with": out_dir / "predictions"}
+    folders = {"without": out_dir / "predictions_raw"}
+    if rules is not None:
+        folders["with"] = out_dir / "predictions"
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     for case in discover_cases(cohort_dir):
         labels = predict_volume(case.image, predictor, batch_size=32)
         write_volume(folders["without"] / f"{case.case_id}.nii.gz", labels, dtype="uint8")
-        processed = apply_rules(labels.array, labels.spacing, rules)[0]
-        write_volume(folders["with"] / f"{case.case_id}.nii.gz", Volume(processed, labels.affine), dtype="uint8")
+        if rules is not None:
+            processed = apply_rules(labels.array, labels.spacing, rules)[0]
+            write_volume(folders["with"] / f"{case.case_id}.nii.gz", Volume(processed, labels.affine), dtype="uint8")
     summaries = {}
     for name, folder in folders.items():
         summaries[name] = evaluate_folders(cohort_dir, folder, labels="synapse8", protocol="standard",
@@ -458,7 +442,7 @@ def main(argv=None) -> int:
     train = stages["train"]
     phantom_summary = read_json(stages["evaluate"].outputs["summary"])
     _, phantom_mean = organ_dice(phantom_summary)
-    real_summary = score_real_ct(train.outputs["last"], args.run_dir / "realct")
+    real_summary = score_cohort_both(train.outputs["last"], args.run_dir / "realct", postprocess=False)["without"]
     write_json(args.run_dir / "realct" / "summary.json", real_summary)
     per_organ, real_mean = organ_dice(real_summary)
 
