@@ -114,6 +114,26 @@ def test_a_label_stored_in_another_voxel_order_on_the_same_grid_is_prepared_alik
                         PreprocessingParams())
 
 
+@pytest.mark.parametrize("orientation", ["RSA", "ILP", "PRS"])
+def test_a_label_reoriented_and_written_by_simpleitk_is_prepared_alike(tmp_path, orientation):
+    """The same, with the other-order label made by an independent writer: SimpleITK's DICOMOrient (its codes name
+    where each axis points *from*, in LPS) and its own NIfTI writer."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    image, label = tiny_case(2)
+    write_volume(tmp_path / "img.nii.gz", image)
+    write_volume(tmp_path / "lab.nii.gz", label)
+    reoriented = sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "lab.nii.gz")), orientation)
+    sitk.WriteImage(reoriented, str(tmp_path / "lab_sitk.nii.gz"))
+    assert nib.aff2axcodes(nib.load(tmp_path / "lab_sitk.nii.gz").affine) != nib.aff2axcodes(label.affine)
+    same = preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"), SYNAPSE8,
+                           PreprocessingParams())
+    other = preprocess_case(Case("c", tmp_path / "img.nii.gz", tmp_path / "lab_sitk.nii.gz"), SYNAPSE8,
+                            PreprocessingParams())
+    assert np.array_equal(other["label"], same["label"]) and other["label"].any()
+
+
 @pytest.mark.parametrize("k", range(4))
 @pytest.mark.parametrize("axis", [0, 1])
 def test_rot90_flip_is_exact(k, axis):
